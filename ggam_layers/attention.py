@@ -1,0 +1,159 @@
+"""Channel-spatial attention of GGAM (eq. 1 to 3 of the paper).
+
+Xu, Chang, Xie, Ma, "Grad-CAM guided channel-spatial attention module for fine-grained visual classification",
+arXiv 2101.09666.
+
+    S = softmax(fc2(act(fc1(GAP(A)))) / tau)       channel attention, a distribution over C channels
+    B = S * A                                     eq. 1
+    u = sum_c B_c                                 channel sum, H x W
+    T = norm(u)                                   eq. 3: softmax (paper text), u / sum(u) (eq. 3), sigmoid (authors' code)
+    D = A * T                                     eq. 2, what the classifier sees
+"""
+from typing import NamedTuple, Optional, Type, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import create_act_layer, make_divisible
+
+__all__ = ['AttentionResult', 'ChannelSpatialAttention', 'SPATIAL_NORMS', 'check_features']
+
+SPATIAL_NORMS = ('softmax', 'sum', 'sigmoid')
+
+
+class AttentionResult(NamedTuple):
+    """Intermediates of one attention pass.
+
+    Attributes:
+        channel_weights: S, B x C, sums to one over channels (uniform 1/C when channel attention is off).
+        spatial_weights: T, B x H x W (all ones when spatial attention is off).
+        output: D, B x C x H x W, what the classifier sees.
+        channel_logits: pre-softmax logits of S divided by the temperature, B x C (None when channel attention is off).
+        spatial_logits: u, the channel sum of S * A, B x H x W (None when spatial attention is off).
+        sum_fallback: B bool, samples where `spatial_norm='sum'` fell back to softmax (None for other norms).
+    """
+    channel_weights: torch.Tensor
+    spatial_weights: torch.Tensor
+    output: torch.Tensor
+    channel_logits: Optional[torch.Tensor] = None
+    spatial_logits: Optional[torch.Tensor] = None
+    sum_fallback: Optional[torch.Tensor] = None
+
+
+def check_features(x: torch.Tensor, channels: int, name: str = 'x') -> None:
+    """Raise a clear error unless `x` is a non-empty B x C x H x W tensor with `channels` channels."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{name} must be a torch.Tensor of shape (B, {channels}, H, W), got {type(x).__name__}')
+    if x.ndim != 4:
+        raise ValueError(f'{name} must have 4 dims (B, {channels}, H, W), got shape {tuple(x.shape)}')
+    if x.shape[1] != channels:
+        raise ValueError(f'{name} must have {channels} channels (dim 1), got shape {tuple(x.shape)}')
+    if x.shape[0] == 0:
+        raise ValueError(f'{name} is an empty batch, shape {tuple(x.shape)}; expected B >= 1')
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f'{name} has an empty spatial map, shape {tuple(x.shape)}; expected H, W >= 1')
+    if not x.is_floating_point():
+        raise TypeError(f'{name} must be a floating point tensor, got {x.dtype}')
+
+
+class ChannelSpatialAttention(nn.Module):
+    """GGAM channel-spatial attention: an SE-style channel softmax S, then a spatial map T that rescales A.
+
+    `forward(x)` returns D (same shape as x); `attend(x)` returns all intermediates as an `AttentionResult`.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            rd_ratio: float = 1. / 16,
+            rd_channels: Optional[int] = None,
+            rd_divisor: int = 1,
+            act_layer: Union[str, Type[nn.Module]] = 'relu',
+            spatial_norm: str = 'softmax',
+            channel_attn: bool = True,
+            spatial_attn: bool = True,
+            temperature: float = 1.0,
+            eps: float = 1e-6,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            channels: Number of channels C of the feature maps A.
+            rd_ratio: Reduction ratio of the hidden FC layer (the paper follows SE: 1/16).
+            rd_channels: Hidden width; overrides `rd_ratio` when given.
+            rd_divisor: Round the hidden width to a multiple of this.
+            act_layer: Activation between the two FC layers (name or class).
+            spatial_norm: How u is normalised into T: 'softmax' over positions (paper text), 'sum' (u / sum(u),
+                eq. 3; samples whose sum is not above `eps` fall back to softmax) or 'sigmoid' (authors' code).
+            channel_attn: Use the learned channel attention S; when False, S is the uniform 1/C and has no params.
+            spatial_attn: Use the spatial map T; when False the output is B = S * A (eq. 1 only), or A itself when
+                channel attention is off too.
+            temperature: Divides the logits of S before the softmax (1.0 is the paper).
+            eps: Guard of the 'sum' denominator.
+        """
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f'channels must be >= 1, got {channels}')
+        if spatial_norm not in SPATIAL_NORMS:
+            raise ValueError(f'spatial_norm must be one of {SPATIAL_NORMS}, got {spatial_norm!r}')
+        if not temperature > 0:
+            raise ValueError(f'temperature must be > 0, got {temperature}')
+        dd = {'device': device, 'dtype': dtype}
+        self.channels = channels
+        self.spatial_norm = spatial_norm
+        self.channel_attn = channel_attn
+        self.spatial_attn = spatial_attn
+        self.temperature = temperature
+        self.eps = eps
+        if channel_attn:
+            if not rd_channels:
+                rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
+            self.rd_channels = rd_channels
+            self.fc1 = nn.Linear(channels, rd_channels, **dd)
+            self.act = create_act_layer(act_layer)
+            self.fc2 = nn.Linear(rd_channels, channels, **dd)
+        else:
+            self.rd_channels = 0
+            self.fc1 = self.act = self.fc2 = None
+
+    def channel_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of S (already divided by the temperature), B x C."""
+        z = self.fc2(self.act(self.fc1(x.mean((2, 3)))))
+        return z / self.temperature if self.temperature != 1.0 else z
+
+    def attend(self, x: torch.Tensor) -> AttentionResult:
+        """Run eq. 1 to 3 and return S, T, D and the pre-normalisation logits."""
+        check_features(x, self.channels)
+        b, c, h, w = x.shape
+        if self.channel_attn:
+            z = self.channel_logits(x)
+            s = z.softmax(dim=1)
+        else:
+            z = None
+            s = x.new_full((b, c), 1.0 / c)
+        if not self.spatial_attn:
+            t = x.new_ones((b, h, w))
+            return AttentionResult(s, t, x * s[:, :, None, None] if self.channel_attn else x, z)
+
+        u = torch.einsum('bc,bchw->bhw', s, x)
+        fallback = None
+        if self.spatial_norm == 'softmax':
+            t = u.flatten(1).softmax(dim=1).view(b, h, w)
+        elif self.spatial_norm == 'sigmoid':
+            t = u.sigmoid()
+        else:
+            total = u.sum((1, 2), keepdim=True)
+            fallback = total.view(b) <= self.eps
+            safe_total = torch.where(total > self.eps, total, torch.ones_like(total))
+            t = torch.where(fallback[:, None, None], u.flatten(1).softmax(dim=1).view(b, h, w), u / safe_total)
+        return AttentionResult(s, t, x * t[:, None], z, u, fallback)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x).output
+
+    def extra_repr(self) -> str:
+        return (
+            f'channels={self.channels}, rd_channels={self.rd_channels}, spatial_norm={self.spatial_norm!r}, '
+            f'channel_attn={self.channel_attn}, spatial_attn={self.spatial_attn}, temperature={self.temperature}'
+        )
+

@@ -1,0 +1,228 @@
+"""The GGAM head: channel-spatial attention, pooling, linear classifier, and Grad-CAM weights in closed form.
+
+For a linear classifier W on pooled attended maps, y_k = W[k] . pool(D) + b_k, so d y_k / d A (eq. 4) has a closed
+form and the GGAM loss needs one forward and one backward pass, with no hooks and no second autograd pass. With
+A as B x C x N, w = W[k], kappa = 1/N for average pooling (1 for sum pooling), r = d y_k / d u and h the gradient
+that flows back through the channel-attention MLP:
+
+    g_n = kappa sum_c w_c A_{c,n}                     d y_k / d T_n
+    r_n = T_n (g_n - sum_m T_m g_m)                   softmax norm (sum norm: (g_n - gbar) / sum u; sigmoid:
+                                                      g_n T_n (1 - T_n))
+    dS_c = sum_n r_n A_{c,n}
+    dz = S (dS - <S, dS>) / tau                       back through the channel softmax
+    h = ((dz @ W2) * [z1 > 0]) @ W1                   back through fc2, ReLU, fc1 (the GAP contributes 1/N)
+    beta_c = kappa w_c sum_n T_n / N + S_c sum_n r_n / N + h_c / N
+
+(sum_n r_n = 0 for the softmax norm). Without the spatial map, D = S A and beta_c = kappa w_c S_c + h_c / N with
+dS_c = kappa w_c sum_n A_{c,n}. Heads the closed form does not cover (an activation other than ReLU, dropout in
+train mode, a non-linear classifier) fall back to `grad_cam_weights`; both give the same numbers.
+"""
+from typing import NamedTuple, Optional, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import AttentionResult, ChannelSpatialAttention, check_features
+from .gradcam import grad_cam_weights, select_classes
+
+__all__ = ['GGAMHead', 'GGAMOutput', 'POOL_TYPES', 'CAM_LAYERS', 'closed_form_cam_weights']
+
+POOL_TYPES = ('auto', 'avg', 'sum')
+CAM_LAYERS = ('features', 'attended')
+
+
+class GGAMOutput(NamedTuple):
+    """What `forward_ggam` returns; `GGAMLoss` takes it with the targets.
+
+    Attributes:
+        logits: Class scores y, B x num_classes.
+        channel_weights: S, B x C, attached to the graph (the GGAM loss trains the attention through it).
+        cam_weights: Grad-CAM weights beta of the explained class, B x C, detached, before squashing.
+        spatial_weights: T, B x H x W, attached.
+        classes: The class explained by `cam_weights` per sample, B.
+    """
+    logits: torch.Tensor
+    channel_weights: torch.Tensor
+    cam_weights: torch.Tensor
+    spatial_weights: torch.Tensor
+    classes: torch.Tensor
+
+
+def closed_form_cam_weights(
+        features: torch.Tensor,
+        attn: ChannelSpatialAttention,
+        result: AttentionResult,
+        class_weights: torch.Tensor,
+        avg_pool: bool,
+        cam_layer: str = 'features',
+) -> torch.Tensor:
+    """Grad-CAM weights beta (eq. 4) of the GGAM head in closed form, detached (module docstring).
+
+    Args:
+        features: A, B x C x H x W.
+        attn: The attention module (ReLU between its FC layers when channel attention is on).
+        result: `attn.attend(features)`.
+        class_weights: w = W[k], the classifier row of the explained class for each sample, B x C.
+        avg_pool: True if the head averages D over positions (kappa = 1/N), False if it sums (kappa = 1).
+        cam_layer: 'features' (gradient at A, paper) or 'attended' (gradient at D, authors' code).
+    """
+    with torch.no_grad():
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        a = features.detach().flatten(2).to(dtype)
+        n = a.shape[2]
+        kappa = 1.0 / n if avg_pool else 1.0
+        w = class_weights.detach().to(dtype)
+        if cam_layer == 'attended':
+            return kappa * w
+        s = result.channel_weights.detach().to(dtype)
+        if attn.spatial_attn:
+            t = result.spatial_weights.detach().flatten(1).to(dtype)
+            g = kappa * torch.einsum('bc,bcn->bn', w, a)
+            gbar = (t * g).sum(1, keepdim=True)
+            if attn.spatial_norm == 'softmax':
+                r = t * (g - gbar)
+            elif attn.spatial_norm == 'sigmoid':
+                r = g * t * (1 - t)
+            else:
+                total = result.spatial_logits.detach().flatten(1).to(dtype).sum(1, keepdim=True)
+                total = torch.where(result.sum_fallback[:, None], torch.ones_like(total), total)
+                r = torch.where(result.sum_fallback[:, None], t * (g - gbar), (g - gbar) / total)
+            beta = (kappa / n) * w * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
+            grad_s = torch.einsum('bn,bcn->bc', r, a)
+        else:
+            beta = kappa * w * s if attn.channel_attn else kappa * w
+            grad_s = kappa * w * a.sum(2)
+        if attn.channel_attn:
+            grad_z = s * (grad_s - (s * grad_s).sum(1, keepdim=True)) / attn.temperature
+            w1, b1 = attn.fc1.weight.detach().to(dtype), attn.fc1.bias.detach().to(dtype)
+            z1 = F.linear(a.mean(2), w1, b1)
+            grad_h1 = (grad_z @ attn.fc2.weight.detach().to(dtype)) * (z1 > 0)
+            beta = beta + (grad_h1 @ w1) / n
+    return beta
+
+
+class GGAMHead(nn.Module):
+    """Channel-spatial attention, pooling and a linear classifier on B x C x H x W features.
+
+    `forward(x)` gives the logits; `forward_ggam(x)` gives logits, S, T and beta in one pass for `GGAMLoss`.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            rd_ratio: float = 1. / 16,
+            rd_channels: Optional[int] = None,
+            rd_divisor: int = 1,
+            act_layer: Union[str, Type[nn.Module]] = 'relu',
+            spatial_norm: str = 'softmax',
+            channel_attn: bool = True,
+            spatial_attn: bool = True,
+            temperature: float = 1.0,
+            pool_type: str = 'auto',
+            drop_rate: float = 0.,
+            cam_layer: str = 'features',
+            closed_form: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_features: Channels C of the feature maps.
+            num_classes: Classes K (0 for no classifier: `forward` then returns the pooled features).
+            rd_ratio: See `ChannelSpatialAttention`.
+            rd_channels: See `ChannelSpatialAttention`.
+            rd_divisor: See `ChannelSpatialAttention`.
+            act_layer: See `ChannelSpatialAttention`; the closed form needs ReLU (others use autograd).
+            spatial_norm: See `ChannelSpatialAttention`.
+            channel_attn: See `ChannelSpatialAttention`.
+            spatial_attn: See `ChannelSpatialAttention`.
+            temperature: See `ChannelSpatialAttention`.
+            pool_type: 'avg' (global average of D, the paper's pipeline), 'sum' (sum of D over positions: with a
+                normalised T this is attention pooling, the T-weighted mean of A, on the scale of a plain global
+                average pool) or 'auto' ('sum' for the softmax and sum norms, 'avg' otherwise).
+            drop_rate: Dropout before the classifier.
+            cam_layer: Take the Grad-CAM gradient at 'features' A (paper) or 'attended' D (authors' code).
+            closed_form: Use the closed form of beta where it applies; False always uses autograd.
+        """
+        super().__init__()
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f'pool_type must be one of {POOL_TYPES}, got {pool_type!r}')
+        if cam_layer not in CAM_LAYERS:
+            raise ValueError(f'cam_layer must be one of {CAM_LAYERS}, got {cam_layer!r}')
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+        dd = {'device': device, 'dtype': dtype}
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.cam_layer = cam_layer
+        self.closed_form = closed_form
+        self.attn = ChannelSpatialAttention(
+            in_features, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act_layer=act_layer,
+            spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
+            temperature=temperature, **dd)
+        if pool_type == 'auto':
+            pool_type = 'sum' if spatial_attn and spatial_norm in ('softmax', 'sum') else 'avg'
+        self.pool_type = pool_type
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for `num_classes` classes (0 for none)."""
+        self.num_classes = num_classes
+        w = self.attn.fc2.weight if self.attn.channel_attn else None
+        dd = {'device': w.device, 'dtype': w.dtype} if w is not None else {}
+        self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool attended maps D (B x C x H x W) to B x C."""
+        return x.sum((2, 3)) if self.pool_type == 'sum' else x.mean((2, 3))
+
+    def _classify(self, d: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.pool(d))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self._classify(self.attn(x), pre_logits)
+
+    def uses_closed_form(self) -> bool:
+        """Whether `forward_ggam` computes beta in closed form (else by autograd on the head only)."""
+        return (
+            self.closed_form
+            and isinstance(self.fc, nn.Linear)
+            and (self.drop.p == 0 or not self.training)
+            and (not self.attn.channel_attn or isinstance(self.attn.act, nn.ReLU))
+        )
+
+    def forward_ggam(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> GGAMOutput:
+        """Logits, S, T and Grad-CAM beta in one pass.
+
+        Args:
+            x: Features A, B x C x H x W.
+            classes: Class per sample to explain; the predicted class (argmax of the logits) when None (paper).
+        """
+        if self.num_classes == 0:
+            raise ValueError('forward_ggam needs a classifier; this head has num_classes=0 (call reset_classifier)')
+        check_features(x, self.in_features)
+        if self.uses_closed_form():
+            res = self.attn.attend(x)
+            logits = self._classify(res.output)
+            classes = select_classes(logits, classes)
+            beta = closed_form_cam_weights(
+                x, self.attn, res, self.fc.weight[classes], self.pool_type == 'avg', self.cam_layer)
+            return GGAMOutput(logits, res.channel_weights, beta.to(x.dtype), res.spatial_weights, classes)
+
+        if self.cam_layer == 'attended':
+            res = self.attn.attend(x)
+            cam = grad_cam_weights(res.output, self._classify, classes)
+        else:
+            results = []
+
+            def head(a: torch.Tensor) -> torch.Tensor:
+                results.append(self.attn.attend(a))
+                return self._classify(results[-1].output)
+
+            cam = grad_cam_weights(x, head, classes)
+            res = results[-1]
+        return GGAMOutput(cam.scores, res.channel_weights, cam.weights, res.spatial_weights, cam.classes)

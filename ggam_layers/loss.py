@@ -1,0 +1,283 @@
+"""GGAM loss (eq. 5 and 6 of the paper).
+
+    beta~ = normalise(squash(transform(beta)))                 the Grad-CAM target, a distribution over C channels
+    L_GGAM = 1/2 (KL(S || beta~) + KL(beta~ || S))            eq. 5 (kl='symmetric')
+    Loss = CE(y, target) + lambda * L_GGAM                    eq. 6
+
+beta is detached: the gradient of L_GGAM reaches the network through S only. Everything is computed in float32 in
+log space (autocast or not), so the value is finite for any finite input.
+"""
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['GGAMLoss', 'GGAMLossTerms', 'cam_log_target', 'ggam_divergence', 'ggam_loss', 'SQUASHES', 'KL_MODES',
+           'TARGET_NORMS']
+
+SQUASHES = ('sigmoid', 'softmax')
+KL_MODES = ('symmetric', 'forward', 'reverse')
+TARGET_NORMS = ('none', 'standardize')
+REDUCTIONS = ('mean', 'sum', 'none')
+
+
+class GGAMLossTerms(NamedTuple):
+    """The loss and its two parts, each reduced the same way.
+
+    Attributes:
+        loss: CE + lambda * L_GGAM, the value to backpropagate.
+        ce: The cross-entropy term.
+        ggam: L_GGAM, before the lambda weight.
+    """
+    loss: torch.Tensor
+    ce: torch.Tensor
+    ggam: torch.Tensor
+
+
+def _check_choice(name: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {choices}, got {value!r}')
+
+
+def _check_weights(name: str, x: Any, batch: Optional[int] = None, channels: Optional[int] = None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{name} must be a torch.Tensor of shape (B, C), got {type(x).__name__}')
+    if x.ndim != 2:
+        raise ValueError(f'{name} must have shape (B, C), got {tuple(x.shape)}')
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f'{name} must be non-empty (B >= 1, C >= 1), got shape {tuple(x.shape)}')
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f'{name} has batch size {x.shape[0]}, expected {batch} (the batch size of the logits)')
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f'{name} has {x.shape[1]} channels, expected {channels} (as channel_weights)')
+
+
+def cam_log_target(
+        cam_weights: torch.Tensor,
+        squash: str = 'sigmoid',
+        target_norm: str = 'none',
+        temperature: float = 1.0,
+        eps: float = 1e-6,
+) -> torch.Tensor:
+    """log beta~, the log of the Grad-CAM target distribution, in float32, detached.
+
+    Args:
+        cam_weights: beta, B x C.
+        squash: 'sigmoid' (paper: sigmoid(beta), then divided by its sum so it is a distribution) or 'softmax'
+            (authors' code).
+        target_norm: 'none' (paper) or 'standardize' (per sample: subtract the mean over channels, divide by the
+            standard deviation; scale free, so the target is informative whatever N and the classifier's norm).
+        temperature: beta is divided by it after `target_norm` (1.0 is the paper).
+        eps: Added to the standard deviation by 'standardize'.
+    """
+    _check_choice('squash', squash, SQUASHES)
+    _check_choice('target_norm', target_norm, TARGET_NORMS)
+    if not temperature > 0:
+        raise ValueError(f'temperature must be > 0, got {temperature}')
+    beta = cam_weights.detach().float()
+    if target_norm == 'standardize':
+        beta = (beta - beta.mean(1, keepdim=True)) / (beta.std(1, keepdim=True, correction=0) + eps)
+    if temperature != 1.0:
+        beta = beta / temperature
+    if squash == 'softmax':
+        return beta.log_softmax(dim=1)
+    log_sig = F.logsigmoid(beta)
+    return log_sig - log_sig.logsumexp(dim=1, keepdim=True)
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == 'mean':
+        return x.mean()
+    if reduction == 'sum':
+        return x.sum()
+    return x
+
+
+def ggam_divergence(
+        channel_weights: torch.Tensor,
+        cam_weights: torch.Tensor,
+        squash: str = 'sigmoid',
+        kl: str = 'symmetric',
+        target_norm: str = 'none',
+        temperature: float = 1.0,
+        reduction: str = 'mean',
+) -> torch.Tensor:
+    """L_GGAM (eq. 5): the KL divergence between S and the Grad-CAM target beta~, per sample reduced over the batch.
+
+    Args:
+        channel_weights: S, B x C, each row a distribution (softmax output).
+        cam_weights: beta, B x C (detached here).
+        squash: See `cam_log_target`.
+        kl: 'symmetric' (paper, eq. 5), 'forward' KL(S || beta~) (authors' code) or 'reverse' KL(beta~ || S).
+        target_norm: See `cam_log_target`.
+        temperature: See `cam_log_target`.
+        reduction: 'mean' or 'sum' over the batch, or 'none' for a B vector.
+    """
+    _check_choice('kl', kl, KL_MODES)
+    _check_choice('reduction', reduction, REDUCTIONS)
+    _check_weights('channel_weights', channel_weights)
+    _check_weights('cam_weights', cam_weights, channel_weights.shape[0], channel_weights.shape[1])
+    log_q = cam_log_target(cam_weights, squash, target_norm, temperature)
+    s = channel_weights.float()
+    log_s = s.clamp_min(torch.finfo(torch.float32).tiny).log()
+    terms = []
+    if kl in ('symmetric', 'forward'):
+        terms.append((s * (log_s - log_q)).sum(1))
+    if kl in ('symmetric', 'reverse'):
+        terms.append((log_q.exp() * (log_q - log_s)).sum(1))
+    div = 0.5 * (terms[0] + terms[1]) if kl == 'symmetric' else terms[0]
+    return _reduce(div, reduction)
+
+
+def ggam_loss(
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        channel_weights: torch.Tensor,
+        cam_weights: torch.Tensor,
+        lam: float = 1.0,
+        squash: str = 'sigmoid',
+        kl: str = 'symmetric',
+        target_norm: str = 'none',
+        temperature: float = 1.0,
+        label_smoothing: float = 0.0,
+        reduction: str = 'mean',
+        check_finite: bool = False,
+) -> GGAMLossTerms:
+    """CE + lambda * L_GGAM (eq. 6), in float32, with both parts returned for logging.
+
+    Args:
+        logits: Class scores y, B x K.
+        target: Class indices (B) or class probabilities (B x K).
+        channel_weights: S, B x C.
+        cam_weights: beta, B x C (detached here).
+        lam: lambda, the weight of L_GGAM (>= 0).
+        squash: See `cam_log_target`.
+        kl: See `ggam_divergence`.
+        target_norm: See `cam_log_target`.
+        temperature: See `cam_log_target`.
+        label_smoothing: Passed to `F.cross_entropy`.
+        reduction: 'mean' or 'sum' over the batch, or 'none' for B vectors.
+        check_finite: Raise if logits, S or beta hold inf or NaN. Off by default: the check synchronises the host.
+    """
+    if not lam >= 0:
+        raise ValueError(f'lam must be >= 0, got {lam}')
+    _check_choice('reduction', reduction, REDUCTIONS)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f'logits must be a (B, K) tensor, got {getattr(logits, "shape", type(logits).__name__)}')
+    b = logits.shape[0]
+    if b == 0:
+        raise ValueError('logits is an empty batch; expected B >= 1')
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f'target must be a torch.Tensor of ({b},) class indices, got {type(target).__name__}')
+    if target.shape[:1] != (b,) or target.ndim not in (1, 2) or (target.ndim == 2 and target.shape != logits.shape):
+        raise ValueError(
+            f'target must be ({b},) class indices or ({b}, {logits.shape[1]}) probabilities, got {tuple(target.shape)}')
+    _check_weights('channel_weights', channel_weights, b)
+    _check_weights('cam_weights', cam_weights, b, channel_weights.shape[1])
+    if check_finite:
+        for name, x in (('logits', logits), ('channel_weights', channel_weights), ('cam_weights', cam_weights)):
+            if not torch.isfinite(x).all():
+                raise ValueError(f'{name} holds non-finite values (inf or NaN)')
+    ce = F.cross_entropy(
+        logits.float(), target.float() if target.is_floating_point() else target,
+        label_smoothing=label_smoothing, reduction=reduction)
+    div = ggam_divergence(channel_weights, cam_weights, squash, kl, target_norm, temperature, reduction)
+    return GGAMLossTerms(ce + lam * div, ce, div)
+
+
+class GGAMLoss(nn.Module):
+    """Cross-entropy plus the Grad-CAM guided channel attention loss (eq. 6).
+
+    `forward` returns the scalar loss (reduction 'mean' over the batch by default); `terms` returns it with its CE
+    and L_GGAM parts for logging. Both take either the result of `forward_ggam` (anything with `logits`,
+    `channel_weights` and `cam_weights`) or the three tensors.
+    """
+
+    def __init__(
+            self,
+            lam: float = 1.0,
+            squash: str = 'sigmoid',
+            kl: str = 'symmetric',
+            target_norm: str = 'none',
+            temperature: float = 1.0,
+            label_smoothing: float = 0.0,
+            reduction: str = 'mean',
+            check_finite: bool = False,
+    ):
+        """
+        Args:
+            lam: lambda, the weight of L_GGAM (the paper sweeps 1 to 9; 0 gives plain cross-entropy).
+            squash: 'sigmoid' (paper) or 'softmax' (authors' code) applied to beta.
+            kl: 'symmetric' (paper), 'forward' KL(S || beta~) (authors' code) or 'reverse'.
+            target_norm: 'none' (paper) or 'standardize' beta per sample before squashing.
+            temperature: Divides beta before squashing.
+            label_smoothing: Of the cross-entropy.
+            reduction: 'mean' or 'sum' over the batch, or 'none'.
+            check_finite: Raise on non-finite inputs (synchronises the host).
+        """
+        super().__init__()
+        if not lam >= 0:
+            raise ValueError(f'lam must be >= 0, got {lam}')
+        _check_choice('squash', squash, SQUASHES)
+        _check_choice('kl', kl, KL_MODES)
+        _check_choice('target_norm', target_norm, TARGET_NORMS)
+        _check_choice('reduction', reduction, REDUCTIONS)
+        if not temperature > 0:
+            raise ValueError(f'temperature must be > 0, got {temperature}')
+        self.lam = lam
+        self.squash = squash
+        self.kl = kl
+        self.target_norm = target_norm
+        self.temperature = temperature
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+        self.check_finite = check_finite
+
+    def terms(
+            self,
+            output: Any,
+            target: torch.Tensor,
+            channel_weights: Optional[torch.Tensor] = None,
+            cam_weights: Optional[torch.Tensor] = None,
+    ) -> GGAMLossTerms:
+        """The loss with its CE and L_GGAM parts.
+
+        Args:
+            output: A `forward_ggam` result, or the logits (then pass `channel_weights` and `cam_weights`).
+            target: Class indices (B) or probabilities (B x K).
+            channel_weights: S, B x C, when `output` is the logits.
+            cam_weights: beta, B x C, when `output` is the logits.
+        """
+        if isinstance(output, torch.Tensor):
+            logits = output
+            if channel_weights is None or cam_weights is None:
+                raise TypeError('channel_weights and cam_weights are required when output is the logits tensor')
+        else:
+            if channel_weights is not None or cam_weights is not None:
+                raise TypeError('pass channel_weights and cam_weights only with a logits tensor, not with a result')
+            try:
+                logits, channel_weights, cam_weights = output.logits, output.channel_weights, output.cam_weights
+            except AttributeError:
+                raise TypeError(
+                    'output must be a logits tensor or a forward_ggam result with logits, channel_weights and '
+                    f'cam_weights, got {type(output).__name__}') from None
+        return ggam_loss(
+            logits, target, channel_weights, cam_weights, lam=self.lam, squash=self.squash, kl=self.kl,
+            target_norm=self.target_norm, temperature=self.temperature, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, check_finite=self.check_finite)
+
+    def forward(
+            self,
+            output: Any,
+            target: torch.Tensor,
+            channel_weights: Optional[torch.Tensor] = None,
+            cam_weights: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        return self.terms(output, target, channel_weights, cam_weights).loss
+
+    def extra_repr(self) -> str:
+        return (
+            f'lam={self.lam}, squash={self.squash!r}, kl={self.kl!r}, target_norm={self.target_norm!r}, '
+            f'temperature={self.temperature}, reduction={self.reduction!r}'
+        )

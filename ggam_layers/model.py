@@ -1,0 +1,399 @@
+"""GGAMModel: any timm backbone followed by the GGAM head, keeping timm's model contract.
+
+`forward_features` is the backbone's own (native layout: NCHW, NHWC or tokens); `forward_head` converts the layout
+to NCHW (dropping class, distillation and register tokens), then runs attention, pooling and the classifier, so the
+attention is never a no-op even for backbones that would pool a class token. `forward_ggam` returns logits, S and
+Grad-CAM beta in one pass for `GGAMLoss`.
+"""
+import difflib
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
+
+import timm
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .head import GGAMHead, GGAMOutput
+
+__all__ = ['GGAMModel', 'FeatureLayout', 'UnsupportedBackboneError', 'wrap_timm_model', 'head_param_groups']
+
+_logger = logging.getLogger(__name__)
+
+
+class UnsupportedBackboneError(ValueError):
+    """The backbone gives no spatial feature map that GGAM can attend over."""
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Layout of a backbone's `forward_features` output, decided by a probe at construction.
+
+    Attributes:
+        fmt: 'NCHW', 'NHWC' or 'NLC' (token sequence).
+        num_prefix_tokens: Class / distillation / register tokens before the patch tokens ('NLC' only).
+        reduction: Total stride of the feature map relative to the input.
+        grid_rule: How an 'NLC' grid is found for an input size: 'patch_embed' (the patch embedding's
+            `dynamic_feat_size`) or 'reduction' (input size // reduction).
+    """
+    fmt: str
+    num_prefix_tokens: int = 0
+    reduction: int = 32
+    grid_rule: str = ''
+
+
+class _ForwardFeatures(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model.forward_features(x)
+
+
+def _grid_size(backbone: nn.Module, layout: FeatureLayout, img_hw: Tuple[int, int]) -> Tuple[int, int]:
+    if layout.grid_rule == 'patch_embed':
+        return tuple(backbone.patch_embed.dynamic_feat_size(img_hw))
+    return img_hw[0] // layout.reduction, img_hw[1] // layout.reduction
+
+
+def _reduction(backbone: nn.Module) -> int:
+    info = getattr(backbone, 'feature_info', None)
+    if info:
+        last = info[-1] if isinstance(info, list) else None
+        if isinstance(last, dict) and last.get('reduction'):
+            return int(last['reduction'])
+    return 32
+
+
+def probe_backbone(backbone: nn.Module, in_chans: int, img_size: Tuple[int, int]) -> Tuple[FeatureLayout, Set[str]]:
+    """Decide the feature layout with one forward on the meta device (no memory, no compute).
+
+    Returns:
+        The layout and the names of parameters that `forward_features` does not use (e.g. a dropped head's norm).
+    """
+    name = type(backbone).__name__
+    meta = {n: p.detach().to('meta').requires_grad_(p.requires_grad) for n, p in backbone.named_parameters()}
+    state = {'model.' + n: t for n, t in meta.items()}
+    state.update({'model.' + n: b.to('meta') for n, b in backbone.named_buffers()})
+    x = torch.empty((1, in_chans) + tuple(img_size), device='meta')
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.enable_grad():
+            out = functional_call(_ForwardFeatures(backbone), state, (x,))
+    except Exception as e:  # an op without a meta kernel: fall back to a real forward at the same size
+        _logger.debug('meta probe of %s failed (%s); probing on the CPU', name, e)
+        out = None
+    finally:
+        backbone.train(was_training)
+    unused: Set[str] = set()
+    if out is None:
+        with torch.no_grad():
+            backbone.eval()
+            try:
+                ref = next(backbone.parameters())
+                out = backbone.forward_features(torch.zeros((1, in_chans) + tuple(img_size), device=ref.device))
+            finally:
+                backbone.train(was_training)
+    elif isinstance(out, torch.Tensor) and out.requires_grad:
+        names = [n for n, p in meta.items() if p.requires_grad]
+        try:
+            grads = torch.autograd.grad(out.sum(), [meta[n] for n in names], allow_unused=True)
+            unused = {n for n, g in zip(names, grads) if g is None}
+        except Exception as e:
+            _logger.debug('meta backward of %s failed (%s); no unused parameters detected', name, e)
+
+    if isinstance(out, (list, tuple, dict)):
+        raise UnsupportedBackboneError(
+            f'{name}.forward_features returns a {type(out).__name__}, not one feature map; GGAM needs a single '
+            'spatial map (B x C x H x W, B x H x W x C or patch tokens B x L x C)')
+    c = getattr(backbone, 'num_features', None)
+    reduction = _reduction(backbone)
+    if out.ndim == 4:
+        fmt = 'NHWC' if str(getattr(backbone, 'output_fmt', 'NCHW')) in ('NHWC', 'Format.NHWC') else 'NCHW'
+        got_c = out.shape[3] if fmt == 'NHWC' else out.shape[1]
+        if c is not None and got_c != c:
+            raise UnsupportedBackboneError(
+                f'{name}.forward_features gives {got_c} channels in layout {fmt}, but num_features is {c}')
+        return FeatureLayout(fmt, 0, reduction), unused
+    if out.ndim != 3:
+        raise UnsupportedBackboneError(
+            f'{name}.forward_features gives shape {tuple(out.shape)} with no spatial map; GGAM needs B x C x H x W, '
+            'B x H x W x C or patch tokens B x L x C')
+    seq_len = out.shape[1]
+    candidates = []
+    if hasattr(getattr(backbone, 'patch_embed', None), 'dynamic_feat_size'):
+        candidates.append('patch_embed')
+    candidates.append('reduction')
+    declared = getattr(backbone, 'num_prefix_tokens', None)
+    for rule in candidates:
+        gh, gw = _grid_size(backbone, FeatureLayout('NLC', 0, reduction, rule), img_size)
+        prefix = seq_len - gh * gw
+        if gh * gw > 0 and 0 <= prefix <= 16 and (declared is None or prefix == declared):
+            return FeatureLayout('NLC', prefix, reduction, rule), unused
+    raise UnsupportedBackboneError(
+        f'{name}.forward_features gives {seq_len} tokens for a {img_size[0]}x{img_size[1]} input, which matches no '
+        f'grid of patch tokens (declared prefix tokens: {declared}); it has no spatial map GGAM can attend over '
+        '(class tokens only, or a pooled or encoder-only output)')
+
+
+def _prefix_pattern(pattern: Any, prefix: str) -> Any:
+    if isinstance(pattern, str):
+        inner = re.sub(r'(?<!\[)\^', '', pattern)
+        return rf'^{re.escape(prefix)}(?:{inner})'
+    if isinstance(pattern, (list, tuple)):
+        return [(_prefix_pattern(p[0], prefix), *p[1:]) if isinstance(p, (list, tuple)) else _prefix_pattern(p, prefix)
+                for p in pattern]
+    return pattern
+
+
+class GGAMModel(nn.Module):
+    """A timm backbone with the GGAM head after its last stage, behaving like a timm model.
+
+    `model(x)` returns logits; `model.forward_ggam(x)` returns a `GGAMOutput` (logits, channel_weights,
+    cam_weights, ...) for `GGAMLoss`.
+    """
+
+    def __init__(
+            self,
+            backbone: Union[str, nn.Module] = 'resnet50',
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            backbone_pretrained: bool = False,
+            backbone_args: Optional[Dict[str, Any]] = None,
+            rd_ratio: float = 1. / 16,
+            rd_channels: Optional[int] = None,
+            rd_divisor: int = 1,
+            act_layer: Union[str, Type[nn.Module]] = 'relu',
+            spatial_norm: str = 'softmax',
+            channel_attn: bool = True,
+            spatial_attn: bool = True,
+            temperature: float = 1.0,
+            pool_type: str = 'auto',
+            drop_rate: float = 0.,
+            cam_layer: str = 'features',
+            closed_form: bool = True,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ):
+        """
+        Args:
+            backbone: A timm model name or an already built timm model.
+            num_classes: Classes of the GGAM classifier.
+            in_chans: Input image channels.
+            backbone_pretrained: Load the backbone's own pretrained weights through timm (ImageNet for most).
+            backbone_args: Extra keyword arguments for `timm.create_model` of the backbone.
+            rd_ratio: See `ChannelSpatialAttention`.
+            rd_channels: See `ChannelSpatialAttention`.
+            rd_divisor: See `ChannelSpatialAttention`.
+            act_layer: See `ChannelSpatialAttention`.
+            spatial_norm: See `ChannelSpatialAttention`.
+            channel_attn: See `ChannelSpatialAttention`.
+            spatial_attn: See `ChannelSpatialAttention`.
+            temperature: See `ChannelSpatialAttention`.
+            pool_type: See `GGAMHead`.
+            drop_rate: Dropout before the classifier.
+            cam_layer: See `GGAMHead`.
+            closed_form: See `GGAMHead`.
+            img_size: Input size for backbones that take one (ViT, Swin); also the probe's input size.
+            **kwargs: Passed on to `timm.create_model` of the backbone (e.g. `drop_path_rate`).
+        """
+        super().__init__()
+        kwargs.pop('global_pool', None)  # timm may pass it from a pretrained cfg; the GGAM head does its own pooling
+        backbone_args = dict(backbone_args or {}, **kwargs)
+        if img_size is not None:
+            backbone_args['img_size'] = img_size
+        if isinstance(backbone, str):
+            self.backbone_name = backbone
+            backbone = create_backbone(backbone, backbone_pretrained, in_chans, device=device, **backbone_args)
+        elif isinstance(backbone, nn.Module):
+            if not hasattr(backbone, 'forward_features'):
+                raise TypeError(f'backbone must be a timm model with forward_features, got {type(backbone).__name__}')
+            if backbone_args:
+                raise TypeError(f'backbone_args / kwargs {sorted(backbone_args)} need a backbone name, not a module')
+            self.backbone_name = getattr(backbone, 'pretrained_cfg', {}).get('architecture', type(backbone).__name__)
+            if getattr(backbone, 'num_classes', 0):
+                backbone.reset_classifier(0)
+        else:
+            raise TypeError(f'backbone must be a timm model name or module, got {type(backbone).__name__}')
+        self.backbone = backbone
+        self.in_chans = in_chans
+        cfg = getattr(backbone, 'pretrained_cfg', {}) or {}
+        probe_size = tuple(cfg.get('input_size', (in_chans, 224, 224))[-2:])
+        if img_size is not None:
+            probe_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.layout, unused = probe_backbone(backbone, in_chans, probe_size)
+        for n, p in backbone.named_parameters():
+            if n in unused:
+                p.requires_grad_(False)
+        self.unused_backbone_params = sorted(unused)
+        self.num_features = self.head_hidden_size = backbone.num_features
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.head = GGAMHead(
+            self.num_features, num_classes, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            act_layer=act_layer, spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
+            temperature=temperature, pool_type=pool_type, drop_rate=drop_rate, cam_layer=cam_layer,
+            closed_form=closed_form, device=device, dtype=dtype)
+        if dtype is not None:
+            self.backbone.to(dtype=dtype)
+        self.feature_info = [dict(info, module=f'backbone.{info["module"]}') if 'module' in info else dict(info)
+                             for info in (backbone.feature_info if isinstance(backbone.feature_info, list) else [])]
+        self.pretrained_cfg = self.default_cfg = dict(cfg, num_classes=num_classes, classifier='head.fc')
+
+    # --- timm model contract -------------------------------------------------------------------------------------
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return 'head.fc' if name_only else self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier for `num_classes` (0 removes it); `global_pool` is ignored (the head pools D)."""
+        self.num_classes = num_classes
+        self.head.reset_classifier(num_classes)
+        self.pretrained_cfg = self.default_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """The backbone's parameter groups with names prefixed by `backbone.`, then the GGAM head last."""
+        fn = getattr(self.backbone, 'group_matcher', None)
+        matcher = {k: _prefix_pattern(v, 'backbone.') for k, v in fn(coarse=coarse).items()} if fn else {
+            'backbone': r'^backbone\.'}
+        matcher['ggam_head'] = r'^head\.'
+        return matcher
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        fn = getattr(self.backbone, 'no_weight_decay', None)
+        return {f'backbone.{n}' for n in fn()} if fn else set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    # --- forward -------------------------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> Tuple[int, int]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            raise ValueError(
+                f'x must be an image batch (B, {self.in_chans}, H, W), got {getattr(x, "shape", type(x).__name__)}')
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f'x has {x.shape[1]} channels, but the model was built with in_chans={self.in_chans}; '
+                             'pass in_chans to the constructor or convert the images')
+        if x.shape[0] == 0:
+            raise ValueError('x is an empty batch; expected B >= 1')
+        h, w = x.shape[-2:]
+        if h < self.layout.reduction or w < self.layout.reduction:
+            raise ValueError(f'x is {h}x{w}, too small for backbone {self.backbone_name}, whose last stage has stride '
+                             f'{self.layout.reduction}: use images of at least that size')
+        return h, w
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features A in its native layout (timm contract)."""
+        self._check_input(x)
+        return self.backbone.forward_features(x)
+
+    def features_to_nchw(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Backbone features in native layout to B x C x H x W, without prefix tokens.
+
+        Args:
+            x: Output of `forward_features`.
+            grid_size: (H, W) of the patch grid, for token sequences of non-square inputs.
+        """
+        fmt = self.layout.fmt
+        if fmt == 'NCHW':
+            return x
+        if fmt == 'NHWC':
+            return x.permute(0, 3, 1, 2)
+        tokens = x[:, self.layout.num_prefix_tokens:]
+        n = tokens.shape[1]
+        if grid_size is None:
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(f'{n} patch tokens form no square grid: pass grid_size=(H, W) to forward_head')
+            grid_size = (side, side)
+        if grid_size[0] * grid_size[1] != n:
+            raise ValueError(f'grid_size {tuple(grid_size)} does not match {n} patch tokens')
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid_size[0], grid_size[1])
+
+    def forward_head(
+            self, x: torch.Tensor, pre_logits: bool = False, grid_size: Optional[Tuple[int, int]] = None,
+    ) -> torch.Tensor:
+        return self.head(self.features_to_nchw(x, grid_size), pre_logits=pre_logits)
+
+    def _grid(self, x: torch.Tensor) -> Optional[Tuple[int, int]]:
+        return _grid_size(self.backbone, self.layout, tuple(x.shape[-2:])) if self.layout.fmt == 'NLC' else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), grid_size=self._grid(x))
+
+    def forward_ggam(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> GGAMOutput:
+        """Logits, channel weights S, Grad-CAM weights beta (and T) in one forward pass.
+
+        Args:
+            x: Images, B x in_chans x H x W.
+            classes: Class per sample for the Grad-CAM weights; the predicted class when None (paper).
+        """
+        feats = self.features_to_nchw(self.forward_features(x), self._grid(x))
+        return self.head.forward_ggam(feats, classes)
+
+
+def create_backbone(
+        name: str, pretrained: bool = False, in_chans: int = 3, device=None, **kwargs,
+) -> nn.Module:
+    """`timm.create_model(name, num_classes=0)` with errors that say what to change."""
+    if not name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) and not timm.is_model(name):
+        close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5)
+        raise ValueError(
+            f'unknown timm backbone {name!r}' + (f'; did you mean one of {close}?' if close else '')
+            + ' (timm.list_models() lists them all)')
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, device=device,
+                                 **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f'could not load pretrained weights for backbone {name!r} ({e}). Offline, point timm at a local file: '
+            f"wrap_timm_model({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/weights.safetensors'"
+            '))') from e
+
+
+def wrap_timm_model(
+        model_or_name: Union[str, nn.Module],
+        num_classes: int = 1000,
+        pretrained: bool = False,
+        **kwargs,
+) -> GGAMModel:
+    """Put the GGAM head after the last stage of a timm backbone.
+
+    Args:
+        model_or_name: A timm model name (any of `timm.list_models()`, or `hf-hub:` / `local-dir:`) or a built model.
+        num_classes: Classes of the GGAM classifier.
+        pretrained: Load the backbone's pretrained weights through timm (the attention and classifier start fresh).
+        **kwargs: GGAM options (see `GGAMModel`), and any other timm keyword argument for the backbone
+            (`drop_path_rate`, `img_size`, `pretrained_cfg_overlay=dict(file=...)` for a local weights file, ...).
+    """
+    return GGAMModel(model_or_name, num_classes=num_classes, backbone_pretrained=pretrained, **kwargs)
+
+
+def head_param_groups(
+        model: GGAMModel, lr: float, backbone_lr_scale: float = 0.1, weight_decay: float = 0.,
+) -> List[Dict[str, Any]]:
+    """Optimizer parameter groups of the paper's recipe: the head at `lr`, the backbone at `lr * backbone_lr_scale`.
+
+    Args:
+        model: A GGAM model.
+        lr: Learning rate of the attention and classifier (the paper: 0.1).
+        backbone_lr_scale: The backbone's learning rate relative to `lr` (the paper: 0.1).
+        weight_decay: Weight decay of both groups (the paper: 5e-4).
+    """
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    return [
+        {'params': backbone, 'lr': lr * backbone_lr_scale, 'weight_decay': weight_decay, 'name': 'backbone'},
+        {'params': head, 'lr': lr, 'weight_decay': weight_decay, 'name': 'head'},
+    ]

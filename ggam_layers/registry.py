@@ -1,0 +1,171 @@
+"""GGAM model entrypoints registered with timm.
+
+After `import ggam_layers`, `timm.create_model('ggam_resnet50', num_classes=200)` builds the paper's model and
+`timm.list_models('ggam*')` lists them. `ggam` is the generic entrypoint: `timm.create_model('ggam',
+backbone='convnext_tiny')` wraps any timm backbone, and its `config.json` records the backbone, so a saved model
+reloads through `hf-hub:` or `local-dir:`.
+
+`pretrained=True` on a named model's default tag loads the backbone's ImageNet weights from timm's Hub repository
+into the backbone (the attention and classifier start fresh); tags that name GGAM checkpoints load those.
+"""
+from typing import Any, Dict
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import resolve_pretrained_cfg
+
+from .model import GGAMModel
+
+__all__ = ['GGAM_BACKBONES', 'checkpoint_filter_fn', 'create_ggam']  # entrypoints are appended by register_model
+
+# entrypoint name -> (backbone, backbone pretrained tag whose ImageNet weights the default tag loads)
+GGAM_BACKBONES = {
+    'ggam_resnet50': ('resnet50', 'a1_in1k'),
+    'ggam_resnet101': ('resnet101', 'a1h_in1k'),
+    'ggam_vgg19_bn': ('vgg19_bn', 'tv_in1k'),
+    'ggam_convnext_tiny': ('convnext_tiny', 'fb_in22k_ft_in1k'),
+    'ggam_convnext_base': ('convnext_base', 'fb_in22k_ft_in1k'),
+    'ggam_swin_base_patch4_window7_224': ('swin_base_patch4_window7_224', 'ms_in22k_ft_in1k'),
+    'ggam_vit_base_patch16_224': ('vit_base_patch16_224', 'augreg2_in21k_ft_in1k'),
+    'ggam_deit_small_patch16_224': ('deit_small_patch16_224', 'fb_in1k'),
+    'ggam_efficientnet_b3': ('efficientnet_b3', 'ra2_in1k'),
+    'ggam_test_resnet': ('test_resnet', 'r160_in1k'),
+}
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GGAMModel) -> Dict[str, torch.Tensor]:
+    """Load a GGAM checkpoint as is, or a plain backbone checkpoint into the backbone with a fresh GGAM head.
+
+    A plain timm checkpoint (no `backbone.` keys) gets the prefix; its classifier is dropped; the head's entries
+    come from the model's own fresh initialisation, so loading stays strict for every backbone key.
+    """
+    if 'state_dict' in state_dict:
+        state_dict = state_dict['state_dict']
+    if any(k.startswith('backbone.') for k in state_dict):
+        return state_dict
+    own = model.state_dict()
+    out = {}
+    for k, v in state_dict.items():
+        key = f'backbone.{k}'
+        if key in own:
+            out[key] = v
+    missing = [k for k in own if k.startswith('backbone.') and k not in out]
+    if missing:
+        raise KeyError(
+            f'backbone checkpoint does not fit {model.backbone_name}: {len(missing)} backbone keys are missing, '
+            f'e.g. {missing[:3]} (keys in the file look like {list(state_dict)[:3]})')
+    out.update({k: v for k, v in own.items() if k.startswith('head.')})
+    return out
+
+
+def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
+    """Build a registered GGAM variant through `timm.models.build_model_with_cfg`.
+
+    Args:
+        variant: Entrypoint name.
+        pretrained: Load the weights of the resolved pretrained tag; on a tag with no weights source, load the
+            backbone's own pretrained weights instead.
+        **kwargs: `GGAMModel` arguments (`backbone` is fixed for named variants).
+    """
+    if kwargs.get('features_only'):
+        raise ValueError(f'{variant} has no features_only mode: use timm.create_model on the backbone instead')
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
+        pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
+    has_source = any(getattr(cfg, k, None) for k in ('hf_hub_id', 'url', 'file', 'state_dict'))
+    if pretrained and not has_source:
+        kwargs['backbone_pretrained'] = True
+        pretrained = False
+    return build_model_with_cfg(
+        GGAMModel, variant, pretrained, pretrained_cfg=cfg, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
+    base = get_pretrained_cfg(f'{backbone}.{tag}')
+    cfg = base.to_dict() if base is not None else {}
+    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag', 'classifier', 'first_conv')}
+    cfg.update(classifier='head.fc', license='apache-2.0')
+    cfg.update(kwargs)
+    return cfg
+
+
+default_cfgs = generate_default_cfgs({
+    'ggam': {'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'classifier': 'head.fc',
+             'license': 'apache-2.0'},
+    **{f'{name}.{tag}': _backbone_cfg(backbone, tag) for name, (backbone, tag) in GGAM_BACKBONES.items()},
+})
+
+
+def _create_named(name: str, pretrained: bool, **kwargs) -> GGAMModel:
+    backbone = GGAM_BACKBONES[name][0]
+    if kwargs.setdefault('backbone', backbone) != backbone:
+        raise ValueError(f'{name} is fixed to backbone {backbone!r}; use timm.create_model("ggam", backbone=...)')
+    return create_ggam(name, pretrained, **kwargs)
+
+
+@register_model
+def ggam(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after any timm backbone: `timm.create_model('ggam', backbone='resnet50', num_classes=200)`."""
+    return create_ggam('ggam', pretrained, **kwargs)
+
+
+
+
+@register_model
+def ggam_resnet50(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after ResNet-50, the paper's main model (CUB-200-2011 88.45% top-1 in the paper)."""
+    return _create_named('ggam_resnet50', pretrained, **kwargs)
+
+
+@register_model
+def ggam_resnet101(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after ResNet-101."""
+    return _create_named('ggam_resnet101', pretrained, **kwargs)
+
+
+@register_model
+def ggam_vgg19_bn(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after VGG-19 (with BatchNorm), the paper's second backbone."""
+    return _create_named('ggam_vgg19_bn', pretrained, **kwargs)
+
+
+@register_model
+def ggam_convnext_tiny(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after ConvNeXt-Tiny."""
+    return _create_named('ggam_convnext_tiny', pretrained, **kwargs)
+
+
+@register_model
+def ggam_convnext_base(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after ConvNeXt-Base."""
+    return _create_named('ggam_convnext_base', pretrained, **kwargs)
+
+
+@register_model
+def ggam_swin_base_patch4_window7_224(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after Swin-B (NHWC features)."""
+    return _create_named('ggam_swin_base_patch4_window7_224', pretrained, **kwargs)
+
+
+@register_model
+def ggam_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after ViT-B/16 (patch tokens; the class token is dropped)."""
+    return _create_named('ggam_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def ggam_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after DeiT-S/16 (patch tokens; the class token is dropped)."""
+    return _create_named('ggam_deit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def ggam_efficientnet_b3(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after EfficientNet-B3."""
+    return _create_named('ggam_efficientnet_b3', pretrained, **kwargs)
+
+
+@register_model
+def ggam_test_resnet(pretrained: bool = False, **kwargs) -> GGAMModel:
+    """GGAM after timm's tiny test_resnet (tests and the embedded synthetic model)."""
+    return _create_named('ggam_test_resnet', pretrained, **kwargs)
