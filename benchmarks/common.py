@@ -115,11 +115,12 @@ def write_results(
     lines.append('')
     for note in notes or ():
         lines += [note, '']
-    rest = {k: v for k, v in meta.items() if k not in ('machine', 'command')}
+    rest = {k: v for k, v in meta.items() if k not in ('machine', 'command') and v not in (None, [], {})}
     if rest:
         lines += ['Settings:', '']
-        lines += [f'- {k}: {format_value(v) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)}'
-                  for k, v in rest.items()]
+        for k, v in rest.items():
+            text = json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else format_value(v)
+            lines.append(f'- {k}: {text if len(text) <= 200 else "(in the JSON)"}')
         lines.append('')
     md_path = out / f'{name}.md'
     md_path.write_text('\n'.join(lines))

@@ -1,0 +1,669 @@
+"""Training-step time and peak memory of GGAM against plain fine-tuning and the authors' two-backward step.
+
+Four ways to train the same timm backbone, measured in the same run on the same inputs:
+
+- ``plain``: `timm.create_model(name, num_classes=K)` with cross-entropy, the baseline of every ratio.
+- ``ggam``: `wrap_timm_model(name, num_classes=K)`, `forward_ggam` and `GGAMLoss`; beta in closed form, so the step
+  is one forward and one backward.
+- ``ggam_autograd``: the same with `closed_form=False`: beta by `torch.autograd.grad` on the head only.
+- ``authors``: the step of the authors' cars_sp_CAM.py (PRIS-CV/CAM-Guided-Attention) on the same GGAM model: a
+  forward hook registers a tensor hook on the attention output D that saves its gradient, `optimizer.zero_grad()`,
+  `max_logit.backward(retain_graph=True)` through the whole model, beta = softmax(mean of the saved gradient),
+  loss = CE + `F.kl_div(beta.log(), S, reduction='sum')`, `loss.backward()`, `optimizer.step()`. The max-logit
+  gradient stays in every parameter's `.grad` and is applied by the step (measured by the gradient check below).
+
+Every step is `zero_grad`, forward, loss, backward, SGD step (momentum 0.9). Times are medians over interleaved
+rounds (one step of every configuration per round, so a load change on a shared machine hits all of them alike);
+min, max and IQR are kept. Peak memory: on CUDA, `torch.cuda.max_memory_allocated` during the measured steps minus
+what was allocated before the first step; on the CPU, peak resident set size (VmHWM, reset through
+/proc/self/clear_refs after warm-up) during the measured steps minus the RSS after building the model, each
+configuration in a fresh subprocess. Also measured: inference (`model(x)`, eval, no_grad) of GGAM against the plain
+backbone, the GGAM head + loss alone (eager against torch.compile), the gradient each method leaves in `.grad`
+against the exact gradient of its loss, and on CUDA whether the GGAM loss makes any host sync.
+
+Examples::
+
+    PYTHONPATH=. python benchmarks/step_time.py --threads 2      # CPU: resnet50 @ 448 b2 and resnet18 @ 224 b2
+    PYTHONPATH=. python benchmarks/step_time.py --quick          # CI smoke run, < 60 s
+    PYTHONPATH=. python benchmarks/step_time.py --device cuda --amp bf16 --sync-check  # see gpu_check.sh
+"""
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ggam_layers import GGAMHead, GGAMLoss, wrap_timm_model
+
+try:
+    from benchmarks.common import format_value, machine_info, write_results
+except ImportError:  # run as a script: this folder is on sys.path
+    from common import format_value, machine_info, write_results
+
+__all__ = [
+    'METHODS', 'Setting', 'TrainStep', 'AuthorsStep', 'build_step', 'time_steps', 'gradient_check', 'head_benchmark',
+    'host_sync_check', 'main',
+]
+
+METHODS = ('plain', 'ggam', 'ggam_autograd', 'authors')
+COMPILABLE = ('plain', 'ggam', 'ggam_autograd')
+AMP_DTYPES = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A backbone at an input size and batch size."""
+    model: str
+    img_size: int
+    batch: int
+
+    @classmethod
+    def parse(cls, text: str) -> 'Setting':
+        """'resnet50:448:2' -> Setting('resnet50', 448, 2)."""
+        try:
+            name, img, batch = text.split(':')
+            return cls(name, int(img), int(batch))
+        except ValueError:
+            raise ValueError(f'a setting is NAME:IMG_SIZE:BATCH such as resnet50:448:2, got {text!r}') from None
+
+    def __str__(self) -> str:
+        return f'{self.model}:{self.img_size}:{self.batch}'
+
+
+def _autocast(device: str, amp: str):
+    dtype = AMP_DTYPES[amp]
+    return torch.autocast(device_type=device, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def build_model(method: str, setting: Setting, num_classes: int, device: str, channels_last: bool) -> nn.Module:
+    """The plain timm model or the GGAM-wrapped one, random weights, in train mode."""
+    if method not in METHODS:
+        raise ValueError(f'method must be one of {METHODS}, got {method!r}')
+    if method == 'plain':
+        model = timm.create_model(setting.model, num_classes=num_classes, pretrained=False)
+    else:
+        model = wrap_timm_model(setting.model, num_classes=num_classes, closed_form=method != 'ggam_autograd')
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+
+
+class TrainStep:
+    """One forward and one backward: `zero_grad`, loss (under autocast), `loss.backward()`, `optimizer.step()`."""
+
+    def __init__(
+            self, model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, device: str, amp: str,
+    ):
+        self.model, self.loss_fn, self.optimizer, self.device, self.amp = model, loss_fn, optimizer, device, amp
+
+    def grads(self, x: torch.Tensor, y: torch.Tensor, reference: bool = False) -> Tuple[torch.Tensor, Any]:
+        """Everything but the optimizer step; with `reference`, also the exact gradient of the loss (autograd.grad)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp):
+            loss = self.loss_fn(x, y)
+        ref = None
+        if reference:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            ref = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        loss.backward()
+        return loss.detach(), ref
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss, _ = self.grads(x, y)
+        self.optimizer.step()
+        return loss
+
+
+class AuthorsStep:
+    """The training step of the authors' cars_sp_CAM.py, on a GGAM model (see the module docstring).
+
+    As in their `Spatial_SEModule`, a forward hook stores S (softmax of the channel-attention logits) and registers a
+    tensor hook on the attention output D that appends its gradient to a list.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: str, amp: str):
+        self.model, self.optimizer, self.device, self.amp = model, optimizer, device, amp
+        self.gradients: List[torch.Tensor] = []
+        self.sig: Optional[torch.Tensor] = None
+        attn = model.head.attn
+        self._handles = [attn.register_forward_hook(self._hook_output), attn.fc2.register_forward_hook(self._hook_sig)]
+
+    def _hook_output(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.gradients = []
+        if output.requires_grad:
+            output.register_hook(self.gradients.append)
+
+    def _hook_sig(self, module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        self.sig = (output / self.model.head.attn.temperature).softmax(dim=1)
+
+    def grads(self, x: torch.Tensor, y: torch.Tensor, reference: bool = False) -> Tuple[torch.Tensor, Any]:
+        """Their step without `optimizer.step()`; with `reference`, also the exact gradient of their loss."""
+        with _autocast(self.device, self.amp):
+            outputs = self.model(x)
+        one_hot = outputs.max(1, keepdim=True)[0]
+        sig = self.sig
+        self.optimizer.zero_grad(set_to_none=True)
+        one_hot.backward(torch.ones_like(one_hot), retain_graph=True)
+        grad_val = self.gradients[-1].detach()
+        weights = grad_val.float().mean(dim=(2, 3)).softmax(dim=1)
+        kl_loss = F.kl_div(weights.log(), sig.float(), reduction='sum')
+        loss = F.cross_entropy(outputs.float(), y) + kl_loss
+        ref = None
+        if reference:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            ref = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        loss.backward()
+        return loss.detach(), ref
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss, _ = self.grads(x, y)
+        self.optimizer.step()
+        return loss
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for h in self._handles:
+            h.remove()
+
+
+def build_step(
+        method: str,
+        setting: Setting,
+        num_classes: int = 200,
+        device: str = 'cpu',
+        amp: str = 'none',
+        channels_last: bool = False,
+        compiled: bool = False,
+        lam: float = 1.0,
+) -> Tuple[Callable, nn.Module]:
+    """A training step of `method` on a freshly built model.
+
+    Args:
+        method: One of `METHODS`.
+        setting: Backbone, input size, batch size.
+        num_classes: K.
+        device: 'cpu' or 'cuda'.
+        amp: 'none', 'bf16' or 'fp16' autocast.
+        channels_last: Model (and the caller's inputs) in channels_last.
+        compiled: `torch.compile(fullgraph=True)` the forward and loss (the backward is compiled with it).
+        lam: lambda of `GGAMLoss`.
+
+    Returns:
+        The step (call it with images and targets) and the model.
+    """
+    model = build_model(method, setting, num_classes, device, channels_last)
+    opt = _optimizer(model)
+    if method == 'authors':
+        if compiled:
+            raise ValueError("the authors' step (hooks, retain_graph, two backwards) is not compiled")
+        return AuthorsStep(model, opt, device, amp), model
+    if method == 'plain':
+        def loss_fn(x, y):
+            return F.cross_entropy(model(x).float(), y)
+    else:
+        crit = GGAMLoss(lam=lam)
+
+        def loss_fn(x, y):
+            return crit(model.forward_ggam(x), y)
+    if compiled:
+        loss_fn = torch.compile(loss_fn, fullgraph=True)
+    return TrainStep(model, loss_fn, opt, device, amp), model
+
+
+def _inputs(setting: Setting, num_classes: int, device: str, channels_last: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(setting.batch, 3, setting.img_size, setting.img_size, generator=g).to(device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (setting.batch,), generator=g).to(device)
+    return x, y
+
+
+def _stats(times: Sequence[float]) -> Dict[str, float]:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {'median_s': statistics.median(times), 'min_s': min(times), 'max_s': max(times), 'iqr_s': q[2] - q[0],
+            'repeats': len(times)}
+
+
+def time_steps(
+        steps: Dict[str, Callable[[], Any]], warmup: int, repeats: int, device: str, log: Callable = print,
+) -> Dict[str, Dict[str, float]]:
+    """Warm each step up, then time `repeats` interleaved rounds (one call of every step per round).
+
+    Returns:
+        Per key: median, min, max, IQR (seconds), repeats, and the warm-up time (compilation included).
+    """
+    warm = {}
+    for key, fn in steps.items():
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        warm[key] = time.perf_counter() - t0
+        log(f'  warm-up {key}: {warm[key]:.1f} s')
+    times: Dict[str, List[float]] = {k: [] for k in steps}
+    for r in range(repeats):
+        for key, fn in steps.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append(time.perf_counter() - t0)
+        log(f'  round {r + 1}/{repeats}: ' + ', '.join(f'{k} {v[-1]:.3f}' for k, v in times.items()))
+    return {k: dict(_stats(v), warmup_s=warm[k]) for k, v in times.items()}
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+def _rss_kb(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so that RSS tracks live memory."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def measure_memory(
+        method: str, setting: Setting, num_classes: int, device: str, amp: str, channels_last: bool, compiled: bool,
+        warmup: int = 2, steps: int = 2,
+) -> Dict[str, Any]:
+    """Peak memory of the training step, in this process (see the module docstring for what is counted)."""
+    gc.collect()
+    _malloc_trim()
+    if device == 'cuda':
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kb('VmRSS')
+    step, model = build_step(method, setting, num_classes, device, amp, channels_last, compiled)
+    x, y = _inputs(setting, num_classes, device, channels_last)
+    _sync(device)
+    gc.collect()
+    _malloc_trim()
+    built = torch.cuda.memory_allocated() if device == 'cuda' else _rss_kb('VmRSS')
+    for _ in range(warmup):
+        step(x, y)
+    _sync(device)
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        resettable = True
+    else:
+        gc.collect()
+        _malloc_trim()
+        resettable = _reset_peak_rss()
+    for _ in range(steps):
+        step(x, y)
+    _sync(device)
+    if device == 'cuda':
+        peak = torch.cuda.max_memory_allocated()
+        mib = 2 ** 20
+        out = {'peak_mb': peak / mib, 'model_mb': (built - base) / mib, 'step_mem_mb': (peak - built) / mib,
+               'memory_method': 'torch.cuda.max_memory_allocated'}
+    else:
+        peak = _rss_kb('VmHWM') if resettable else None
+        if peak is None:  # no /proc: lifetime peak, warm-up and compilation included
+            import resource
+            peak, resettable = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
+        out = {'peak_mb': peak / 1024, 'model_mb': (built - base) / 1024, 'step_mem_mb': (peak - built) / 1024,
+               'memory_method': 'VmHWM after reset' if resettable else 'ru_maxrss (lifetime)'}
+    del step, model
+    gc.collect()
+    return out
+
+
+def _memory_subprocess(cfg: Dict[str, Any], timeout: float) -> Dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), '--memory-probe', json.dumps(cfg)]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {'memory_error': f'timed out after {timeout:.0f} s'}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+    if proc.returncode != 0 or not lines:
+        return {'memory_error': (proc.stderr.strip().splitlines() or ['no output'])[-1]}
+    return json.loads(lines[-1])
+
+
+# --- the other measurements --------------------------------------------------------------------------------------
+def _flat(tensors: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    return torch.cat([t.detach().float().flatten() for t in tensors if t is not None])
+
+
+def gradient_check(setting: Setting, num_classes: int, device: str, amp: str = 'none') -> List[Dict[str, Any]]:
+    """For each method, how far the `.grad` left before `optimizer.step()` is from the exact gradient of its loss.
+
+    Returns:
+        Rows with the relative norm difference ||grad - dloss/dtheta|| / ||dloss/dtheta|| over all parameters.
+    """
+    rows = []
+    for method in ('plain', 'ggam', 'ggam_autograd', 'authors'):
+        torch.manual_seed(0)
+        step, model = build_step(method, setting, num_classes, device, amp)
+        x, y = _inputs(setting, num_classes, device, False, seed=1)
+        loss, ref = step.grads(x, y, reference=True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        got = _flat([p.grad if r is not None else None for p, r in zip(params, ref)])
+        want = _flat(ref)
+        rows.append({'method': method, 'loss': float(loss),
+                     'grad_rel_diff': float((got - want).norm() / want.norm())})
+        if isinstance(step, AuthorsStep):
+            step.remove()
+    return rows
+
+
+def head_benchmark(
+        setting: Setting, num_classes: int, device: str, amp: str, warmup: int, repeats: int,
+        compiled: bool, log: Callable = print,
+) -> List[Dict[str, Any]]:
+    """Forward + backward of the head and loss alone on features A (the backbone's output), eager and compiled.
+
+    The plain head (global average pool, linear, CE) against the GGAM head + `GGAMLoss`, on features of the shape
+    the backbone gives for the setting.
+    """
+    backbone = timm.create_model(setting.model, num_classes=0, pretrained=False)
+    c, red = backbone.num_features, backbone.feature_info[-1]['reduction']
+    del backbone
+    hw = setting.img_size // red
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(setting.batch, c, hw, hw, generator=g).relu().to(device).requires_grad_(True)
+    y = torch.randint(0, num_classes, (setting.batch,), generator=g).to(device)
+    torch.manual_seed(0)
+    plain_fc = nn.Linear(c, num_classes).to(device)
+    head = GGAMHead(c, num_classes).to(device)
+    crit = GGAMLoss()
+
+    def plain_fn(a, t):
+        return F.cross_entropy(plain_fc(a.mean((2, 3))).float(), t)
+
+    def ggam_fn(a, t):
+        return crit(head.forward_ggam(a), t)
+
+    fns = {'plain_head': plain_fn, 'ggam_head': ggam_fn}
+    if compiled:
+        fns['plain_head_compiled'] = torch.compile(plain_fn, fullgraph=True)
+        fns['ggam_head_compiled'] = torch.compile(ggam_fn, fullgraph=True)
+
+    def run(fn):
+        def go():
+            feats.grad = None
+            with _autocast(device, amp):
+                loss = fn(feats, y)
+            loss.backward()
+        return go
+
+    res = time_steps({k: run(fn) for k, fn in fns.items()}, warmup, repeats, device, log)
+    return [{'part': k, 'features': f'{setting.batch}x{c}x{hw}x{hw}', **v} for k, v in res.items()]
+
+
+def host_sync_check(setting: Setting, num_classes: int, amp: str, channels_last: bool) -> Dict[str, Any]:
+    """On CUDA: run GGAM parts under `torch.cuda.set_sync_debug_mode('error')`; any host sync raises.
+
+    Scopes: 'loss' (head `forward_ggam` + `GGAMLoss` + backward through the head, features computed outside),
+    'step' (the whole training step: forward, loss, backward, optimizer step), and 'plain_step' for reference.
+    """
+    if not torch.cuda.is_available():
+        return {'skipped': 'no CUDA device'}
+    out: Dict[str, Any] = {}
+    for scope in ('loss', 'step', 'plain_step'):
+        method = 'plain' if scope == 'plain_step' else 'ggam'
+        step, model = build_step(method, setting, num_classes, 'cuda', amp, channels_last)
+        x, y = _inputs(setting, num_classes, 'cuda', channels_last)
+        step(x, y)  # warm-up outside the check (cuDNN autotuning, lazy init)
+        torch.cuda.synchronize()
+        crit = GGAMLoss()
+        try:
+            if scope == 'loss':
+                with _autocast('cuda', amp):
+                    feats = model.features_to_nchw(model.forward_features(x)).detach().requires_grad_(True)
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode('error')
+                with _autocast('cuda', amp):
+                    loss = crit(model.head.forward_ggam(feats), y)
+                loss.backward()
+            else:
+                torch.cuda.set_sync_debug_mode('error')
+                step(x, y)
+            out[scope] = 'no host sync'
+        except RuntimeError as e:
+            out[scope] = f'host sync: {str(e).splitlines()[0]}'
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+        del step, model
+    return out
+
+
+# --- driver -------------------------------------------------------------------------------------------------------
+def _configs(methods: Sequence[str], compile_methods: Sequence[str]) -> List[Tuple[str, bool]]:
+    cfgs = [(m, False) for m in methods]
+    cfgs += [(m, True) for m in compile_methods if m in COMPILABLE]
+    return cfgs
+
+
+def _label(method: str, compiled: bool) -> str:
+    return method + (' (compiled)' if compiled else '')
+
+
+def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = print) -> Dict[str, List[Dict]]:
+    """Training, memory and inference measurements of one setting."""
+    device, amp = args.device, args.amp
+    log(f'== {setting} ({device}, amp {amp}, channels_last {args.channels_last})')
+    x, y = _inputs(setting, args.num_classes, device, args.channels_last)
+    cfgs = _configs(args.methods, args.compile_methods)
+    steps, models = {}, []
+    for method, compiled in cfgs:
+        torch.manual_seed(0)
+        step, model = build_step(method, setting, args.num_classes, device, amp, args.channels_last, compiled)
+        steps[_label(method, compiled)] = (lambda s=step: s(x, y))
+        models.append(model)
+    timed = time_steps(steps, args.warmup, args.repeats, device, log)
+    base = timed.get('plain', {}).get('median_s')
+    train_rows = []
+    for method, compiled in cfgs:
+        t = timed[_label(method, compiled)]
+        row = {'setting': str(setting), 'method': _label(method, compiled), **t}
+        base_c = timed.get(_label('plain', compiled), {}).get('median_s', base)
+        row['ratio_vs_plain'] = t['median_s'] / base if base else None
+        row['ratio_vs_plain_same_mode'] = t['median_s'] / base_c if base_c else None
+        train_rows.append(row)
+    del steps, models
+    gc.collect()
+    _malloc_trim()
+
+    if args.memory != 'off':
+        for row, (method, compiled) in zip(train_rows, cfgs):
+            cfg = {'method': method, 'setting': str(setting), 'num_classes': args.num_classes, 'device': device,
+                   'amp': amp, 'channels_last': args.channels_last, 'compiled': compiled, 'threads': args.threads}
+            if args.memory == 'subprocess' and device == 'cpu':
+                mem = _memory_subprocess(cfg, args.memory_timeout)
+            else:
+                mem = measure_memory(method, setting, args.num_classes, device, amp, args.channels_last, compiled)
+                mem['memory_method'] += ' (in process)' if device == 'cpu' else ''
+            log(f'  memory {row["method"]}: {mem}')
+            row.update(mem)
+        for row in train_rows:
+            base_row = next((r for r in train_rows if r['method'] == _label('plain', row['method'].endswith(')'))),
+                            None) or next((r for r in train_rows if r['method'] == 'plain'), None)
+            if base_row and row.get('step_mem_mb') is not None and base_row.get('step_mem_mb'):
+                row['step_mem_ratio'] = row['step_mem_mb'] / base_row['step_mem_mb']
+            if base_row and row.get('peak_mb') is not None and base_row.get('peak_mb'):
+                row['peak_ratio'] = row['peak_mb'] / base_row['peak_mb']
+
+    infer_rows = []
+    if args.inference:
+        fns = {}
+        for method in ('plain', 'ggam'):
+            torch.manual_seed(0)
+            model = build_model(method, setting, args.num_classes, device, args.channels_last).eval()
+
+            def infer(m=model):
+                with torch.no_grad(), _autocast(device, amp):
+                    return m(x)
+            fns[method] = infer
+        res = time_steps(fns, args.warmup, args.repeats, device, log)
+        for method, t in res.items():
+            infer_rows.append({'setting': str(setting), 'method': method, **t,
+                               'ratio_vs_plain': t['median_s'] / res['plain']['median_s']})
+        del fns
+        gc.collect()
+    return {'train': train_rows, 'inference': infer_rows}
+
+
+def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--settings', nargs='+', default=None,
+                   help='NAME:IMG:BATCH; default resnet50:448:2 resnet18:224:2 on CPU, resnet50:448:32 on CUDA')
+    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    p.add_argument('--compile-methods', nargs='*', default=['plain', 'ggam'], choices=COMPILABLE,
+                   help='methods also timed under torch.compile(fullgraph=True) (none: pass the flag alone)')
+    p.add_argument('--compile-settings', nargs='*', default=None,
+                   help='settings where compiled configs run (default: all)')
+    p.add_argument('--num-classes', type=int, default=200)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=('cpu', 'cuda'))
+    p.add_argument('--amp', default='none', choices=tuple(AMP_DTYPES))
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--repeats', type=int, default=10)
+    p.add_argument('--memory', default='subprocess', choices=('subprocess', 'inprocess', 'off'),
+                   help='CPU peak memory per configuration in a fresh subprocess (CUDA is always in process)')
+    p.add_argument('--memory-timeout', type=float, default=1800)
+    p.add_argument('--no-inference', dest='inference', action='store_false')
+    p.add_argument('--no-grad-check', dest='grad_check', action='store_false')
+    p.add_argument('--head', action='store_true', help='time the head + loss alone, eager and compiled')
+    p.add_argument('--sync-check', action='store_true', help='CUDA: check for host syncs with set_sync_debug_mode')
+    p.add_argument('--quick', action='store_true', help='CI smoke run: resnet18 @ 64 px, few repeats, no compile')
+    p.add_argument('--name', default=None, help='result file stem (default step_time_<device>[_quick])')
+    p.add_argument('--out-dir', default=str(Path(__file__).resolve().parent / 'results'))
+    p.add_argument('--memory-probe', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.settings = args.settings or ['resnet18:64:2']
+        args.warmup, args.repeats = 1, 3
+        args.compile_methods = []
+        args.memory = 'inprocess' if args.memory == 'subprocess' else args.memory
+    if args.settings is None:
+        args.settings = ['resnet50:448:32'] if args.device == 'cuda' else ['resnet50:448:2', 'resnet18:224:2']
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda: no CUDA device is available')
+    return args
+
+
+def _memory_probe(cfg: Dict[str, Any]) -> None:
+    if cfg.get('threads'):
+        torch.set_num_threads(cfg['threads'])
+    mem = measure_memory(cfg['method'], Setting.parse(cfg['setting']), cfg['num_classes'], cfg['device'],
+                         cfg['amp'], cfg['channels_last'], cfg['compiled'])
+    print(json.dumps(mem), flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args = _parse(argv)
+    if args.memory_probe:
+        _memory_probe(json.loads(args.memory_probe))
+        return {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    settings = [Setting.parse(s) for s in args.settings]
+    compile_settings = set(args.compile_settings) if args.compile_settings is not None else None
+    train_rows, infer_rows, head_rows, grad_rows = [], [], [], []
+    for setting in settings:
+        run_args = argparse.Namespace(**vars(args))
+        if compile_settings is not None and str(setting) not in compile_settings:
+            run_args.compile_methods = []
+        res = run_setting(setting, run_args)
+        train_rows += res['train']
+        infer_rows += res['inference']
+        if args.head:
+            head_rows += [dict(r, setting=str(setting)) for r in head_benchmark(
+                setting, args.num_classes, args.device, args.amp, args.warmup, args.repeats,
+                compiled=bool(run_args.compile_methods))]
+    if args.grad_check:
+        gsetting = settings[-1]
+        grad_rows = [dict(r, setting=str(gsetting)) for r in gradient_check(gsetting, args.num_classes, args.device)]
+        print('gradient check:', grad_rows)
+    sync = host_sync_check(settings[0], args.num_classes, args.amp, args.channels_last) if args.sync_check else None
+    if sync is not None:
+        print('host sync check:', sync)
+
+    name = args.name or f'step_time_{args.device}' + ('_quick' if args.quick else '')
+    meta = {
+        'machine': machine_info(),
+        'command': 'python benchmarks/step_time.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+        'device': args.device, 'amp': args.amp, 'channels_last': args.channels_last, 'num_classes': args.num_classes,
+        'warmup': args.warmup, 'repeats': args.repeats, 'memory': args.memory, 'optimizer': 'SGD momentum 0.9',
+        'total_s': round(time.perf_counter() - t_start, 1),
+        'inference': infer_rows, 'head': head_rows, 'grad_check': grad_rows, 'host_sync': sync,
+    }
+    cols = ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain', 'ratio_vs_plain_same_mode',
+            'step_mem_mb', 'step_mem_ratio', 'peak_mb', 'peak_ratio']
+    notes = [_table(infer_rows, ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain'],
+                    'Inference, `model(x)` in eval mode under no_grad')]
+    if head_rows:
+        notes.append(_table(head_rows, ['setting', 'part', 'features', 'median_s', 'min_s', 'max_s', 'iqr_s'],
+                            'Head + loss alone, forward + backward'))
+    if grad_rows:
+        notes.append(_table(grad_rows, ['setting', 'method', 'loss', 'grad_rel_diff'],
+                            '`.grad` before the optimizer step against the exact gradient of the loss '
+                            '(relative norm difference)'))
+    if sync is not None:
+        notes.append('Host sync check (`torch.cuda.set_sync_debug_mode("error")`): ' + json.dumps(sync))
+    paths = write_results(name, train_rows, meta, args.out_dir, columns=[c for c in cols if any(
+        c in r for r in train_rows)], notes=notes)
+    print('wrote', ', '.join(str(p) for p in paths))
+    return {'train': train_rows, **meta}
+
+
+def _table(rows: List[Dict[str, Any]], cols: List[str], title: str) -> str:
+    lines = [f'{title}:', '', '| ' + ' | '.join(cols) + ' |', '| ' + ' | '.join('---' for _ in cols) + ' |']
+    lines += ['| ' + ' | '.join(format_value(r.get(c)) for c in cols) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    main()
