@@ -6,7 +6,7 @@ arXiv 2101.09666.
     S = softmax(fc2(act(fc1(GAP(A)))) / tau)       channel attention, a distribution over C channels
     B = S * A                                     eq. 1
     u = sum_c B_c                                 channel sum, H x W
-    T = norm(u)                                   eq. 3: softmax (paper text), u / sum(u) (eq. 3), sigmoid (authors' code)
+    T = norm(u)                                   eq. 3: softmax (paper text), u / sum(u) (eq. 3) or sigmoid (code)
     D = A * T                                     eq. 2, what the classifier sees
 """
 from typing import NamedTuple, Optional, Type, Union

@@ -297,9 +297,6 @@ def save_pretrained(
 
     args = ggam_model_args(model)
     args.update(model_args or {})
-    if data_config is None and args.get('img_size') is not None:
-        size = args['img_size']
-        data_config = {'input_size': (args.get('in_chans', 3), *((size, size) if isinstance(size, int) else size))}
     arch = _architecture(model)
     backbone_cfg = getattr(model.backbone, 'pretrained_cfg', None) or {}
     first_conv = backbone_cfg.get('first_conv')
@@ -327,6 +324,13 @@ def save_pretrained(
         config.get('model_args', {}).pop('global_pool', None)
         config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
         config['pretrained_cfg']['first_conv'] = model_config['pretrained_cfg']['first_conv']
+        size = args.get('img_size')
+        if size is not None and (data_config or {}).get('input_size') is None:  # a resized ViT / Swin backbone
+            size = [size, size] if isinstance(size, int) else list(size)
+            if config['pretrained_cfg']['input_size'][1:] != size:
+                config['pretrained_cfg']['input_size'] = [args.get('in_chans', 3), *size]
+                for key in ('pool_size', 'test_input_size', 'test_pool_size'):
+                    config['pretrained_cfg'].pop(key, None)
         config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
         _verify_rebuild(model, config)
         weights = Path(tmp) / WEIGHTS_NAME
@@ -527,32 +531,36 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
     return ident, weights, ident
 
 
-def _explain_load_error(error: Exception, name: str, weights: Optional[Path], kwargs: Dict[str, Any]) -> str:
-    """Name the file and the keys that do not fit, by comparing the file's header with a fresh model."""
-    where = str(weights) if weights is not None else name
+def _explain_load_error(name: str, weights: Path, kwargs: Dict[str, Any]) -> Optional[str]:
+    """Name the keys of `weights` that do not fit the model `name` builds, or None when they all fit."""
     try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        model = timm.create_model(name, pretrained=False, device='meta', **kwargs)
         own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         with safetensors.safe_open(str(weights), framework='pt') as f:
             got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception:  # the message of the original error is the best we have
-        return f'weights in {where} do not load into {name}: {error}'
-    if not any(k.startswith('backbone.') for k in got):
+    except Exception as e:  # the original error is the best explanation then
+        _logger.debug('could not compare %s with %s: %s', weights, name, e)
+        return None
+    if not any(k.startswith('backbone.') for k in got):  # a plain backbone checkpoint
         got = {f'backbone.{k}': v for k, v in got.items()}
+        own = {k: v for k, v in own.items() if k.startswith('backbone.')}
+    elif kwargs.get('num_classes') is not None:  # a new classifier was asked for: its shape may differ
+        own = {k: v for k, v in own.items() if not k.startswith('head.fc.')}
+        got = {k: v for k, v in got.items() if not k.startswith('head.fc.')}
+
+    def first(items: List[str]) -> str:
+        return '; '.join(items[:4]) + (f' (+{len(items) - 4} more)' if len(items) > 4 else '')
+
     wrong = [f'{k}: file {got[k]}, model {own[k]}' for k in own if k in got and got[k] != own[k]]
     missing = [k for k in own if k not in got]
     extra = [k for k in got if k not in own]
-    parts = []
-    if wrong:
-        parts.append('shape mismatch for ' + '; '.join(wrong[:5]) + (f' (+{len(wrong) - 5} more)' if len(wrong) > 5
-                                                                     else ''))
-    if missing:
-        parts.append(f'missing keys {missing[:5]}' + (f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''))
-    if extra:
-        parts.append(f'unexpected keys {extra[:5]}' + (f' (+{len(extra) - 5} more)' if len(extra) > 5 else ''))
-    detail = '; '.join(parts) or str(error)
-    return (f'weights in {where} do not fit {name} (model_args from its config plus {sorted(kwargs)}): {detail}. '
-            'Were they saved from a different architecture or options?')
+    parts = ([f'shape mismatch for {first(wrong)}'] if wrong else []) + (
+        [f'missing keys [{first(missing)}]'] if missing else []) + (
+        [f'unexpected keys [{first(extra)}]'] if extra else [])
+    if not parts:
+        return None
+    return (f'weights in {weights} do not fit {name}: {", ".join(parts)}. Were they saved from another architecture '
+            'or other options than its config names?')
 
 
 def load_model(
@@ -583,16 +591,17 @@ def load_model(
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
-        msg = str(e)
-        if msg.startswith('Unknown model'):
-            raise RuntimeError(_unknown_architecture(msg.partition('(')[2].rstrip(')'), where)) from e
-        if weights is not None and ('state_dict' in msg or 'size mismatch' in msg):
-            raise ValueError(_explain_load_error(e, name, weights, kwargs)) from e
-        raise
-    except KeyError as e:  # checkpoint_filter_fn: a plain backbone checkpoint that does not fit
-        if weights is None:
+        if str(e).startswith('Unknown model'):
+            raise RuntimeError(_unknown_architecture(str(e).partition('(')[2].rstrip(')'), where)) from e
+        explanation = _explain_load_error(name, weights, kwargs) if weights is not None else None
+        if explanation is None:
             raise
-        raise ValueError(f'{weights}: {e.args[0] if e.args else e}') from e
+        raise ValueError(explanation) from e
+    except (KeyError, AttributeError, ValueError) as e:  # e.g. checkpoint_filter_fn on a backbone that does not fit
+        explanation = _explain_load_error(name, weights, kwargs) if weights is not None else None
+        if explanation is None:
+            raise
+        raise ValueError(explanation) from e
 
 
 # --- training checkpoints -------------------------------------------------------------------------------------------

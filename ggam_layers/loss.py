@@ -4,8 +4,9 @@
     L_GGAM = 1/2 (KL(S || beta~) + KL(beta~ || S))            eq. 5 (kl='symmetric')
     Loss = CE(y, target) + lambda * L_GGAM                    eq. 6
 
-beta is detached: the gradient of L_GGAM reaches the network through S only. Everything is computed in float32 in
-log space (autocast or not), so the value is finite for any finite input.
+beta is detached: the gradient of L_GGAM reaches the network through S only. Everything is computed in log space in
+float32 (float16 and bfloat16 inputs from autocast are upcast; float64 stays float64), so the value is finite for any
+finite input.
 """
 from typing import Any, NamedTuple, Optional
 
@@ -60,7 +61,7 @@ def cam_log_target(
         temperature: float = 1.0,
         eps: float = 1e-6,
 ) -> torch.Tensor:
-    """log beta~, the log of the Grad-CAM target distribution, in float32, detached.
+    """log beta~, the log of the Grad-CAM target distribution, detached, in float32 or float64.
 
     Args:
         cam_weights: beta, B x C.
@@ -75,7 +76,7 @@ def cam_log_target(
     _check_choice('target_norm', target_norm, TARGET_NORMS)
     if not temperature > 0:
         raise ValueError(f'temperature must be > 0, got {temperature}')
-    beta = cam_weights.detach().float()
+    beta = _upcast(cam_weights.detach())
     if target_norm == 'standardize':
         beta = (beta - beta.mean(1, keepdim=True)) / (beta.std(1, keepdim=True, correction=0) + eps)
     if temperature != 1.0:
@@ -84,6 +85,11 @@ def cam_log_target(
         return beta.log_softmax(dim=1)
     log_sig = F.logsigmoid(beta)
     return log_sig - log_sig.logsumexp(dim=1, keepdim=True)
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32: half and bfloat16 (autocast) go to float32, float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -119,8 +125,10 @@ def ggam_divergence(
     _check_weights('channel_weights', channel_weights)
     _check_weights('cam_weights', cam_weights, channel_weights.shape[0], channel_weights.shape[1])
     log_q = cam_log_target(cam_weights, squash, target_norm, temperature)
-    s = channel_weights.float()
-    log_s = s.clamp_min(torch.finfo(torch.float32).tiny).log()
+    s = _upcast(channel_weights)
+    s = s / s.sum(1, keepdim=True)  # a no-op for a softmax output; keeps KL >= 0 when S was rounded (bf16, fp16)
+    log_q = log_q.to(s.dtype)
+    log_s = s.clamp_min(torch.finfo(s.dtype).tiny).log()
     terms = []
     if kl in ('symmetric', 'forward'):
         terms.append((s * (log_s - log_q)).sum(1))
@@ -144,7 +152,7 @@ def ggam_loss(
         reduction: str = 'mean',
         check_finite: bool = False,
 ) -> GGAMLossTerms:
-    """CE + lambda * L_GGAM (eq. 6), in float32, with both parts returned for logging.
+    """CE + lambda * L_GGAM (eq. 6), in at least float32, with both parts returned for logging.
 
     Args:
         logits: Class scores y, B x K.
@@ -180,7 +188,7 @@ def ggam_loss(
             if not torch.isfinite(x).all():
                 raise ValueError(f'{name} holds non-finite values (inf or NaN)')
     ce = F.cross_entropy(
-        logits.float(), target.float() if target.is_floating_point() else target,
+        _upcast(logits), _upcast(target) if target.is_floating_point() else target,
         label_smoothing=label_smoothing, reduction=reduction)
     div = ggam_divergence(channel_weights, cam_weights, squash, kl, target_norm, temperature, reduction)
     return GGAMLossTerms(ce + lam * div, ce, div)

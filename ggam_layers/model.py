@@ -259,11 +259,14 @@ class GGAMModel(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        """The backbone's parameter groups with names prefixed by `backbone.`, then the GGAM head last."""
+        """The backbone's parameter groups, prefixed with `backbone.`, then any other backbone parameter.
+
+        The GGAM head matches no pattern, so timm's layer decay puts it in the last group (full learning rate), as
+        it does with timm's own classifier heads.
+        """
         fn = getattr(self.backbone, 'group_matcher', None)
-        matcher = {k: _prefix_pattern(v, 'backbone.') for k, v in fn(coarse=coarse).items()} if fn else {
-            'backbone': r'^backbone\.'}
-        matcher['ggam_head'] = r'^head\.'
+        matcher = {k: _prefix_pattern(v, 'backbone.') for k, v in fn(coarse=coarse).items()} if fn else {}
+        matcher['backbone_rest'] = r'^backbone\.'
         return matcher
 
     @torch.jit.ignore

@@ -11,8 +11,13 @@ into the backbone (the attention and classifier start fresh); tags that name GGA
 from typing import Any, Dict
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
-from timm.models import resolve_pretrained_cfg
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    get_pretrained_cfg,
+    register_model,
+    resolve_pretrained_cfg,
+)
 
 from .model import GGAMModel
 
@@ -83,7 +88,8 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
 def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
     base = get_pretrained_cfg(f'{backbone}.{tag}')
     cfg = base.to_dict() if base is not None else {}
-    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag', 'classifier', 'first_conv')}
+    dropped = ('architecture', 'tag', 'classifier', 'first_conv')
+    cfg = {k: v for k, v in cfg.items() if v is not None and k not in dropped}
     cfg.update(classifier='head.fc', license='apache-2.0')
     cfg.update(kwargs)
     return cfg
@@ -93,6 +99,12 @@ default_cfgs = generate_default_cfgs({
     'ggam': {'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'classifier': 'head.fc',
              'license': 'apache-2.0'},
     **{f'{name}.{tag}': _backbone_cfg(backbone, tag) for name, (backbone, tag) in GGAM_BACKBONES.items()},
+    # whole-model GGAM checkpoints (ggam_layers.hub.push_to_hub); after the backbone tags, which stay the defaults
+    'ggam_resnet50.cub_448': {
+        'hf_hub_id': 'ggam-layers/ggam_resnet50.cub_448', 'hf_hub_filename': 'model.safetensors', 'num_classes': 200,
+        'input_size': (3, 448, 448), 'pool_size': (14, 14), 'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'classifier': 'head.fc',
+        'first_conv': 'backbone.conv1', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666'},
 })
 
 

@@ -1,0 +1,18 @@
+"""Datasets: the built-in synthetic fine-grained set, CUB-200-2011 and a factory for the usual FGVC benchmarks."""
+
+from .builder import DATASET_LAYOUTS, ClassInfoDataset, create_dataset, list_datasets
+from .cub import CUB_LAYOUT, Cub2011
+from .synthetic import BEAK_SHAPES, PART_COLORS, SYNTHETIC_SPLITS, SyntheticFineGrained
+
+__all__ = [
+    'BEAK_SHAPES',
+    'CUB_LAYOUT',
+    'ClassInfoDataset',
+    'Cub2011',
+    'DATASET_LAYOUTS',
+    'PART_COLORS',
+    'SYNTHETIC_SPLITS',
+    'SyntheticFineGrained',
+    'create_dataset',
+    'list_datasets',
+]

@@ -1,0 +1,228 @@
+"""Crash-safe checkpoints: atomic file writes, safetensors weights and a weights-only training state.
+
+Layout of a run directory::
+
+    OUT/config.json                 timm model config (architecture, model_args, pretrained_cfg) + the run's config
+    OUT/model.safetensors           the latest weights (a hard link to the newest checkpoint's file)
+    OUT/checkpoints/epoch-0007/     one complete checkpoint: model.safetensors + training_state.pt
+
+Every file is written to a temporary name in its final directory, flushed and fsynced, then moved into place with
+`os.replace`, and a checkpoint directory is assembled under a temporary name and renamed in one step, so a kill at
+any moment leaves either the old or the new checkpoint, never a partial one. `training_state.pt` holds only tensors
+and plain Python values and is read with `torch.load(weights_only=True)`.
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    'TMP_PREFIX', 'atomic_write', 'atomic_write_json', 'atomic_write_text', 'save_weights', 'load_weights',
+    'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'clean_partial',
+    'WEIGHTS_NAME', 'STATE_NAME', 'CONFIG_NAME', 'CHECKPOINT_DIR',
+]
+
+TMP_PREFIX = '.tmp-'
+WEIGHTS_NAME = 'model.safetensors'
+STATE_NAME = 'training_state.pt'
+CONFIG_NAME = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+_EPOCH_RE = re.compile(r'^epoch-(\d+)$')
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+PathLike = Union[str, os.PathLike]
+
+
+def _fsync_dir(path: PathLike) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> Path:
+    """Write a file so that `path` holds either its old content or the complete new one, never a part.
+
+    Args:
+        path: Destination file.
+        write_fn: Called with a temporary path in the same directory; it must create that file.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{path.name}.', dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        write_fn(tmp)
+        with open(tmp, 'rb+') as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """`atomic_write` of a UTF-8 text file."""
+    def write(tmp: str) -> None:
+        with open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
+    return atomic_write(path, write)
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    """`atomic_write` of a JSON file (indented, keys in insertion order)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + '\n')
+
+
+def _state_dict_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
+    # safetensors wants contiguous tensors that share no memory (channels_last weights are not contiguous)
+    return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Save `model.state_dict()` to a safetensors file, atomically.
+
+    Args:
+        model: The model (unwrap DDP first).
+        path: Destination `.safetensors` file.
+        metadata: String key/values stored in the file's header.
+    """
+    tensors = _state_dict_tensors(model)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {'format': 'pt'}))
+
+
+def load_weights(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
+    """Load a safetensors state dict into `model` (in place; memory formats of the parameters are kept)."""
+    state = load_file(str(path), device='cpu')
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def list_checkpoints(out_dir: PathLike) -> List[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    root = Path(out_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _EPOCH_RE.match(p.name)
+        if m and p.is_dir() and (p / WEIGHTS_NAME).is_file() and (p / STATE_NAME).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out_dir: PathLike) -> Optional[Path]:
+    """The newest complete checkpoint directory of a run, or None."""
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def clean_partial(out_dir: PathLike) -> List[Path]:
+    """Remove temporary files and directories a killed run left behind; returns what was removed."""
+    removed = []
+    out_dir = Path(out_dir)
+    for parent in (out_dir, out_dir / CHECKPOINT_DIR):
+        if not parent.is_dir():
+            continue
+        for p in parent.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    def write(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this file system
+            shutil.copyfile(src, tmp)
+    atomic_write(dst, write)
+
+
+def save_checkpoint(
+        out_dir: PathLike,
+        epoch: int,
+        model: nn.Module,
+        state: Dict[str, Any],
+        keep: int = 1,
+        export: bool = True,
+) -> Path:
+    """Write `OUT/checkpoints/epoch-NNNN/` in one atomic step, then drop all but the newest `keep` checkpoints.
+
+    Args:
+        out_dir: Run directory.
+        epoch: Number of completed epochs.
+        model: The model whose weights are saved (unwrapped).
+        state: Training state: tensors and plain Python values only (read back with `weights_only=True`).
+        keep: Checkpoints to keep (>= 1).
+        export: Also point `OUT/model.safetensors` at the new weights.
+
+    Returns:
+        The checkpoint directory.
+    """
+    if keep < 1:
+        raise ValueError(f'keep must be >= 1, got {keep}')
+    root = Path(out_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f'epoch-{epoch:04d}'
+    tmp = Path(tempfile.mkdtemp(prefix=f'{TMP_PREFIX}epoch-{epoch:04d}.', dir=root))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        save_weights(model, tmp / WEIGHTS_NAME, metadata={'format': 'pt', 'epoch': str(epoch)})
+        atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
+        _fsync_dir(tmp)
+        if final.exists():  # a checkpoint of the same epoch from an earlier attempt: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(root)
+    if export:
+        _link_or_copy(final / WEIGHTS_NAME, Path(out_dir) / WEIGHTS_NAME)
+    for old in list_checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None, map_location: Any = 'cpu') -> Dict[str, Any]:
+    """Read a checkpoint directory: load its weights into `model` (if given) and return the training state.
+
+    Args:
+        path: A checkpoint directory, or a run directory (its newest checkpoint is used).
+        model: Model to load the weights into (strict).
+        map_location: Device for the state's tensors.
+    """
+    path = Path(path)
+    if not (path / STATE_NAME).is_file():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f'no complete checkpoint in {path} (expected {CHECKPOINT_DIR}/epoch-NNNN/)')
+        path = ckpt
+    if model is not None:
+        load_weights(model, path / WEIGHTS_NAME)
+    return torch.load(path / STATE_NAME, map_location=map_location, weights_only=True)
