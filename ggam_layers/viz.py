@@ -11,6 +11,7 @@ lazily (the `viz` extra); `register_cli` adds the `ggam-layers cam` subcommand.
 """
 import argparse
 import contextlib
+import io
 import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -287,9 +288,10 @@ def cam_grid_size(num_images: int, num_models: int, panel_size: float = 1.8, dpi
     """(width, height) in pixels of the figure `render_cam_grid` writes.
 
     `round(panel_size * (1 + 2 * num_models + 0.35) * dpi)` wide (input, two panels per model, colour bar) and
-    `round(panel_size * 1.3 * num_images * dpi)` high (a row per image, with room for the titles).
+    `round(panel_size * (1.3 * num_images + 0.25) * dpi)` high (a row per image with room for its titles, and a
+    header naming the models).
     """
-    return round(panel_size * (1 + 2 * num_models + 0.35) * dpi), round(panel_size * 1.3 * num_images * dpi)
+    return round(panel_size * (1 + 2 * num_models + 0.35) * dpi), round(panel_size * (1.3 * num_images + 0.25) * dpi)
 
 
 def plot_cam_grid(
@@ -309,8 +311,9 @@ def plot_cam_grid(
     """Draw the figure of `render_cam_grid` and return the matplotlib `Figure` (not saved, no pyplot state).
 
     Layout: one row per image; column 0 the input (with its ground-truth `boxes` and `targets` if given), then two
-    columns per model, the Grad-CAM heat map and T overlaid on the image, titled with the model's name, the
-    predicted label and its softmax score; a shared colour bar on the right. Saved at `dpi`, the figure is
+    columns per model (named in a header), the Grad-CAM heat map and T overlaid on the image, each titled with the
+    predicted label and its softmax score (green when it matches `targets`, red when not); a shared colour bar on
+    the right. Saved at `dpi`, the figure is
     `cam_grid_size(len(images), len(models), panel_size, dpi)` pixels. Arguments as in `render_cam_grid`.
     """
     from matplotlib import colors as mcolors
@@ -341,25 +344,38 @@ def plot_cam_grid(
     cbar_w = 0.35
     width, height = cam_grid_size(n, len(models), panel_size, dpi)
     fig = Figure(figsize=((width + 0.5) / dpi, (height + 0.5) / dpi), dpi=dpi)  # + 0.5: savefig truncates
-    gs = fig.add_gridspec(n, ncols + 1, width_ratios=[1.0] * ncols + [cbar_w * 0.4], left=0.01, right=0.97,
-                          bottom=0.02, top=1.0 - 0.3 / (1.3 * n), wspace=0.06, hspace=0.45)
-    fs = max(5.0, 4.2 * panel_size)
-    wrap = max(12, int(14 * panel_size))
+    h_in = panel_size * (1.3 * n + 0.25)
+    gs = fig.add_gridspec(n, ncols + 1, width_ratios=[1.0] * ncols + [cbar_w * 0.4], left=0.01, right=0.965,
+                          bottom=0.05 * panel_size / h_in, top=1.0 - 0.5 * panel_size / h_in, wspace=0.06, hspace=0.3)
+    fs = max(5.0, 3.9 * panel_size)
+    wrap = max(12, int(15 * panel_size))
+    header_y = 1.0 - 0.1 * panel_size / h_in
+
+    def header(col0: int, col1: int, text: str) -> None:
+        x0 = gs[0, col0].get_position(fig).x0
+        x1 = gs[0, col1].get_position(fig).x1
+        fig.text((x0 + x1) / 2, header_y, text, ha='center', va='top', fontsize=fs * 1.25, weight='bold')
+
+    header(0, 0, 'input')
+    for j, name in enumerate(results):
+        header(1 + 2 * j, 2 + 2 * j, name)
     for i, arr in enumerate(arrays):
         ax = fig.add_subplot(gs[i, 0])
         ax.imshow(arr, interpolation='nearest')
-        title = 'input' if targets is None else f'input, true: {_label(label_names, int(targets[i]))}'
+        true = None if targets is None or targets[i] is None or targets[i] < 0 else int(targets[i])
+        title = '' if true is None else f'true: {_label(label_names, true)}'
         if boxes is not None and boxes[i] is not None:
             x0, y0, x1, y1 = boxes[i]
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec='white', lw=1.2, ls='--'))
-            title += ' (box: parts)'
-        ax.set_title(_wrap(title, wrap), fontsize=fs)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec='white', lw=1.0, ls='--'))
+            title += ' (dashed: part box)'
+        ax.set_title(_wrap(title.strip(), wrap), fontsize=fs)
         ax.set_axis_off()
-        for j, (name, res) in enumerate(results.items()):
+        for j, res in enumerate(results.values()):
             k, p = int(res.labels[i]), float(res.scores[i])
             pred = f'pred {_label(label_names, k)} ({p:.2f})'
             if classes is not None:
-                pred += f', CAM of {_label(label_names, int(res.classes[i]))}'
+                pred += f'; map of {_label(label_names, int(res.classes[i]))}'
+            colour = 'black' if true is None else ('darkgreen' if k == true else 'firebrick')
             for c, (kind, heat) in enumerate((('Grad-CAM', res.heatmap[i]), ('T', res.attention))):
                 ax = fig.add_subplot(gs[i, 1 + 2 * j + c])
                 if kind == 'T' and heat is None:
@@ -369,11 +385,11 @@ def plot_cam_grid(
                 else:
                     heat = heat if kind == 'Grad-CAM' else heat[i]
                     ax.imshow(overlay_heatmap(arr, heat, alpha, cmap), interpolation='nearest')
-                ax.set_title(_wrap(f'{name}: {kind}; {pred}', wrap), fontsize=fs)
+                ax.set_title(_wrap(f'{kind}: {pred}', wrap), fontsize=fs, color=colour)
                 ax.set_axis_off()
     cax = fig.add_subplot(gs[:, ncols])
     bar = fig.colorbar(ScalarMappable(norm=mcolors.Normalize(0.0, 1.0), cmap=cmap), cax=cax)
-    bar.set_label('Grad-CAM / T, min-max scaled per image', fontsize=fs)
+    bar.ax.set_title('scaled\nper map', fontsize=fs * 0.9, loc='left')
     bar.ax.tick_params(labelsize=fs)
     return fig
 
@@ -418,7 +434,16 @@ def render_cam_grid(
                         eval_mode=eval_mode)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
+    if out.suffix.lower() == '.png':  # RGB without the alpha channel matplotlib writes, optimised: a smaller file
+        from PIL import Image
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format='png', dpi=dpi)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            im.convert('RGB').save(out, optimize=True)
+    else:
+        fig.savefig(out, dpi=dpi)
     return out
 
 

@@ -12,6 +12,7 @@ from ggam_layers import wrap_timm_model
 from ggam_layers.model import GGAMModel
 from ggam_layers.viz import (
     CamMaps,
+    cam_grid_size,
     cam_maps,
     feature_grid,
     grad_cam_map,
@@ -253,11 +254,13 @@ def test_render_grid_size_and_panels(tmp_path):
     titles = [' '.join(ax.get_title().split()) for ax in panels]  # titles carry the label and its score
     assert sum(bool(re.search(r'pred cls\d \(\d\.\d\d\)', t)) for t in titles) == 2 * 4
     assert sum('true: cls' in t for t in titles) == 2
+    headers = [t.get_text() for t in fig.texts]
+    assert headers == ['input', 'ggam', 'baseline']
     assert sum('no spatial' in t.get_text() for ax in panels for t in ax.texts) == 2
 
     out = render_cam_grid(images, models, tmp_path / 'sub' / 'grid.png', label_names=names, img_size=64, dpi=50)
     with Image.open(out) as im:
-        assert im.size == (round(1.8 * 5.35 * 50), round(1.8 * 1.3 * 2 * 50))
+        assert im.size == (round(1.8 * 5.35 * 50), round(1.8 * (1.3 * 2 + 0.25) * 50)) == cam_grid_size(2, 2, dpi=50)
         px = np.asarray(im.convert('RGB'), np.float32) / 255
     # the panels of row 0 as drawn: the heat-map panel differs from the input panel beside it
     fig = plot_cam_grid(images, models, label_names=names, img_size=64, dpi=50)
@@ -301,7 +304,7 @@ def test_cli_cam(tmp_path, capsys):
                               str(out), '--img-size', '64', '96', '--dpi', '40'])
     assert args.func(args) == 0
     with Image.open(out) as im:
-        assert im.size == (round(1.8 * 5.35 * 40), round(1.8 * 1.3 * 2 * 40))
+        assert im.size == (round(1.8 * 5.35 * 40), round(1.8 * (1.3 * 2 + 0.25) * 40))
     assert 'wrote' in capsys.readouterr().out
     with pytest.raises(ValueError, match='IMAGE'):
         bad = parser.parse_args(['cam', str(tmp_path / 'missing.png'), '--model', a, '--out', str(out)])
@@ -323,4 +326,4 @@ def test_cli_cam_synthetic_images(tmp_path):
                               '--dpi', '40'])
     assert args.func(args) == 0
     with Image.open(out) as im:
-        assert im.size == (round(1.8 * 3.35 * 40), round(1.8 * 1.3 * 3 * 40))
+        assert im.size == (round(1.8 * 3.35 * 40), round(1.8 * (1.3 * 3 + 0.25) * 40))

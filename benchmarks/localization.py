@@ -1,0 +1,302 @@
+"""Where does the model look? Peaks of the Grad-CAM heat map and of T against the synthetic set's part boxes.
+
+For every image of a `SyntheticFineGrained` split, `ggam_layers.viz.cam_maps` gives the Grad-CAM heat map at the GGAM
+head's input (for the predicted class) and the spatial attention T, both upsampled to the image. A map "hits" when
+its peak lies inside the ground-truth box of the class-deciding parts (`part_box`, the box around beak, crest, eye
+ring and wing bar), with a tolerance in pixels: 0 (strict) and half the feature stride (the peak of an upsampled
+map is a feature cell's centre, so this counts the cell touching the box). Each hit rate comes with its chance
+level: the rate of a peak drawn uniformly from the feature cells, on the same images. Also reported: hits in the
+union of the individual part boxes (tighter than their bounding box), the share of heat-map mass inside the part box
+next to the box's share of the image, and the test accuracy.
+
+Models come from `--model` (any spec `ggam-layers cam` accepts: a registered tag such as
+`ggam_test_resnet.synthetic`, `hf-hub:`, `local-dir:` or a checkpoint folder) or are trained here briefly with
+`--train` (clearly labelled as such in the results; `--save-dir` keeps them for `ggam-layers cam --compare`).
+
+Example::
+
+    python benchmarks/localization.py --model ggam_test_resnet.synthetic
+    python benchmarks/localization.py --train ggam attention baseline --epochs 10 --save-dir runs/localization
+"""
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine_info, write_results  # noqa: E402
+
+from ggam_layers.data.synthetic import SyntheticFineGrained  # noqa: E402
+from ggam_layers.model import GGAMModel  # noqa: E402
+from ggam_layers.viz import cam_maps, load_cam_model  # noqa: E402
+
+__all__ = ['VARIANTS', 'localization', 'train_variant', 'main']
+
+# the paper's ablation (Fig. 3): model options and whether the GGAM loss is on
+VARIANTS: Dict[str, Tuple[Dict[str, Any], bool]] = {
+    'baseline': ({'channel_attn': False, 'spatial_attn': False}, False),
+    'channel': ({'channel_attn': True, 'spatial_attn': False}, False),
+    'spatial': ({'channel_attn': False, 'spatial_attn': True}, False),
+    'attention': ({}, False),  # channel-spatial attention without the loss
+    'ggam': ({}, True),  # channel-spatial attention with the GGAM loss
+    'channel+loss': ({'channel_attn': True, 'spatial_attn': False}, True),
+}
+
+
+def _dataset(split: str, args: argparse.Namespace, num_classes: int, size: int, per_class: Optional[int] = None):
+    return SyntheticFineGrained(split, num_classes=num_classes, samples_per_class=per_class, image_size=size,
+                                seed=args.data_seed, difficulty=args.difficulty)
+
+
+def _normalise(model: GGAMModel, x: torch.Tensor) -> torch.Tensor:
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    mean = torch.tensor(cfg['mean']).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(cfg['std']).view(1, -1, 1, 1) * 255.0
+    return (x.float() - mean) / std
+
+
+def _uint8_batch(ds: SyntheticFineGrained, idx: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([ds.generate(i)[0] for i in idx])).permute(0, 3, 1, 2)
+
+
+def _dilate(box: Sequence[float], tol: float) -> Tuple[float, float, float, float]:
+    x0, y0, x1, y1 = box
+    return x0 - tol, y0 - tol, x1 + tol, y1 + tol
+
+
+def _inside(px: float, py: float, box: Sequence[float]) -> bool:
+    return box[0] <= px <= box[2] and box[1] <= py <= box[3]
+
+
+def localization(
+        model: GGAMModel, ds: SyntheticFineGrained, batch_size: int = 100, limit: Optional[int] = None,
+) -> Dict[str, Any]:
+    """Hit rates of the heat-map peak and the T peak in the ground-truth part box, with chance levels.
+
+    Args:
+        model: A GGAM model trained on `ds`'s classes.
+        ds: Synthetic split with `part_box` / `part_boxes` ground truth.
+        batch_size: Images per forward pass.
+        limit: Use only the first `limit` images (None: all).
+
+    Returns:
+        Flat dict of rates (0 to 1) and counts.
+    """
+    n = len(ds) if limit is None else min(limit, len(ds))
+    size = ds.image_size
+    stats: Dict[str, List[float]] = {}
+    correct = 0
+    grid_hw = None
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        x = _normalise(model, _uint8_batch(ds, idx))
+        res = cam_maps(model, x)
+        correct += int((res.labels == torch.tensor([ds.targets[i] for i in idx])).sum())
+        grid_hw = tuple(res.cam.shape[-2:])
+        stride_y, stride_x = size / grid_hw[0], size / grid_hw[1]
+        tols = {'strict': 0.0, 'half_stride': 0.5 * max(stride_x, stride_y)}
+        cy = (torch.arange(grid_hw[0]) + 0.5) * stride_y  # feature cell centres in pixels
+        cx = (torch.arange(grid_hw[1]) + 0.5) * stride_x
+        maps = {'cam': res.heatmap.cpu()}
+        if res.attention is not None:
+            maps['T'] = res.attention.cpu()
+        for j, i in enumerate(idx):
+            part = ds.part_box(i)
+            parts = list(ds.part_boxes(i).values())
+            x0, y0, x1, y1 = (int(round(v)) for v in part)
+            for tname, tol in tols.items():
+                box = _dilate(part, tol)
+                boxes = [_dilate(b, tol) for b in parts]
+                in_box = [[_inside(float(px), float(py), box) for px in cx] for py in cy]
+                in_parts = [[any(_inside(float(px), float(py), b) for b in boxes) for px in cx] for py in cy]
+                stats.setdefault(f'chance_box_{tname}', []).append(float(np.mean(in_box)))
+                stats.setdefault(f'chance_parts_{tname}', []).append(float(np.mean(in_parts)))
+                for mname, m in maps.items():
+                    hm = m[j]
+                    flat = bool(hm.max() <= 0)
+                    r, c = divmod(int(hm.argmax()), hm.shape[1])
+                    px, py = c + 0.5, r + 0.5
+                    stats.setdefault(f'{mname}_box_{tname}', []).append(float(not flat and _inside(px, py, box)))
+                    stats.setdefault(f'{mname}_parts_{tname}', []).append(
+                        float(not flat and any(_inside(px, py, b) for b in boxes)))
+            stats.setdefault('box_area', []).append((x1 - x0) * (y1 - y0) / size ** 2)
+            for mname, m in maps.items():
+                hm = m[j]
+                total = float(hm.sum())
+                stats.setdefault(f'{mname}_energy_in_box', []).append(
+                    float(hm[y0:y1, x0:x1].sum()) / total if total > 0 else 0.0)
+                stats.setdefault(f'{mname}_flat', []).append(float(hm.max() <= 0))
+    out: Dict[str, Any] = {'images': n, 'accuracy': correct / n, 'feature_grid': 'x'.join(map(str, grid_hw)),
+                           'stride_px': size / grid_hw[0]}
+    out.update({k: float(np.mean(v)) for k, v in stats.items()})
+    return out
+
+
+def train_variant(variant: str, args: argparse.Namespace, x_tr: torch.Tensor, y_tr: torch.Tensor) -> GGAMModel:
+    """Train one ablation variant from scratch with a short AdamW + cosine recipe (a CPU-sized stand-in).
+
+    Args:
+        variant: A key of `VARIANTS`.
+        args: Parsed command line (backbone, epochs, lr, ...).
+        x_tr: Training images, N x 3 x S x S uint8.
+        y_tr: Labels, N.
+    """
+    import timm
+    import torch.nn.functional as F
+
+    from ggam_layers.loss import GGAMLoss
+
+    options, use_loss = VARIANTS[variant]
+    torch.manual_seed(args.seed)
+    backbone_kw = {'output_stride': args.output_stride} if args.output_stride else {}
+    model = timm.create_model('ggam', backbone=args.backbone, num_classes=args.num_classes, **options, **backbone_kw)
+    size = x_tr.shape[-1]
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size))
+    criterion = GGAMLoss(lam=args.lam) if use_loss else None
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = math.ceil(x_tr.shape[0] / args.batch_size)
+    total, warmup = steps * args.epochs, steps // 2
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    g = torch.Generator().manual_seed(args.seed)
+    for epoch in range(args.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(x_tr.shape[0], generator=g)
+        loss_sum = 0.0
+        for i in range(0, x_tr.shape[0], args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            xb = x_tr[idx]
+            flip = torch.rand(xb.shape[0], generator=g) < 0.5
+            xb = _normalise(model, torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb))
+            yb = y_tr[idx]
+            if criterion is not None:
+                loss = criterion(model.forward_ggam(xb), yb)
+            else:
+                loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * xb.shape[0]
+        print(f'  {variant} epoch {epoch + 1}/{args.epochs}: loss {loss_sum / x_tr.shape[0]:.3f} '
+              f'({time.perf_counter() - t0:.0f} s)', flush=True)
+    return model.eval()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', nargs='*', default=[], help='model specs to measure (as for ggam-layers cam)')
+    p.add_argument('--titles', nargs='*', default=[], help='a row name per --model')
+    p.add_argument('--train', nargs='*', default=[], choices=sorted(VARIANTS), help='variants to train here first')
+    p.add_argument('--num-classes', type=int, default=None, help='classes (default: the first model\'s, or 20)')
+    p.add_argument('--image-size', type=int, default=None, help='default: the first model\'s input size, or 64')
+    p.add_argument('--difficulty', type=float, default=1.0)
+    p.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic dataset')
+    p.add_argument('--split', default='test', choices=('val', 'test'))
+    p.add_argument('--limit', type=int, default=None, help='measure only the first N images of the split')
+    p.add_argument('--train-per-class', type=int, default=None, help='training images per class (default 100)')
+    p.add_argument('--backbone', default='test_resnet', help='backbone of --train models')
+    p.add_argument('--output-stride', type=int, default=None, help='backbone output stride of --train models')
+    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--lr', type=float, default=2e-3)
+    p.add_argument('--weight-decay', type=float, default=0.05)
+    p.add_argument('--lam', type=float, default=1.0, help='GGAM loss weight of variants with the loss')
+    p.add_argument('--seed', type=int, default=0, help='training seed')
+    p.add_argument('--save-dir', default=None, help='save --train models here (loadable by ggam-layers cam)')
+    p.add_argument('--threads', type=int, default=None, help='torch threads')
+    p.add_argument('--out-dir', default='benchmarks/results')
+    p.add_argument('--name', default='localization', help='result file stem')
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.model and not args.train:
+        p.error('name models with --model or variants to train with --train')
+    if args.titles and len(args.titles) != len(args.model):
+        p.error('--titles needs one title per --model')
+
+    models: Dict[str, Tuple[GGAMModel, str]] = {}
+    for i, spec in enumerate(args.model):
+        models[args.titles[i] if args.titles else spec] = (load_cam_model(spec), f'loaded: {spec}')
+    first = next(iter(models.values()))[0] if models else None
+    args.num_classes = args.num_classes or (first.num_classes if first is not None else 20)
+    if args.image_size is None:
+        args.image_size = int(first.pretrained_cfg.get('input_size', (3, 64, 64))[-1]) if first is not None else 64
+    t0 = time.perf_counter()
+    if args.train:
+        from ggam_layers import hub
+
+        train_ds = _dataset('train', args, args.num_classes, args.image_size, args.train_per_class)
+        x_tr = torch.from_numpy(train_ds.materialize()).permute(0, 3, 1, 2).contiguous()
+        y_tr = torch.tensor(train_ds.targets)
+        for variant in args.train:
+            print(f'training {variant} ({args.backbone}, {args.epochs} epochs, {len(train_ds)} images)', flush=True)
+            model = train_variant(variant, args, x_tr, y_tr)
+            loss_name = f'CE + GGAM loss, lambda {args.lam}' if VARIANTS[variant][1] else 'CE'
+            stride = f' output_stride {args.output_stride}' if args.output_stride else ''
+            source = (f'trained here: {variant}, {args.backbone}{stride}, {args.epochs} epochs AdamW lr {args.lr}, '
+                      f'{loss_name}')
+            if args.save_dir:
+                folder = Path(args.save_dir) / variant.replace('+', '_')
+                hub.save_pretrained(model, folder, label_names=train_ds.classes, overwrite=True,
+                                    dataset={'name': 'synthetic', 'num_classes': args.num_classes,
+                                             'image_size': args.image_size, 'difficulty': args.difficulty,
+                                             'seed': args.data_seed},
+                                    recipe=source)
+                source += f' (saved to {folder})'
+            models[f'{variant} (trained here)'] = (model, source)
+    train_s = time.perf_counter() - t0
+
+    ds = _dataset(args.split, args, args.num_classes, args.image_size)
+    rows = []
+    for name, (model, source) in models.items():
+        t1 = time.perf_counter()
+        row = {'model': name, **localization(model, ds, limit=args.limit)}
+        row['seconds'] = time.perf_counter() - t1
+        row['source'] = source
+        rows.append(row)
+        print(f"{name}: acc {row['accuracy']:.3f}, cam in part box {row['cam_box_strict']:.3f} "
+              f"(chance {row['chance_box_strict']:.3f}), T {row.get('T_box_strict', float('nan')):.3f}", flush=True)
+
+    columns = ['model', 'accuracy', 'feature_grid', 'cam_box_strict', 'T_box_strict', 'chance_box_strict',
+               'cam_box_half_stride', 'T_box_half_stride', 'chance_box_half_stride', 'cam_parts_strict',
+               'T_parts_strict', 'chance_parts_strict', 'cam_energy_in_box', 'T_energy_in_box', 'box_area']
+    notes = [
+        'Rates over the split (0 to 1). `*_box_*`: the peak of the upsampled map (Grad-CAM `cam` at the GGAM head\'s '
+        'input for the predicted class, or the spatial attention `T`) lies inside the ground-truth part box '
+        '(beak, crest, eye ring and wing bar together); `strict`: no tolerance, `half_stride`: the box grown by half '
+        'the feature stride (the feature cell holding the peak touches the box). `*_parts_*`: inside one of the '
+        'individual part boxes. `chance_*`: the rate of a peak drawn uniformly from the feature cells. '
+        '`*_energy_in_box`: share of the map\'s mass inside the part box, to read against `box_area`, the box\'s '
+        'share of the image.',
+        'Sources: ' + '; '.join(f'{name}: {source}' for name, (_, source) in models.items()) + '.',
+    ]
+    meta = {
+        'machine': machine_info(),
+        'command': 'python benchmarks/localization.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+        'dataset': {'name': 'SyntheticFineGrained', 'split': args.split, 'num_classes': args.num_classes,
+                    'image_size': args.image_size, 'difficulty': args.difficulty, 'seed': args.data_seed,
+                    'images': rows[0]['images'] if rows else 0},
+        'train_seconds': train_s if args.train else None,
+    }
+    for path in write_results(args.name, rows, meta, out_dir=args.out_dir, columns=columns, notes=notes):
+        print(f'wrote {path}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
