@@ -31,7 +31,6 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import platform
 import sys
 import time
 import traceback
@@ -43,7 +42,10 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg, model_entrypoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the checkout, after site-packages: an installed ggam_layers (CI tests the wheel) wins over the checkout's
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+import ggam_layers  # noqa: E402
+from benchmarks.common import machine_info, machine_line  # noqa: E402
 from ggam_layers.loss import GGAMLoss  # noqa: E402
 from ggam_layers.model import UnsupportedBackboneError, wrap_timm_model  # noqa: E402
 
@@ -54,7 +56,7 @@ QUICK_SAMPLE = ['test_resnet', 'test_vit', 'test_mambaout', 'pit_ti_224']
 NUM_CLASSES = 10
 
 
-# --- model discovery -----------------------------------------------------------------------------------------------
+# --- model discovery --------------------------------------------------------------------------------------------------
 def model_module(name: str) -> str:
     """The timm module defining a model's entrypoint, without the `timm.models.` prefix (e.g. 'resnet')."""
     module = model_entrypoint(name).__module__
@@ -120,7 +122,7 @@ def _with_probe_log(fn):
     return wrapped
 
 
-# --- part 1: wrap every architecture on the meta device ------------------------------------------------------------
+# --- part 1: wrap every architecture on the meta device ---------------------------------------------------------------
 @_with_probe_log
 def wrap_check(name: str) -> Dict[str, Any]:
     """Wrap one architecture on the meta device and classify the outcome.
@@ -130,7 +132,7 @@ def wrap_check(name: str) -> Dict[str, Any]:
         and input sizes.
     """
     row: Dict[str, Any] = {'model': name, 'module': model_module(name), **_input_sizes(name)}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         model = wrap_timm_model(name, num_classes=NUM_CLASSES, device='meta')
     except UnsupportedBackboneError as e:
@@ -157,10 +159,11 @@ def wrap_check(name: str) -> Dict[str, Any]:
             on_meta=all(p.device.type == 'meta' for p in model.parameters()),
         )
     row['seconds'] = round(time.perf_counter() - t0, 3)
+    row['cpu_seconds'] = round(time.process_time() - c0, 3)
     return row
 
 
-# --- part 2: a real CPU step on one model per module ----------------------------------------------------------------
+# --- part 2: a real CPU step on one model per module ------------------------------------------------------------------
 def _finite_grad(p: torch.nn.Parameter) -> Optional[str]:
     if p.grad is None:
         return 'None'
@@ -184,7 +187,7 @@ def sample_check(name: str, img_size: Sequence[int], beta_rtol: float = 1e-4, se
     """
     h, w = int(img_size[0]), int(img_size[1])
     row: Dict[str, Any] = {'model': name, 'module': model_module(name), 'img_size': [h, w], 'batch_size': 2}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     stage = 'build'
     checks: Dict[str, Any] = {}
     try:
@@ -210,7 +213,8 @@ def sample_check(name: str, img_size: Sequence[int], beta_rtol: float = 1e-4, se
         checks['channel_weights_shape'] = list(out.channel_weights.shape)
         checks['spatial_weights_shape'] = list(out.spatial_weights.shape)
         if tuple(out.cam_weights.shape) != (2, model.num_features):
-            raise AssertionError(f'cam_weights shape {tuple(out.cam_weights.shape)}, expected (2, {model.num_features})')
+            raise AssertionError(
+                f'cam_weights shape {tuple(out.cam_weights.shape)}, expected (2, {model.num_features})')
 
         stage = 'loss'
         terms = GGAMLoss().terms(out, target)
@@ -265,6 +269,7 @@ def sample_check(name: str, img_size: Sequence[int], beta_rtol: float = 1e-4, se
     row['stage'] = stage
     row['checks'] = checks
     row['seconds'] = round(time.perf_counter() - t0, 3)
+    row['cpu_seconds'] = round(time.process_time() - c0, 3)
     return row
 
 
@@ -436,30 +441,7 @@ def run_tasks(
     return results
 
 
-# --- reporting ---------------------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> Dict[str, Any]:
-    """CPU model, core count and library versions."""
-    return {
-        'cpu': _cpu_model(),
-        'cores': os.cpu_count(),
-        'python': platform.python_version(),
-        'torch': torch.__version__,
-        'timm': timm.__version__,
-        'platform': platform.platform(),
-    }
-
-
+# --- reporting --------------------------------------------------------------------------------------------------------
 def _counts(rows: Sequence[Dict[str, Any]], statuses: Sequence[str]) -> Dict[str, int]:
     c = collections.Counter(r['status'] for r in rows)
     return {s: c.get(s, 0) for s in statuses}
@@ -471,7 +453,8 @@ def _summarise_wrap(rows: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]
     wrapped = [r for r in rows if r['status'] == 'wrapped']
     layouts = collections.Counter(r['fmt'] for r in wrapped)
     prefix = collections.Counter(r['num_prefix_tokens'] for r in wrapped if r['fmt'] == 'NLC')
-    secs = sorted((r['seconds'] for r in rows))
+    secs = sorted(r['seconds'] for r in rows)
+    cpu = sum(r.get('cpu_seconds', 0.0) for r in rows)
     return {
         'total': n,
         **counts,
@@ -482,6 +465,7 @@ def _summarise_wrap(rows: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]
         'wall_seconds': round(wall_s, 1),
         'model_seconds_total': round(sum(secs), 1),
         'model_seconds_median': secs[len(secs) // 2] if secs else 0.0,
+        'model_cpu_seconds_total': round(cpu, 1),
         'slowest': [{'model': r['model'], 'seconds': r['seconds'], 'status': r['status']}
                     for r in sorted(rows, key=lambda r: -r['seconds'])[:10]],
     }
@@ -503,8 +487,7 @@ def markdown(data: Dict[str, Any]) -> str:
         '',
         f"Command: `{data['command']}`",
         '',
-        f"Machine: {info['cpu']}, {info['cores']} cores, {data['settings']['workers']} worker processes with one "
-        f"torch thread each; Python {info['python']}, torch {info['torch']}, timm {info['timm']}.",
+        f"Machine: {machine_line(info)}; {data['settings']['workers']} worker processes with one torch thread each.",
         '',
     ]
     wrap = data.get('wrap')
@@ -616,7 +599,7 @@ def markdown(data: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
-# --- main ---------------------------------------------------------------------------------------------------------------
+# --- main -------------------------------------------------------------------------------------------------------------
 def _match(names: List[str], patterns: Optional[List[str]]) -> List[str]:
     if not patterns:
         return names
@@ -651,7 +634,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         data = json.loads(json_path.read_text())
     data.update(
         command=command.strip(),
-        machine=machine_info(),
         settings={'workers': args.workers, 'timeout_s': args.timeout, 'sample_timeout_s': args.sample_timeout,
                   'max_params': args.max_params, 'beta_rtol': args.beta_rtol, 'num_classes': NUM_CLASSES,
                   'quick': args.quick},
@@ -696,6 +678,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             'modules': entries,
         }
 
+    data['machine'] = machine_info()  # after the workers ran: it asks torch about CUDA, which must not precede a fork
+    data['ggam_layers'] = {'version': ggam_layers.__version__, 'file': ggam_layers.__file__}
+    data['machine']['torch_threads'] = 1  # per worker process (the parent runs no model)
+    data['machine']['load_average_at_end'] = [round(v, 2) for v in os.getloadavg()]
     json_path.write_text(json.dumps(data, indent=1) + '\n')
     md_path.write_text(markdown(data) + '\n')
     print(f'wrote {json_path} and {md_path}')
