@@ -39,7 +39,7 @@ def build_parser(modules: Sequence[str] = CLI_MODULES) -> argparse.ArgumentParse
     return parser
 
 
-def _subcommand_argv(parser: argparse.ArgumentParser, argv: List[str], command: str) -> List[str]:
+def _subcommand_argv(argv: List[str], command: str) -> List[str]:
     """The arguments after the subcommand's name."""
     return argv[argv.index(command) + 1:] if command in argv else []
 
@@ -53,10 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, 'func', None) is None:
         parser.print_help()
         return 2
-    args._argv = _subcommand_argv(parser, argv, args.command)
+    args._argv = _subcommand_argv(argv, args.command)
     try:
         return int(args.func(args) or 0)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError) as e:  # user errors: the message says what to change
+        _logger.debug('%s failed', args.command, exc_info=True)
         parser.exit(2, f'ggam-layers {args.command}: error: {e}\n')
     except KeyboardInterrupt:
         parser.exit(130, 'interrupted\n')

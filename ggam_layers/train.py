@@ -83,6 +83,7 @@ from .model import GGAMModel
 __all__ = [
     'TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'train', 'train_compare', 'evaluate', 'evaluate_model',
     'build_model', 'build_datasets', 'resolve_data_config', 'lr_factor', 'register_cli', 'format_comparison',
+    'add_train_args', 'config_from_args', 'compare_requested',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -847,7 +848,6 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
 
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     t_run = time.perf_counter()
-    last_eval: Dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, end_epoch):
             row = _train_one_epoch(
@@ -860,7 +860,6 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                                      desc=f'[{label}] eval')
                 row.update(test_loss=res['loss'], test_top1=res['top1'], test_top5=res['top5'],
                            eval_time_s=time.perf_counter() - t0)
-                last_eval = res
             else:
                 row.update(test_loss=None, test_top1=None, test_top5=None, eval_time_s=None)
             history.append({k: row.get(k) for k in METRIC_COLUMNS})
@@ -1113,9 +1112,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--pretrained', action=argparse.BooleanOptionalAction,
                    help=h('pretrained', "load the backbone's pretrained weights through timm"))
     g.add_argument('--pretrained-file', metavar='PATH', help='local backbone weights (timm pretrained_cfg_overlay)')
-    g.add_argument('--no-channel-attn', dest='channel_attn', action='store_false', help='ablation: no channel attention')
-    g.add_argument('--no-spatial-attn', dest='spatial_attn', action='store_false', help='ablation: no spatial attention')
-    g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'), help=h('spatial_norm', 'normalisation of T'))
+    g.add_argument('--no-channel-attn', dest='channel_attn', action='store_false',
+                   help='ablation: no channel attention')
+    g.add_argument('--no-spatial-attn', dest='spatial_attn', action='store_false',
+                   help='ablation: no spatial attention')
+    g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'),
+                   help=h('spatial_norm', 'normalisation of T'))
     g.add_argument('--attn-temperature', type=float, help=h('attn_temperature', 'softmax temperature of S'))
     g.add_argument('--pool-type', choices=('auto', 'avg', 'sum'), help=h('pool_type', 'pooling of D'))
     g.add_argument('--cam-layer', choices=('features', 'attended'), help=h('cam_layer', 'Grad-CAM gradient at A or D'))
@@ -1196,6 +1198,7 @@ def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bo
         compare_run = not (out / CONFIG_NAME).is_file() and (out / 'ggam' / CONFIG_NAME).is_file()
         saved_dir = out / 'ggam' if compare_run else out
         saved = asdict(TrainConfig.from_dict(_read_run_config(saved_dir)['ggam_layers']['train_config']))
+        saved.update(stop_after=None, overwrite=False)  # settings of the interrupted invocation, not of the run
         saved.update(ns)
         if compare_run:
             saved.update(plain=False, output=str(out))
@@ -1205,11 +1208,17 @@ def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bo
     return cfg, compare
 
 
+def compare_requested(flag: Optional[bool], train_argv: Optional[Sequence[str]]) -> bool:
+    """Whether `ggam-layers train` trains GGAM and the plain backbone: `--compare-plain`, or no option at all."""
+    if flag is not None:
+        return flag
+    return train_argv is not None and len(train_argv) == 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     cfg, compare = config_from_args(args)
     argv = getattr(args, '_argv', None)
-    if compare is None:  # `ggam-layers train` with no option at all is the GGAM-vs-plain demo
-        compare = argv is not None and not argv
+    compare = compare_requested(compare, argv)
     command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
     if compare:
         train_compare(cfg, command=command)

@@ -5,11 +5,11 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .checkpoint import atomic_write_text
 
-__all__ = ['METRIC_COLUMNS', 'MetricsWriter']
+__all__ = ['METRIC_COLUMNS', 'MetricsWriter', 'read_jsonl']
 
 METRIC_COLUMNS = (
     'epoch', 'train_loss', 'train_ce', 'train_ggam', 'train_top1', 'test_loss', 'test_top1', 'test_top5',
@@ -36,7 +36,8 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ImportError('--tensorboard needs the tensorboard package: pip install "ggam-layers[train]"') from e
+                raise ImportError(
+                    '--tensorboard needs the tensorboard package: pip install "ggam-layers[train]"') from e
             self._tb = SummaryWriter(log_dir=str(self.out_dir / 'tensorboard'))
 
     def write(self, history: List[Dict[str, Any]]) -> None:
@@ -66,7 +67,3 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
     """Rows of a `metrics.jsonl` file."""
     with open(path, encoding='utf-8') as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def optional_float(v: Optional[float]) -> Optional[float]:
-    return None if v is None else float(v)
