@@ -338,6 +338,7 @@ def save_pretrained(
         header = {'format': 'pt', 'architecture': arch, 'backbone': str(args.get('backbone')),
                   'ggam_layers_version': _version(), 'paper': PAPER_ID, **(metadata or {})}
         safetensors.torch.save_file(tensors, str(weights), metadata=header)
+        _canonical_header(weights)
         num_params = sum(p.numel() for p in model.parameters())
         card = model_card(config, repo_id.split('/')[-1] if repo_id else directory.resolve().name, repo_id=repo_id,
                           num_params=num_params, dataset=dataset, metrics=metrics, recipe=recipe)
@@ -345,6 +346,20 @@ def save_pretrained(
         for name in (CONFIG_NAME, WEIGHTS_NAME, README_NAME):
             shutil.move(str(Path(tmp) / name), str(directory / name))
     return directory
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, so that equal weights and metadata give equal bytes.
+
+    safetensors writes its `__metadata__` in hash-map order, which changes from call to call; the tensor data and its
+    offsets stay as they are, the header keeps its 8-byte alignment (space padding, as safetensors pads).
+    """
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(',', ':')).encode()
+    text += b' ' * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, 'little') + text + data[8 + n:])
 
 
 def _verify_rebuild(model: GGAMModel, config: Dict[str, Any]) -> None:
@@ -516,7 +531,10 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
         raise RuntimeError(_unknown_architecture(arch, f'model name {ident!r}'))
     weights = None
     if pretrained:
-        cfg = get_pretrained_cfg(ident if tag else arch)
+        try:
+            cfg = get_pretrained_cfg(ident if tag else arch)
+        except RuntimeError:  # timm: 'Invalid pretrained tag'
+            cfg = None
         if cfg is None and tag:
             raise ValueError(f'{arch} has no pretrained tag {tag!r}; its tags: {timm.list_pretrained(arch + ".*")}')
         if cfg is not None and cfg.file:
@@ -559,8 +577,10 @@ def _explain_load_error(name: str, weights: Path, kwargs: Dict[str, Any]) -> Opt
         [f'unexpected keys [{first(extra)}]'] if extra else [])
     if not parts:
         return None
-    return (f'weights in {weights} do not fit {name}: {", ".join(parts)}. Were they saved from another architecture '
-            'or other options than its config names?')
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', name)
+    built = f'{arch} (backbone {model.backbone_name})' if isinstance(model, GGAMModel) else arch
+    return (f'weights in {weights} do not fit {built}, built from {name}: {", ".join(parts)}. Were they saved from '
+            'another architecture or other options than its config names?')
 
 
 def load_model(
