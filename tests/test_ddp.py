@@ -1,0 +1,78 @@
+"""DDP: `torchrun --nproc-per-node 2` of the real command line (gloo on the CPU, localhost) against one process.
+
+The model is GGAM on timm's `test_convnext`: LayerNorm normalises each sample on its own and the GGAM head has no
+batch coupling, so every sample's loss and gradient are the same whether it sits in a batch of 8 or in a rank's
+batch of 4. The DDP gradient (mean over ranks of each rank's batch mean) is then exactly the single-process mean over
+the same 8 images (the samplers guarantee that the ranks' batches at a step together are the single-process batch,
+and the augmentation of an image depends only on (seed, epoch, index)). Only the order of float32 additions differs
+(the all-reduce), so weights agree to float32 rounding accumulated over a few SGD steps: we allow 1e-5 absolute +
+1e-4 relative. A BatchNorm backbone would NOT match: each rank normalises with its own batch's statistics (4 images
+instead of 8) unless `--sync-bn` is used, so that comparison would measure BatchNorm, not the DDP plumbing.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ggam_layers.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = dict(model='test_convnext', dataset_kwargs={'num_classes': 4, 'samples_per_class': 8}, img_size=64, epochs=2,
+              batch_size=8, eval_batch_size=8, opt='sgd', lr=0.05, warmup_epochs=0.5, threads=1, progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _cli_args(cfg: dict) -> list:
+    args = ['--model', cfg['model'], '--img-size', str(cfg['img_size']), '--epochs', str(cfg['epochs']),
+            '--batch-size', str(cfg['batch_size']), '--eval-batch-size', str(cfg['eval_batch_size']),
+            '--opt', cfg['opt'], '--lr', str(cfg['lr']), '--warmup-epochs', str(cfg['warmup_epochs']),
+            '--threads', '1', '--no-progress']
+    for k, v in cfg['dataset_kwargs'].items():
+        args += ['--data-arg', f'{k}={v}']
+    return args
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_two_cpu_processes_match_one(tmp_path):
+    ddp_out = tmp_path / 'ddp'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS='1')
+    if sys.platform.startswith('linux'):
+        env['GLOO_SOCKET_IFNAME'] = 'lo'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc-per-node', '2',
+           '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
+           '-m', 'ggam_layers', 'train', *_cli_args(COMMON), '--output', str(ddp_out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    ddp = json.loads((ddp_out / 'results.json').read_text())
+    assert ddp['world_size'] == 2 and ddp['finished']
+    assert ddp['replica_max_abs_diff'] == 0.0  # both ranks hold identical weights and buffers
+    # only rank 0 wrote: one set of files, one row per epoch
+    assert len((ddp_out / 'metrics.jsonl').read_text().splitlines()) == COMMON['epochs']
+
+    single = train(TrainConfig(output=str(tmp_path / 'single'), **COMMON))
+    assert single['world_size'] == 1
+    wd, ws = load_file(str(ddp_out / 'model.safetensors')), load_file(str(tmp_path / 'single' / 'model.safetensors'))
+    assert wd.keys() == ws.keys()
+    for k in ws:
+        torch.testing.assert_close(wd[k], ws[k], atol=1e-5, rtol=1e-4, msg=k)
+    # metrics were reduced over the ranks: the same images, the same losses
+    ddp_rows = [json.loads(x) for x in (ddp_out / 'metrics.jsonl').read_text().splitlines()]
+    for rd, rs in zip(ddp_rows, single['history']):
+        assert rd['train_loss'] == pytest.approx(rs['train_loss'], rel=1e-4)
+        assert rd['train_top1'] == pytest.approx(rs['train_top1'], abs=1 / 32 + 1e-9)
+        assert rd['test_loss'] == pytest.approx(rs['test_loss'], rel=1e-4)
+        assert rd['test_top1'] == pytest.approx(rs['test_top1'], abs=1 / 32 + 1e-9)  # a near-tie may flip
