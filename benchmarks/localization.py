@@ -119,6 +119,8 @@ def localization(
                 in_parts = [[any(_inside(float(px), float(py), b) for b in boxes) for px in cx] for py in cy]
                 stats.setdefault(f'chance_box_{tname}', []).append(float(np.mean(in_box)))
                 stats.setdefault(f'chance_parts_{tname}', []).append(float(np.mean(in_parts)))
+                ox, oy = ds.object_center(i)  # a peak on the bird's body centre: "finds the bird", no parts
+                stats.setdefault(f'center_box_{tname}', []).append(float(_inside(ox, oy, box)))
                 for mname, m in maps.items():
                     hm = m[j]
                     flat = bool(hm.max() <= 0)
@@ -273,14 +275,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"(chance {row['chance_box_strict']:.3f}), T {row.get('T_box_strict', float('nan')):.3f}", flush=True)
 
     columns = ['model', 'accuracy', 'feature_grid', 'cam_box_strict', 'T_box_strict', 'chance_box_strict',
-               'cam_box_half_stride', 'T_box_half_stride', 'chance_box_half_stride', 'cam_parts_strict',
+               'center_box_strict', 'cam_box_half_stride', 'T_box_half_stride', 'chance_box_half_stride',
+               'center_box_half_stride', 'cam_parts_strict',
                'T_parts_strict', 'chance_parts_strict', 'cam_energy_in_box', 'T_energy_in_box', 'box_area']
     notes = [
         'Rates over the split (0 to 1). `*_box_*`: the peak of the upsampled map (Grad-CAM `cam` at the GGAM head\'s '
         'input for the predicted class, or the spatial attention `T`) lies inside the ground-truth part box '
         '(beak, crest, eye ring and wing bar together); `strict`: no tolerance, `half_stride`: the box grown by half '
         'the feature stride (the feature cell holding the peak touches the box). `*_parts_*`: inside one of the '
-        'individual part boxes. `chance_*`: the rate of a peak drawn uniformly from the feature cells. '
+        'individual part boxes. `chance_*`: the rate of a peak drawn uniformly from the feature cells; '
+        '`center_*`: the rate of a peak placed on the centre of the bird\'s body (a map that finds the bird but '
+        'not its parts). '
         '`*_energy_in_box`: share of the map\'s mass inside the part box, to read against `box_area`, the box\'s '
         'share of the image.',
         'Sources: ' + '; '.join(f'{name}: {source}' for name, (_, source) in models.items()) + '.',

@@ -490,7 +490,7 @@ def _parse_indices(text: str) -> List[int]:
     return out
 
 
-def _expand_images(specs: Sequence[str], num_classes: int, size: Tuple[int, int], seed: int):
+def _expand_images(specs: Sequence[str], num_classes: int, size: Tuple[int, int], seed: int, difficulty: float = 1.0):
     """Image specs to (images, targets, boxes, label_names); `synthetic:SPLIT:I,J-K` picks synthetic test images."""
     images: List[Any] = []
     targets: List[Optional[int]] = []
@@ -510,7 +510,8 @@ def _expand_images(specs: Sequence[str], num_classes: int, size: Tuple[int, int]
 
         if size[0] != size[1]:
             raise ValueError(f'synthetic images are square; --img-size must be one number, got {size}')
-        ds = SyntheticFineGrained(m.group(1), num_classes=num_classes, image_size=size[0], seed=seed)
+        ds = SyntheticFineGrained(m.group(1), num_classes=num_classes, image_size=size[0], seed=seed,
+                                  difficulty=difficulty)
         names = list(ds.classes)
         for i in _parse_indices(m.group(2)):
             img, target = ds[i]
@@ -542,7 +543,8 @@ def run_cam(args: argparse.Namespace) -> int:
         models[title] = load_cam_model(spec, pretrained=not args.no_pretrained, device=device)
     first = next(iter(models.values()))
     size = _as_size(args.img_size) or _input_size(first)
-    images, targets, boxes, names = _expand_images(args.images, first.num_classes, size, args.synthetic_seed)
+    images, targets, boxes, names = _expand_images(args.images, first.num_classes, size, args.synthetic_seed,
+                                                   args.synthetic_difficulty)
     label_names = _read_labels(args.labels, first) or names
     classes = None if args.target_class is None else [args.target_class] * len(images)
     out = render_cam_grid(
@@ -569,6 +571,7 @@ def _add_cam_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--target-class', type=int, default=None, help='explain this class instead of the predicted one')
     p.add_argument('--labels', default=None, help='text file with one class name per line')
     p.add_argument('--synthetic-seed', type=int, default=0, help='seed of the synthetic dataset for synthetic: images')
+    p.add_argument('--synthetic-difficulty', type=float, default=1.0, help='difficulty of the synthetic dataset')
     p.add_argument('--panel-size', type=float, default=1.8, help='panel width in inches')
     p.add_argument('--dpi', type=int, default=100)
     p.add_argument('--device', default='cpu')

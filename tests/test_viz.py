@@ -327,3 +327,22 @@ def test_cli_cam_synthetic_images(tmp_path):
     assert args.func(args) == 0
     with Image.open(out) as im:
         assert im.size == (round(1.8 * 3.35 * 40), round(1.8 * (1.3 * 3 + 0.25) * 40))
+
+
+def test_load_image_inputs(tmp_path):
+    from PIL import Image
+
+    from ggam_layers.viz import load_image
+
+    arr = (_rgb(3, (30, 40)) * 255).astype(np.uint8)
+    path = tmp_path / 'x.png'
+    Image.fromarray(arr).save(path)
+    for src in (str(path), Image.fromarray(arr), arr, torch.from_numpy(arr).permute(2, 0, 1), arr[..., 0]):
+        out = load_image(src)
+        assert out.shape == (30, 40, 3) and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+    assert np.allclose(load_image(str(path)), arr / 255.0)
+    assert load_image(arr, size=(16, 24)).shape == (16, 24, 3)
+    with pytest.raises(TypeError, match='image'):
+        load_image(3)
+    assert feature_grid(_model('test_resnet'), (96, 128)) is None
+    assert feature_grid(_model('test_vit', dynamic_img_size=True), (96, 128)) == (6, 8)
