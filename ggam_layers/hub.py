@@ -129,12 +129,13 @@ def ggam_model_args(model: GGAMModel) -> Dict[str, Any]:
 
 
 def _architecture(model: GGAMModel) -> str:
-    """The registered entrypoint that rebuilds `model`: its own named variant, else the generic `ggam`."""
-    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
+    """The registered entrypoint that rebuilds `model`: the named variant of its backbone (`ggam_resnet50` for
+    'resnet50'), else the generic `ggam` (the backbone goes in `model_args` either way)."""
     named = _registry().GGAM_BACKBONES
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     if arch in named and named[arch][0] == model.backbone_name:
         return arch
-    return 'ggam'
+    return next((name for name, (backbone, _) in named.items() if backbone == model.backbone_name), 'ggam')
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -248,6 +249,7 @@ def save_pretrained(
         model_args: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
         metadata: Optional[Dict[str, str]] = None,
+        extra_info: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write `config.json`, `model.safetensors` and a README.md model card, exactly what timm reads.
 
@@ -268,7 +270,8 @@ def save_pretrained(
         model_args: Architecture arguments to record on top of `ggam_model_args(model)` (e.g. `backbone_args`
             of a model built by `wrap_timm_model`, which the model does not keep).
         repo_id: Hub repository the folder is meant for (loading instructions in the card).
-        metadata: Extra string metadata stored in the safetensors header.
+        metadata: Extra string metadata stored in the safetensors header (a `recipe` string is stored there too).
+        extra_info: More provenance for config.json's `ggam_layers` key (e.g. the training run's `train_config`).
 
     Returns:
         The folder.
@@ -288,7 +291,7 @@ def save_pretrained(
             raise ValueError(f'label_names has {len(label_names)} names, but the model has num_classes='
                              f'{model.num_classes}')
     for name, value in (('dataset', dataset), ('metrics', metrics), ('recipe', recipe), ('model_args', model_args),
-                        ('data_config', data_config)):
+                        ('data_config', data_config), ('extra_info', extra_info)):
         _check_json(name, value)
     if metrics is not None and not isinstance(metrics, dict):
         raise TypeError(f'metrics must be a dict name -> value, got {type(metrics).__name__}')
@@ -300,7 +303,11 @@ def save_pretrained(
     arch = _architecture(model)
     backbone_cfg = getattr(model.backbone, 'pretrained_cfg', None) or {}
     first_conv = backbone_cfg.get('first_conv')
-    extra = {k: v for k, v in (('dataset', dataset), ('metrics', metrics), ('recipe', recipe)) if v is not None}
+    info = dict(extra_info or {})
+    if 'version' in info:
+        info['trained_with_version'] = info.pop('version')
+    info.update(version=_version(), paper=PAPER_ID)
+    info.update({k: v for k, v in (('dataset', dataset), ('metrics', metrics), ('recipe', recipe)) if v is not None})
     model_config = {
         'architecture': arch,
         'pretrained_cfg': {
@@ -308,7 +315,7 @@ def save_pretrained(
             'paper_name': PAPER_NAME, 'origin_url': _LIBRARY_URL,
             'first_conv': f'backbone.{first_conv}' if isinstance(first_conv, str) else None,
         },
-        'ggam_layers': dict(version=_version(), paper=PAPER_ID, **extra),
+        'ggam_layers': info,
     }
     if label_names:
         model_config['label_names'] = label_names
@@ -336,7 +343,10 @@ def save_pretrained(
         weights = Path(tmp) / WEIGHTS_NAME
         tensors = safetensors.torch.load_file(str(weights))
         header = {'format': 'pt', 'architecture': arch, 'backbone': str(args.get('backbone')),
-                  'ggam_layers_version': _version(), 'paper': PAPER_ID, **(metadata or {})}
+                  'ggam_layers_version': _version(), 'paper': PAPER_ID}
+        if isinstance(recipe, str):
+            header['recipe'] = recipe
+        header.update(metadata or {})
         safetensors.torch.save_file(tensors, str(weights), metadata=header)
         _canonical_header(weights)
         num_params = sum(p.numel() for p in model.parameters())
@@ -625,18 +635,22 @@ def load_model(
 
 
 # --- training checkpoints -------------------------------------------------------------------------------------------
+_DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+
+
 def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     """Read a checkpoint folder into a model and the `save_pretrained` arguments that describe it.
 
-    Accepts a Hub-format folder (config.json with `architecture` and `pretrained_cfg`, as `save_pretrained`
-    writes) or a training run folder written by `ggam-layers train` (its `model.safetensors` and run config).
+    Accepts a run directory of `ggam-layers train` (its `config.json` is a timm model config with the run under
+    the `ggam_layers` key: dataset, recipe, metrics, data config, train config) or a folder written by
+    `save_pretrained`.
 
     Args:
         path: The folder, or its `model.safetensors`.
 
     Returns:
         The model (eval mode) and a dict of `save_pretrained` keyword arguments (`label_names`, `dataset`,
-        `metrics`, `recipe`, `data_config`).
+        `metrics`, `recipe`, `data_config`, `extra_info`).
     """
     path = Path(path)
     if path.is_file():
@@ -647,21 +661,26 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
         raise FileNotFoundError(f'checkpoint {path}: no such folder')
     config_file = path / CONFIG_NAME
     if not config_file.is_file():
-        raise FileNotFoundError(f'{config_file} is missing: a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}')
-    config = json.loads(config_file.read_text(encoding='utf-8'))
-    if 'pretrained_cfg' in config and 'architecture' in config:
-        model = load_model(path)
-        info = dict(config.get('ggam_layers') or {})
-        save_kwargs = {k: info[k] for k in ('dataset', 'metrics', 'recipe') if k in info}
-        if config.get('label_names'):
-            save_kwargs['label_names'] = config['label_names']
-        return model.eval(), save_kwargs
-    return _load_training_checkpoint(path, config)
-
-
-def _load_training_checkpoint(path: Path, config: Dict[str, Any]) -> Tuple[GGAMModel, Dict[str, Any]]:
-    raise ValueError(f'{path / CONFIG_NAME} is not a Hub model config (no architecture / pretrained_cfg) and the '
-                     'training checkpoint format is not supported yet')
+        raise FileNotFoundError(f'{config_file} is missing: a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}'
+                                ' (a run directory of `ggam-layers train`, or a folder written by save_pretrained)')
+    config = _read_config(config_file, str(config_file))
+    info = dict(config.get('ggam_layers') or {})
+    if info.get('kind') == 'plain':
+        raise ValueError(f'{config_file} is a run of the plain timm baseline, not a GGAM model: publish it with '
+                         'timm.models.push_to_hf_hub')
+    model = load_model(path)
+    if not isinstance(model, GGAMModel):
+        raise ValueError(f"{config_file} names architecture {config.get('architecture')!r}, not a GGAM model")
+    save_kwargs: Dict[str, Any] = {k: info.pop(k) for k in ('dataset', 'metrics', 'recipe') if k in info}
+    data_config = info.pop('data_config', None)
+    if data_config:
+        save_kwargs['data_config'] = {k: v for k, v in data_config.items() if k in _DATA_CONFIG_KEYS}
+    if config.get('label_names'):
+        save_kwargs['label_names'] = config['label_names']
+    info.pop('paper', None)
+    if info:
+        save_kwargs['extra_info'] = info
+    return model.eval(), save_kwargs
 
 
 # --- command line ----------------------------------------------------------------------------------------------------

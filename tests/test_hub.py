@@ -481,3 +481,42 @@ def test_publish_cli_dry_run_and_upload(fake_hub, saved, tmp_path, capsys):
         _cli(['publish', str(folder), '--repo-id', 'ggam-test/cli', '--dry-run', str(tmp_path / 'dry')])
     assert _cli(['publish', str(folder), '--repo-id', 'ggam-test/cli', '--dry-run', str(tmp_path / 'dry'),
                  '--overwrite']) == 0
+
+
+def test_publish_a_training_run(fake_hub, tmp_path):
+    """A run directory of ggam_layers.train converts to a Hub folder (dry run) and uploads the same bytes."""
+    from ggam_layers.train import TrainConfig, train
+    run = tmp_path / 'run'
+    cfg = TrainConfig.from_preset('synthetic', model='test_resnet', epochs=1, batch_size=6, eval_batch_size=6,
+                                  dataset_kwargs={'num_classes': 3, 'samples_per_class': 2}, output=str(run),
+                                  threads=1, progress=False)
+    result = train(cfg, command='ggam-layers train --model test_resnet --epochs 1')
+    trained = timm.create_model(f'local-dir:{run}', pretrained=True)
+    dry = tmp_path / 'dry'
+    assert _cli(['publish', str(run), '--repo-id', 'ggam-test/run', '--dry-run', str(dry)]) == 0
+    assert sorted(p.name for p in dry.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((dry / 'config.json').read_text())
+    run_config = json.loads((run / 'config.json').read_text())
+    assert config['architecture'] == 'ggam_test_resnet' and config['model_args']['backbone'] == 'test_resnet'
+    assert config['label_names'] == run_config['label_names'] and len(config['label_names']) == 3
+    info = config['ggam_layers']
+    assert info['recipe'] == 'ggam-layers train --model test_resnet --epochs 1'
+    assert info['metrics']['test_top1'] == result['test_top1']
+    assert info['dataset']['name'] == 'synthetic' and info['train_config'] == run_config['ggam_layers']['train_config']
+    for key in ('input_size', 'mean', 'std', 'interpolation', 'crop_pct'):
+        assert config['pretrained_cfg'][key] == run_config['pretrained_cfg'][key], key
+    with safetensors.safe_open(str(dry / 'model.safetensors'), framework='pt') as f:
+        assert f.metadata()['recipe'] == info['recipe']
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(_logits(hub.load_model(dry), x), _logits(trained, x))
+    assert _cli(['publish', str(run), '--repo-id', 'ggam-test/run']) == 0
+    assert fake_hub.commits[0]['files'] == _folder_bytes(dry)
+
+
+def test_publish_refuses_a_plain_run(tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text(json.dumps({'architecture': 'test_resnet', 'pretrained_cfg': {},
+                                                 'ggam_layers': {'kind': 'plain'}}))
+    with pytest.raises(ValueError, match='plain timm baseline.*push_to_hf_hub'):
+        _cli(['publish', str(run), '--repo-id', 'ggam-test/plain', '--dry-run', str(tmp_path / 'dry')])
