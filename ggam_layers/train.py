@@ -310,9 +310,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     'synthetic': {},
     # Xu et al. 2021, section 3.2: 448 x 448, SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine annealing,
     # lr 0.1 for the new layers and 0.01 for the pretrained backbone; resize, random crop and flip as the authors'
-    # code does; batch 16.
+    # code does; batch 16; torchvision's ImageNet ResNet-50 weights, as the authors' code loads.
     'paper': dict(
-        dataset='cub', model='resnet50', pretrained=True, img_size=448, crop_pct=0.875, crop_mode='squash',
+        dataset='cub', model='resnet50.tv_in1k', pretrained=True, img_size=448, crop_pct=0.875, crop_mode='squash',
         train_aug='paper', opt='sgd', lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4,
         sched='cosine', warmup_epochs=0., epochs=100, batch_size=16, eval_batch_size=64, amp=True,
         channels_last=True, workers=8),

@@ -349,3 +349,14 @@ def test_augmentation_depends_only_on_seed_epoch_index():
     b = [ds[(i, 7)][0] for i in reversed(range(3))][::-1]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3) != derive_seed(1, 3, 2)
+
+
+def test_examples(capsys):
+    import runpy
+    minimal = runpy.run_path(str(REPO / 'examples' / 'train_minimal.py'), run_name='example')
+    log = minimal['main'](['--model', 'test_resnet', '--steps', '6', '--threads', '1'])
+    assert len(log) == 6 and all(ggam >= 0 and abs(loss - ce - ggam) < 1e-4 for loss, ce, ggam in log)
+    assert 'CE' in capsys.readouterr().out
+    cub = runpy.run_path(str(REPO / 'examples' / 'train_cub_paper.py'), run_name='example')
+    assert cub['main'](['/nonexistent/CUB_200_2011']) == 2
+    assert 'CUB-200-2011 not found' in capsys.readouterr().err
