@@ -71,6 +71,7 @@ from .engine.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    broadcast_buffers,
     broadcast_object,
     cleanup_distributed,
     init_distributed,
@@ -408,9 +409,11 @@ def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
     if isinstance(model, GGAMModel):
-        head = [p for p in model.head.parameters() if p.requires_grad]
-    else:
-        head = [p for p in model.get_classifier().parameters() if p.requires_grad]
+        head_modules = [model.head]
+    else:  # the plain model's classifier; timm's get_classifier() may give a tuple of modules
+        clf = model.get_classifier()
+        head_modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
+    head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     groups = [
@@ -853,6 +856,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
             row = _train_one_epoch(
                 fwd, model, loss_fn, optimizer, scaler, train_loader, sampler, cfg, info, epoch, steps_per_epoch,
                 total_steps, warmup_steps, amp_dtype, show, label)
+            broadcast_buffers(model, info)  # every rank evaluates (and rank 0 saves) the same running statistics
             is_last = epoch + 1 == end_epoch
             if (epoch + 1) % cfg.eval_every == 0 or is_last:
                 t0 = time.perf_counter()

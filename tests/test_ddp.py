@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ggam_layers.train import TrainConfig, train
+from ggam_layers.train import TrainConfig, evaluate, train
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = dict(model='test_convnext', dataset_kwargs={'num_classes': 4, 'samples_per_class': 8}, img_size=64, epochs=2,
@@ -43,19 +43,22 @@ def _cli_args(cfg: dict) -> list:
     return args
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_torchrun_two_cpu_processes_match_one(tmp_path):
-    ddp_out = tmp_path / 'ddp'
+def _torchrun(args: list) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
                OMP_NUM_THREADS='1')
     if sys.platform.startswith('linux'):
         env['GLOO_SOCKET_IFNAME'] = 'lo'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc-per-node', '2',
-           '--master-addr', '127.0.0.1', '--master-port', str(_free_port()),
-           '-m', 'ggam_layers', 'train', *_cli_args(COMMON), '--output', str(ddp_out)]
+           '--master-addr', '127.0.0.1', '--master-port', str(_free_port()), '-m', 'ggam_layers', *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_two_cpu_processes_match_one(tmp_path):
+    ddp_out = tmp_path / 'ddp'
+    _torchrun(['train', *_cli_args(COMMON), '--output', str(ddp_out)])
 
     ddp = json.loads((ddp_out / 'results.json').read_text())
     assert ddp['world_size'] == 2 and ddp['finished']
@@ -76,3 +79,19 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
         assert rd['train_top1'] == pytest.approx(rs['train_top1'], abs=1 / 32 + 1e-9)
         assert rd['test_loss'] == pytest.approx(rs['test_loss'], rel=1e-4)
         assert rd['test_top1'] == pytest.approx(rs['test_top1'], abs=1 / 32 + 1e-9)  # a near-tie may flip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_batchnorm_replicas_agree(tmp_path):
+    """With BatchNorm each rank updates its running statistics with its own batch; after each epoch rank 0's are
+    broadcast, so the replicas end identical and the sharded evaluation is the evaluation of rank 0's checkpoint."""
+    out = tmp_path / 'bn'
+    cfg = dict(COMMON, model='test_resnet', epochs=1)
+    _torchrun(['train', *_cli_args(cfg), '--output', str(out)])
+    ddp = json.loads((out / 'results.json').read_text())
+    assert ddp['world_size'] == 2 and ddp['replica_max_abs_diff'] == 0.0
+    res = evaluate(str(out), progress=False)  # one process, the saved (rank 0) weights
+    assert res['count'] == 32
+    assert res['top1'] == pytest.approx(ddp['test_top1'], abs=1 / 32 + 1e-9)
+    assert res['loss'] == pytest.approx(ddp['test_loss'], rel=1e-4)

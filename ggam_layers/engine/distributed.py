@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ['DistInfo', 'init_distributed', 'cleanup_distributed', 'all_reduce_sum', 'all_reduce_max', 'barrier',
-           'broadcast_object', 'replica_max_abs_diff', 'resolve_device']
+           'broadcast_object', 'broadcast_buffers', 'replica_max_abs_diff', 'resolve_device']
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,18 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step of an epoch every rank holds running
+    statistics updated with its own batch; call this before evaluating or saving so all ranks hold rank 0's model.
+    """
+    if info.distributed:
+        for b in model.buffers():
+            dist.broadcast(b, src=src)
 
 
 @torch.no_grad()
