@@ -22,11 +22,9 @@ uninterrupted one, and `--batch-size` is the global batch whatever the number of
 """
 import argparse
 import ast
-import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shlex
@@ -42,7 +40,6 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -69,7 +66,6 @@ from .engine.data import (
 )
 from .engine.distributed import (
     DistInfo,
-    all_reduce_sum,
     barrier,
     broadcast_buffers,
     broadcast_object,
@@ -77,6 +73,7 @@ from .engine.distributed import (
     init_distributed,
     replica_max_abs_diff,
 )
+from .engine.loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, lr_factor, train_one_epoch
 from .engine.metrics import METRIC_COLUMNS, MetricsWriter
 from .loss import GGAMLoss
 from .model import GGAMModel
@@ -433,46 +430,6 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, sched: str = 'cosine', min_ratio: float = 0.) -> float:
-    """Learning rate multiplier at optimizer step `step` (0-based): linear warm-up, then cosine or constant."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if sched == 'none':
-        return 1.0
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
-    if not cfg.amp:
-        return None
-    if device.type == 'cuda':
-        if cfg.amp_dtype == 'float16' or (cfg.amp_dtype == 'auto' and not torch.cuda.is_bf16_supported()):
-            return torch.float16
-        return torch.bfloat16
-    if cfg.amp_dtype == 'float16':
-        raise ValueError("amp_dtype='float16' needs CUDA; on the CPU use 'bfloat16' (or 'auto')")
-    return torch.bfloat16
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-class _TrainForward(nn.Module):
-    """What DDP wraps: `forward_ggam` for GGAM models (DDP only syncs gradients of calls to `forward`)."""
-
-    def __init__(self, model: nn.Module, ggam: bool):
-        super().__init__()
-        self.model = model
-        self.ggam = ggam
-
-    def forward(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> Any:
-        return self.model.forward_ggam(x, classes) if self.ggam else self.model(x)
-
-
 def _rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -591,48 +548,6 @@ def _fmt_pct(v: Optional[float]) -> str:
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_model(
-        model: nn.Module,
-        loader: Any,
-        device: torch.device,
-        amp_dtype: Optional[torch.dtype] = None,
-        channels_last: bool = False,
-        info: Optional[DistInfo] = None,
-        progress: bool = False,
-        desc: str = 'eval',
-) -> Dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy of `model` over `loader`, summed over DDP ranks.
-
-    Returns:
-        {'top1', 'top5', 'loss', 'count'}; top-5 is top-k with k = min(5, classes).
-    """
-    info = info or DistInfo(device=device)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    try:
-        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, amp_dtype):
-                logits = model(x)
-            logits = logits.float()
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hit = top == y[:, None]
-            sums += torch.stack([
-                F.cross_entropy(logits, y, reduction='sum').double(), hit[:, 0].sum().double(),
-                hit.any(1).sum().double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
-    finally:
-        model.train(was_training)
-    sums = all_reduce_sum(sums, info).tolist()
-    n = max(sums[3], 1.0)
-    return {'top1': sums[1] / n, 'top5': sums[2] / n, 'loss': sums[0] / n, 'count': int(sums[3])}
-
-
 def _eval_loader(eval_ds: Any, transform, cfg: TrainConfig, info: DistInfo, pin: bool):
     wrapped = SeededTransformDataset(eval_ds, transform, seed=cfg.seed, seeded=False)
     return build_loader(wrapped, cfg.eval_batch_size, ShardSampler(len(wrapped), info.rank, info.world_size),
@@ -698,8 +613,9 @@ def evaluate(
         transform = build_transform(info_cfg['data_config'], is_training=False)
         _prepare_generated(eval_dataset, progress and dist_info.is_main, f'generating {split} images')
         loader = _eval_loader(eval_dataset, transform, cfg, dist_info, dist_info.device.type == 'cuda')
-        res = evaluate_model(model, loader, dist_info.device, _amp_dtype(cfg, dist_info.device), cfg.channels_last,
-                             dist_info, progress and dist_info.is_main, desc=f'eval {split}')
+        amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, dist_info.device)
+        res = evaluate_model(model, loader, dist_info.device, amp_dtype, cfg.channels_last, dist_info,
+                             progress and dist_info.is_main, desc=f'eval {split}')
     finally:
         cleanup_distributed(dist_info)
     res['split'] = split
@@ -820,11 +736,10 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                                 drop_last=True, pin_memory=pin)
     eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
     steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     optimizer = _optimizer(model, cfg)
-    amp_dtype = _amp_dtype(cfg, device)
+    amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     loss_fn = GGAMLoss(lam=cfg.lam, squash=cfg.squash, kl=cfg.kl, target_norm=cfg.target_norm,
                        temperature=cfg.cam_temperature, label_smoothing=cfg.label_smoothing)
@@ -842,7 +757,11 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         if show:
             tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}')
 
-    fwd = _TrainForward(model, ggam=not cfg.plain)
+    fwd = TrainForward(model, ggam=not cfg.plain)
+    opts = StepOptions(
+        ggam=not cfg.plain, cam_class=cfg.cam_class, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
+        channels_last=cfg.channels_last, amp_dtype=amp_dtype, seed=cfg.seed, epochs=cfg.epochs, sched=cfg.sched,
+        warmup_steps=warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
     if info.distributed:
         fwd = DistributedDataParallel(fwd, device_ids=[device.index] if device.type == 'cuda' else None)
     metrics_writer = MetricsWriter(str(out), cfg.tensorboard) if main else None
@@ -853,9 +772,8 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     t_run = time.perf_counter()
     try:
         for epoch in range(start_epoch, end_epoch):
-            row = _train_one_epoch(
-                fwd, model, loss_fn, optimizer, scaler, train_loader, sampler, cfg, info, epoch, steps_per_epoch,
-                total_steps, warmup_steps, amp_dtype, show, label)
+            row = train_one_epoch(fwd, model, loss_fn, optimizer, scaler, train_loader, epoch, opts, info, show,
+                                  f'[{label}]')
             broadcast_buffers(model, info)  # every rank evaluates (and rank 0 saves) the same running statistics
             is_last = epoch + 1 == end_epoch
             if (epoch + 1) % cfg.eval_every == 0 or is_last:
@@ -894,70 +812,6 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         atomic_write_json(out / CONFIG_NAME, config)
     barrier(info)
     return result
-
-
-def _train_one_epoch(fwd, model, loss_fn, optimizer, scaler, loader, sampler, cfg: TrainConfig, info: DistInfo,
-                     epoch: int, steps_per_epoch: int, total_steps: int, warmup_steps: int, amp_dtype, show: bool,
-                     label: str) -> Dict[str, Any]:
-    device = info.device
-    fwd.train()
-    sampler.set_epoch(epoch)
-    torch.manual_seed(derive_seed(cfg.seed, epoch, info.rank, 0xD0))  # dropout / drop-path: a function of the epoch
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, ggam (x n), correct, n
-    t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f'[{label}] epoch {epoch + 1}/{cfg.epochs}', disable=not show, leave=False,
-               dynamic_ncols=True)
-    for i, (x, y) in enumerate(bar):
-        factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup_steps, cfg.sched, cfg.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g['lr'] = g['initial_lr'] * factor
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
-            if cfg.plain:
-                logits = fwd(x)
-            else:
-                out = fwd(x, y if cfg.cam_class == 'label' else None)
-                logits = out.logits
-        if cfg.plain:
-            ce = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            loss, ggam = ce, torch.zeros((), device=device)
-        else:
-            loss, ce, ggam = loss_fn.terms(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-        with torch.no_grad():
-            n = y.shape[0]
-            sums += torch.stack([loss.detach().double() * n, ce.detach().double() * n, ggam.detach().double() * n,
-                                 (logits.detach().argmax(1) == y).sum().double(),
-                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
-        if show and (i % 10 == 0 or i + 1 == steps_per_epoch):
-            s = sums.tolist()
-            bar.set_postfix(loss=f'{s[0] / s[4]:.3f}', acc=f'{100 * s[3] / s[4]:.1f}%', refresh=False)
-    bar.close()
-    sums = all_reduce_sum(sums, info).tolist()
-    dt = time.perf_counter() - t0
-    n = max(sums[4], 1.0)
-    lrs = {g.get('name'): g['lr'] for g in optimizer.param_groups}
-    return {
-        'epoch': epoch + 1, 'train_loss': sums[0] / n, 'train_ce': sums[1] / n,
-        'train_ggam': None if cfg.plain else sums[2] / n, 'train_top1': sums[3] / n,
-        'lr_backbone': lrs.get('backbone'), 'lr_head': lrs.get('head'), 'images_per_s': sums[4] / dt,
-        'epoch_time_s': dt,
-    }
 
 
 def _epoch_line(label: str, row: Dict[str, Any], epochs: int) -> str:

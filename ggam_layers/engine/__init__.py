@@ -13,11 +13,13 @@ from .checkpoint import (
 )
 from .data import EpochSampler, SeededTransformDataset, ShardSampler, build_transform, derive_seed
 from .distributed import DistInfo, all_reduce_sum, init_distributed, replica_max_abs_diff
+from .loop import StepOptions, TrainForward, evaluate_model, lr_factor, train_one_epoch
 from .metrics import METRIC_COLUMNS, MetricsWriter
 
 __all__ = [
     'DistInfo', 'EpochSampler', 'METRIC_COLUMNS', 'MetricsWriter', 'SeededTransformDataset', 'ShardSampler',
     'all_reduce_sum', 'atomic_write', 'atomic_write_json', 'atomic_write_text', 'build_transform', 'derive_seed',
     'init_distributed', 'latest_checkpoint', 'list_checkpoints', 'load_checkpoint', 'load_weights',
-    'replica_max_abs_diff', 'save_checkpoint', 'save_weights',
+    'replica_max_abs_diff', 'save_checkpoint', 'save_weights', 'StepOptions', 'TrainForward', 'evaluate_model',
+    'lr_factor', 'train_one_epoch',
 ]
