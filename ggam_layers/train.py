@@ -330,15 +330,17 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
-    """The training and evaluation datasets of `cfg` (without transforms: they return PIL images)."""
+def _create_dataset(cfg: TrainConfig, split: str) -> Any:
     from .data.builder import create_dataset
     kw = dict(cfg.dataset_kwargs)
     if cfg.dataset == 'synthetic':
         kw.setdefault('image_size', cfg.img_size)  # render at the input size
-    train_ds = create_dataset(cfg.dataset, root=cfg.data_root, split=cfg.train_split, **kw)
-    eval_ds = create_dataset(cfg.dataset, root=cfg.data_root, split=cfg.eval_split, **kw)
-    return train_ds, eval_ds
+    return create_dataset(cfg.dataset, root=cfg.data_root, split=split, **kw)
+
+
+def build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
+    """The training and evaluation datasets of `cfg` (without transforms: they return PIL images)."""
+    return _create_dataset(cfg, cfg.train_split), _create_dataset(cfg, cfg.eval_split)
 
 
 def _num_classes(ds: Any) -> int:
@@ -599,8 +601,7 @@ def evaluate(
     try:
         torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist_info.local_world_size))
         if eval_dataset is None:
-            from .data.builder import create_dataset
-            eval_dataset = create_dataset(cfg.dataset, root=cfg.data_root, split=split, **cfg.dataset_kwargs)
+            eval_dataset = _create_dataset(cfg, split)
         num_classes = config.get('num_classes') or _num_classes(eval_dataset)
         model = build_model(cfg, num_classes, pretrained=False)
         weights = out / WEIGHTS_NAME
@@ -888,6 +889,7 @@ def train_compare(
         {'ggam': result, 'plain': result} (see `train`); rank 0 also writes OUT/comparison.json and prints the table.
     """
     cfg = cfg.validate()
+    t0 = time.perf_counter()
     info = init_distributed(cfg.device)
     try:
         out = Path(broadcast_object(cfg.output or _default_output(cfg, '-compare'), info))
@@ -905,7 +907,8 @@ def train_compare(
             table = format_comparison(results['ggam'], results['plain'])
             atomic_write_json(out / 'comparison.json', {
                 k: {m: v for m, v in r.items() if m != 'history'} for k, r in results.items()})
-            print(f'\n{table}\n\nruns: {out / "ggam"} and {out / "plain"}', flush=True)
+            print(f'\n{table}\n\nruns: {out / "ggam"} and {out / "plain"} '
+                  f'({time.perf_counter() - t0:.0f} s in all)', flush=True)
         return results
     finally:
         cleanup_distributed(info)

@@ -360,3 +360,19 @@ def test_examples(capsys):
     cub = runpy.run_path(str(REPO / 'examples' / 'train_cub_paper.py'), run_name='example')
     assert cub['main'](['/nonexistent/CUB_200_2011']) == 2
     assert 'CUB-200-2011 not found' in capsys.readouterr().err
+
+
+def test_pretrained_file_loads_backbone_weights(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from ggam_layers.train import build_model
+    src = timm.create_model('test_resnet', num_classes=0)
+    path = tmp_path / 'backbone.safetensors'
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    for plain in (False, True):
+        model = build_model(TrainConfig(model='test_resnet', plain=plain, pretrained_file=str(path)), 4)
+        body = model if plain else model.backbone
+        own = body.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in src.state_dict().items()), plain
+        assert model.num_classes == 4
