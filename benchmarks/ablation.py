@@ -1,0 +1,695 @@
+"""The evidence for GGAM's claims on the synthetic fine-grained set: Table 3, Fig. 4 and the target-scale question.
+
+Three parts, every model trained with the package's own training API (`ggam_layers.train.train`, 'synthetic' preset)
+with the same backbone, budget and seeds; between runs only the GGAM head options and the loss options change:
+
+* `ablation`: the eight rows of the paper's Table 3 (spatial attention, channel attention, GGAM loss, each on or
+  off), beside the paper's CUB-200-2011 numbers. Without channel attention S is the constant 1/C, so the GGAM loss
+  is a constant with no gradient (the package's documented behaviour): those rows are run all the same and train
+  exactly as their rows without the loss.
+* `sweep`: lambda 1 to 9 for the full model (the paper's Fig. 4), against the channel-spatial model without the loss.
+* `target`: how the Grad-CAM target is made (DESIGN.md 2.3), each at several lambdas: the paper as written
+  (sigmoid, symmetric KL), the authors' code (softmax, forward KL), informative targets (beta standardised per
+  sample before squashing) and a control with no Grad-CAM at all, the same symmetric KL towards the uniform
+  distribution (`UNIFORM_CONTROL`: standardised beta divided by a temperature of 1e30 before the softmax, so the
+  target is exactly 1/C in float32; the training API has no criterion hook, this reaches the same loss through its
+  options). If the literal loss helps as much as the uniform control, its gain is a regulariser on S, not guidance.
+
+Measured for every run: test top-1 (the engine's final evaluation), the normalised entropy of S (H(S) / log C, mean
+over the test set), the Pearson correlation between S and beta over channels (per sample, averaged), the spread of
+the target (C * (max - min) of beta~, 0 for the uniform distribution) and, from the synthetic set's part boxes, how
+often the peak of the spatial attention T and of the Grad-CAM map falls on the class-deciding parts
+(`benchmarks/localization.py`, with its chance level). Rows give mean and standard deviation over seeds, and the
+paired difference against a reference trained with the same seeds (same initialisation, data order and
+augmentation).
+
+Writes `<name>.json` (every run and every table), `<name>.md` and `<name>_lambda.png` (Fig. 4) to `--out-dir`.
+
+Example::
+
+    python benchmarks/ablation.py                       # all three parts, default budget (about 45 min, 2 cores)
+    python benchmarks/ablation.py --quick               # smoke test of the whole pipeline (about a minute)
+    python benchmarks/ablation.py --parts target --seeds 0 1 2 3 4 --work-dir runs/ablation
+"""
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import format_value, machine_info, machine_line  # noqa: E402
+from localization import localization  # noqa: E402
+
+from ggam_layers.data.synthetic import SyntheticFineGrained  # noqa: E402
+from ggam_layers.engine.data import build_transform  # noqa: E402
+from ggam_layers.loss import cam_log_target  # noqa: E402
+
+__all__ = [
+    'PAPER_TABLE3', 'TARGETS', 'UNIFORM_TEMPERATURE', 'Budget', 'BUDGETS', 'RunSpec', 'build_plan', 'train_config',
+    'run_one', 'channel_stats', 'summarise', 'paired_difference', 'write_report', 'plot_sweep', 'main',
+]
+
+# Table 3 of the paper (CUB-200-2011, ResNet-50): (spatial attention, channel attention, GGAM loss) -> top-1 %
+PAPER_TABLE3: List[Tuple[bool, bool, bool, float]] = [
+    (False, False, False, 85.10),
+    (True, False, False, 85.61),
+    (False, True, False, 85.39),
+    (True, True, False, 86.86),
+    (False, False, True, 85.30),
+    (True, False, True, 86.58),
+    (False, True, True, 86.26),
+    (True, True, True, 88.45),
+]
+
+# beta / 1e30 is below 1e-28 for a standardised beta (|z| <= sqrt(C)): exp rounds it to exactly 1 in float32
+UNIFORM_TEMPERATURE = 1e30
+
+# GGAMLoss options (TrainConfig names) of each target; 'uniform' is the control without Grad-CAM
+TARGETS: Dict[str, Dict[str, Any]] = {
+    'literal': dict(squash='sigmoid', kl='symmetric', target_norm='none', cam_temperature=1.0),
+    'authors': dict(squash='softmax', kl='forward', target_norm='none', cam_temperature=1.0),
+    'standardize': dict(squash='sigmoid', kl='symmetric', target_norm='standardize', cam_temperature=1.0),
+    'standardize_softmax': dict(squash='softmax', kl='symmetric', target_norm='standardize', cam_temperature=1.0),
+    'uniform': dict(squash='softmax', kl='symmetric', target_norm='standardize', cam_temperature=UNIFORM_TEMPERATURE),
+}
+TARGET_TEXT = {
+    'literal': 'paper as written: sigmoid(beta) normalised, symmetric KL',
+    'authors': "authors' code: softmax(beta), KL(S || beta~)",
+    'standardize': 'beta standardised per sample, then sigmoid, symmetric KL',
+    'standardize_softmax': 'beta standardised per sample, then softmax, symmetric KL',
+    'uniform': 'control, no Grad-CAM: symmetric KL towards the uniform 1/C',
+}
+PARTS = ('ablation', 'sweep', 'target')
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything shared by the runs: data, backbone and training recipe (the 'synthetic' preset otherwise).
+
+    Attributes:
+        backbone: timm backbone.
+        output_stride: Backbone output stride (None: the backbone's own); 16 gives test_resnet a 4x4 map at 64 px.
+        img_size: Image size (the synthetic set is rendered at it).
+        num_classes: Synthetic classes.
+        train_per_class / test_per_class: Images per class of the train and test splits.
+        difficulty: Nuisance strength of the synthetic set (1.0 is its default).
+        data_seed: Seed of the synthetic images.
+        epochs / batch_size / lr: Of the recipe (AdamW, weight decay 0.05, cosine after half an epoch of warm-up).
+        seeds: Training seeds; every configuration runs with each.
+        lam: lambda of the ablation's rows with the GGAM loss.
+        ablation_target: Target of the ablation and the sweep (a key of `TARGETS`).
+        lambdas: lambdas of the sweep.
+        target_lambdas: lambdas of the target part.
+        targets: Targets of the target part.
+    """
+    backbone: str = 'test_resnet'
+    output_stride: Optional[int] = 16
+    img_size: int = 64
+    num_classes: int = 20
+    train_per_class: int = 100
+    test_per_class: int = 50
+    difficulty: float = 1.0
+    data_seed: int = 0
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    lam: float = 1.0
+    ablation_target: str = 'literal'
+    lambdas: Tuple[float, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    target_lambdas: Tuple[float, ...] = (1, 9)
+    targets: Tuple[str, ...] = ('literal', 'authors', 'standardize', 'standardize_softmax', 'uniform')
+
+    def data_kwargs(self, split: str) -> Dict[str, Any]:
+        per_class = self.train_per_class if split == 'train' else self.test_per_class
+        return dict(num_classes=self.num_classes, samples_per_class=per_class, image_size=self.img_size,
+                    seed=self.data_seed, difficulty=self.difficulty)
+
+    def describe(self) -> str:
+        stride = f', output_stride {self.output_stride}' if self.output_stride else ''
+        return (f'{self.backbone}{stride} from scratch, {self.img_size} px, {self.num_classes} classes, '
+                f'{self.num_classes * self.train_per_class} train / {self.num_classes * self.test_per_class} test '
+                f'images, difficulty {self.difficulty:g}, {self.epochs} epochs, batch {self.batch_size}, AdamW lr '
+                f'{self.lr:g}, seeds {", ".join(map(str, self.seeds))}')
+
+
+BUDGETS: Dict[str, Budget] = {
+    'default': Budget(),
+    # every code path, tiny: a 2x2 map, 4 classes, 32 training images, one epoch
+    'quick': Budget(img_size=32, num_classes=4, train_per_class=8, test_per_class=4, epochs=1, batch_size=16,
+                    seeds=(0, 1), lambdas=(1, 2), target_lambdas=(1,)),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration (trained once per seed).
+
+    Attributes:
+        spatial_attn / channel_attn: GGAM head options.
+        lam: Weight of the GGAM loss (0: cross-entropy only).
+        target: Key of `TARGETS` ('none' when lam is 0).
+    """
+    spatial_attn: bool = True
+    channel_attn: bool = True
+    lam: float = 0.0
+    target: str = 'none'
+
+    @property
+    def key(self) -> str:
+        attn = ('S' if self.spatial_attn else '') + ('C' if self.channel_attn else '') or 'plain'
+        return f'{attn}-lam{self.lam:g}-{self.target}'
+
+    def options(self) -> Dict[str, Any]:
+        """`TrainConfig` overrides of this configuration."""
+        opts: Dict[str, Any] = dict(spatial_attn=self.spatial_attn, channel_attn=self.channel_attn, lam=self.lam)
+        opts.update(TARGETS['literal' if self.target == 'none' else self.target])
+        return opts
+
+
+def _spec(spatial: bool = True, channel: bool = True, lam: float = 0.0, target: str = 'literal') -> RunSpec:
+    return RunSpec(spatial, channel, float(lam), target if lam > 0 else 'none')
+
+
+def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
+    """The configurations of each part, and the distinct configurations to train (shared ones are trained once).
+
+    Returns:
+        {'ablation': [(spatial, channel, loss, paper, spec)], 'sweep': [(lam, spec)], 'sweep_reference': spec,
+        'target': [(target, lam, spec)], 'target_reference': spec, 'specs': [distinct specs in order]}
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f'parts must be among {PARTS}, got {unknown}')
+    for name in (budget.ablation_target, *budget.targets):
+        if name not in TARGETS:
+            raise ValueError(f'target {name!r} is not one of {tuple(TARGETS)}')
+    reference = _spec(True, True, 0.0)
+    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'sweep_reference': reference,
+                            'target_reference': reference}
+    if 'ablation' in parts:
+        plan['ablation'] = [(s, c, loss, paper, _spec(s, c, budget.lam if loss else 0.0, budget.ablation_target))
+                            for s, c, loss, paper in PAPER_TABLE3]
+    if 'sweep' in parts:
+        plan['sweep'] = [(float(lam), _spec(True, True, lam, budget.ablation_target)) for lam in budget.lambdas]
+    if 'target' in parts:
+        plan['target'] = [(t, float(lam), _spec(True, True, lam, t)) for t in budget.targets
+                          for lam in budget.target_lambdas]
+    specs: List[RunSpec] = []
+    wanted = [row[-1] for row in plan['ablation']]
+    if plan['sweep'] or plan['target']:
+        wanted.append(reference)
+    wanted += [row[-1] for row in plan['sweep']] + [row[-1] for row in plan['target']]
+    for spec in wanted:
+        if spec not in specs:
+            specs.append(spec)
+    plan['specs'] = specs
+    return plan
+
+
+def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads: int = 1):
+    """The `TrainConfig` of one run: the 'synthetic' preset with the budget and the configuration's options."""
+    from ggam_layers.train import TrainConfig
+
+    return TrainConfig.from_preset(
+        'synthetic', model=budget.backbone, img_size=budget.img_size, epochs=budget.epochs,
+        batch_size=budget.batch_size, lr=budget.lr, seed=seed, dataset_kwargs=budget.data_kwargs('train'),
+        model_kwargs={'output_stride': budget.output_stride} if budget.output_stride else {},
+        eval_every=budget.epochs, eval_batch_size=250, threads=threads, progress=False, output=output,
+        overwrite=True, **spec.options())
+
+
+# --- analysis of a trained model ------------------------------------------------------------------------------------
+@torch.no_grad()
+def channel_stats(model, images: torch.Tensor, targets: torch.Tensor, spec: RunSpec,
+                  batch_size: int = 250) -> Dict[str, Any]:
+    """Entropy of S, its correlation with beta and the spread of the Grad-CAM target over a set of images.
+
+    Args:
+        model: A trained GGAM model (eval mode).
+        images: Preprocessed images, N x 3 x H x W.
+        targets: Labels, N.
+        spec: The run's configuration (its target options give the target spread).
+        batch_size: Images per forward pass.
+
+    Returns:
+        entropy_S (H(S) / log C, mean), corr_S_beta (Pearson over channels per sample, mean; None when S is
+        constant), target_spread (C * (max - min) of beta~, mean), beta_abs (mean |beta|), top1 (this pass).
+    """
+    opts = TARGETS['literal' if spec.target == 'none' else spec.target]
+    ent, corr, spread, babs, hits = [], [], [], [], 0
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size]
+        out = model.forward_ggam(x)
+        s = out.channel_weights.double()
+        beta = out.cam_weights.double()
+        c = s.shape[1]
+        ent.append(-(s * s.clamp_min(1e-300).log()).sum(1) / math.log(c))
+        sc, bc = s - s.mean(1, keepdim=True), beta - beta.mean(1, keepdim=True)
+        denom = (sc.square().sum(1) * bc.square().sum(1)).sqrt()
+        corr.append(torch.where(denom > 0, (sc * bc).sum(1) / denom.clamp_min(1e-300), torch.nan))
+        q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature']).exp()
+        spread.append(c * (q.amax(1) - q.amin(1)))
+        babs.append(beta.abs().mean(1))
+        hits += int((out.logits.argmax(1) == targets[start:start + batch_size]).sum())
+    corr_all = torch.cat(corr)
+    return {
+        'entropy_S': float(torch.cat(ent).mean()),
+        'corr_S_beta': None if bool(corr_all.isnan().all()) else float(corr_all.nanmean()),
+        'target_spread': float(torch.cat(spread).mean()),
+        'beta_abs': float(torch.cat(babs).mean()),
+        'top1': hits / images.shape[0],
+    }
+
+
+_DATA: Dict[Budget, Tuple[SyntheticFineGrained, SyntheticFineGrained]] = {}
+
+
+def _datasets(budget: Budget) -> Tuple[SyntheticFineGrained, SyntheticFineGrained]:
+    key = dataclasses.replace(budget, seeds=(), lambdas=(), target_lambdas=(), targets=())
+    if key not in _DATA:
+        _DATA.clear()
+        train_ds = SyntheticFineGrained('train', **budget.data_kwargs('train'))
+        test_ds = SyntheticFineGrained('test', **budget.data_kwargs('test'))
+        train_ds.materialize()
+        test_ds.materialize()
+        _DATA[key] = (train_ds, test_ds)
+    return _DATA[key]
+
+
+def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int = 1,
+            keep: bool = False) -> Dict[str, Any]:
+    """Train one configuration with one seed through `ggam_layers.train.train`, then measure the trained model.
+
+    Args:
+        spec: The configuration.
+        budget: Data, backbone and recipe.
+        seed: Training seed.
+        run_dir: The run's output folder (config.json, weights, metrics).
+        threads: torch threads.
+        keep: Keep the run's files (else only the row, `ablation_row.json`, stays).
+
+    Returns:
+        One row: the configuration, the engine's final metrics and `channel_stats` / `localization` of the model.
+    """
+    from ggam_layers.hub import load_checkpoint
+    from ggam_layers.train import train
+
+    torch.set_num_threads(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_ds, test_ds = _datasets(budget)
+    t_data = time.process_time() - c0
+    cfg = train_config(spec, budget, seed, run_dir, threads)
+    res = train(cfg, train_ds, test_ds)
+    t_train = time.process_time() - c0 - t_data
+    model, _ = load_checkpoint(run_dir)
+    model.eval()
+    data_config = json.loads((Path(run_dir) / 'config.json').read_text())['ggam_layers']['data_config']
+    transform = build_transform(data_config, is_training=False)
+    images = torch.stack([transform(test_ds[i][0]) for i in range(len(test_ds))])
+    labels = torch.tensor(test_ds.targets)
+    stats = channel_stats(model, images, labels, spec)
+    loc = localization(model, test_ds)
+    row = {
+        'key': spec.key, 'seed': seed, 'spatial_attn': spec.spatial_attn, 'channel_attn': spec.channel_attn,
+        'lam': spec.lam, 'target': spec.target, **spec.options(),
+        'test_top1': res['test_top1'], 'test_top5': res['test_top5'], 'test_loss': res['test_loss'],
+        'train_top1': res['train_top1'], 'train_ce': res['train_ce'], 'train_ggam': res['train_ggam'],
+        **stats,
+        **{f'loc_{k}': v for k, v in loc.items() if k not in ('images', 'accuracy')},
+        'cpu_s': time.process_time() - c0, 'train_cpu_s': t_train, 'data_cpu_s': t_data,
+        'wall_s': time.perf_counter() - t0, 'budget': _budget_id(budget),
+    }
+    if not keep:
+        for p in Path(run_dir).iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (Path(run_dir) / 'ablation_row.json').write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _worker(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int, keep: bool) -> Dict[str, Any]:
+    os.environ.setdefault('OMP_NUM_THREADS', str(threads))
+    return run_one(spec, budget, seed, run_dir, threads, keep)
+
+
+# --- statistics -----------------------------------------------------------------------------------------------------
+def _mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+METRICS = ('test_top1', 'entropy_S', 'corr_S_beta', 'target_spread', 'beta_abs', 'loc_T_box_strict',
+           'loc_cam_box_strict', 'loc_chance_box_strict', 'loc_T_box_half_stride', 'loc_cam_box_half_stride',
+           'loc_chance_box_half_stride', 'loc_T_energy_in_box', 'loc_cam_energy_in_box', 'loc_box_area', 'train_ggam',
+           'cpu_s')
+
+
+def summarise(rows: Sequence[Dict[str, Any]], key: str) -> Dict[str, Any]:
+    """Mean and standard deviation over seeds of every metric of one configuration.
+
+    Args:
+        rows: Per-run rows (any configurations).
+        key: The configuration's `RunSpec.key`.
+    """
+    mine = sorted((r for r in rows if r['key'] == key), key=lambda r: r['seed'])
+    out: Dict[str, Any] = {'key': key, 'seeds': [r['seed'] for r in mine], 'n': len(mine)}
+    for m in METRICS:
+        out[m], out[m + '_std'] = _mean_std([r.get(m) for r in mine])
+    out['test_top1_per_seed'] = [r['test_top1'] for r in mine]
+    return out
+
+
+def paired_difference(rows: Sequence[Dict[str, Any]], key: str, ref_key: str,
+                      metric: str = 'test_top1') -> Dict[str, Any]:
+    """`metric` of `key` minus that of `ref_key`, seed by seed (the same seed shares initialisation and data order).
+
+    Returns:
+        {'mean', 'std', 'n', 'wins' (seeds where the difference is > 0), 'per_seed'}.
+    """
+    a = {r['seed']: r.get(metric) for r in rows if r['key'] == key}
+    b = {r['seed']: r.get(metric) for r in rows if r['key'] == ref_key}
+    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b)) if a[s] is not None and b[s] is not None]
+    mean, std = _mean_std(diffs)
+    return {'mean': mean, 'std': std, 'n': len(diffs), 'wins': sum(d > 0 for d in diffs), 'per_seed': diffs}
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+def _pct(mean: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
+    if mean is None:
+        return ''
+    text = f'{100 * mean:+.2f}' if signed else f'{100 * mean:.2f}'
+    return text + (f' ± {100 * std:.2f}' if std is not None else '')
+
+
+def _num(mean: Optional[float], std: Optional[float] = None, digits: int = 3) -> str:
+    if mean is None:
+        return ''
+    return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
+
+
+def _diff_cell(d: Dict[str, Any]) -> str:
+    if d['mean'] is None:
+        return ''
+    return f'{_pct(d["mean"], d["std"], signed=True)} ({d["wins"]}/{d["n"]})'
+
+
+def _mark(flag: bool) -> str:
+    return '✓' if flag else '×'
+
+
+def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[str, Any]:
+    """The three result tables (lists of dicts) from the per-run rows."""
+    ref = plan['sweep_reference'].key
+    base = _spec(False, False, 0.0).key
+    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': []}
+    for s, c, loss, paper, spec in plan['ablation']:
+        summ = summarise(rows, spec.key)
+        no_loss = _spec(s, c, 0.0).key
+        tables['ablation'].append({
+            'spatial_attn': s, 'channel_attn': c, 'ggam_loss': loss, 'paper_top1': paper, **summ,
+            'vs_baseline': paired_difference(rows, spec.key, base),
+            'vs_no_loss': paired_difference(rows, spec.key, no_loss) if loss else None,
+        })
+    if plan['sweep'] or plan['target']:
+        tables['reference'] = summarise(rows, ref)
+    for lam, spec in plan['sweep']:
+        tables['sweep'].append({'lam': lam, **summarise(rows, spec.key), 'vs_no_loss': paired_difference(
+            rows, spec.key, ref)})
+    for target, lam, spec in plan['target']:
+        row = {'target_name': target, 'lam': lam, **TARGETS[target], **summarise(rows, spec.key),
+               'vs_no_loss': paired_difference(rows, spec.key, ref)}
+        uni = _spec(True, True, lam, 'uniform')
+        if target != 'uniform' and any(r['key'] == uni.key for r in rows):
+            row['vs_uniform'] = paired_difference(rows, spec.key, uni.key)
+        tables['target'].append(row)
+    return tables
+
+
+def plot_sweep(tables: Dict[str, Any], path: Path, title: str) -> Optional[Path]:
+    """Fig. 4: test top-1 against lambda, the no-loss model as a line (mean) and band (± std)."""
+    if not tables['sweep']:
+        return None
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    lams = [r['lam'] for r in tables['sweep']]
+    mean = [100 * r['test_top1'] for r in tables['sweep']]
+    std = [100 * (r['test_top1_std'] or 0.0) for r in tables['sweep']]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=120)
+    ref = tables.get('reference')
+    if ref and ref['test_top1'] is not None:
+        m, s = 100 * ref['test_top1'], 100 * (ref['test_top1_std'] or 0.0)
+        ax.axhline(m, color='tab:gray', ls='--', label='channel-spatial attention, no GGAM loss')
+        ax.axhspan(m - s, m + s, color='tab:gray', alpha=0.15, lw=0)
+    ax.errorbar(lams, mean, yerr=std, marker='o', capsize=3, color='tab:red', label='GGAM (literal target)')
+    uni = [r for r in tables['target'] if r['target_name'] == 'uniform']
+    if uni:
+        ax.errorbar([r['lam'] for r in uni], [100 * r['test_top1'] for r in uni],
+                    yerr=[100 * (r['test_top1_std'] or 0.0) for r in uni], marker='s', ls='none', capsize=3,
+                    color='tab:blue', label='control: KL to uniform, no Grad-CAM')
+    std_rows = [r for r in tables['target'] if r['target_name'] == 'standardize']
+    if std_rows:
+        ax.errorbar([r['lam'] + 0.12 for r in std_rows], [100 * r['test_top1'] for r in std_rows],
+                    yerr=[100 * (r['test_top1_std'] or 0.0) for r in std_rows], marker='^', ls='none', capsize=3,
+                    color='tab:green', label='standardised Grad-CAM target')
+    ax.set_xlabel('λ')
+    ax.set_ylabel('test top-1 (%)')
+    ax.set_xticks(lams)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc='best')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _loc_cells(r: Dict[str, Any]) -> List[str]:
+    t = _pct(r.get('loc_T_box_strict')) if r.get('loc_T_box_strict') is not None else '–'
+    return [t, _pct(r.get('loc_cam_box_strict')), _pct(r.get('loc_chance_box_strict'))]
+
+
+def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dict[str, Any], budget: Budget,
+                 meta: Dict[str, Any]) -> List[Path]:
+    """Write `<name>.json`, `<name>.md` and `<name>_lambda.png`; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(rows, plan)
+    png = plot_sweep(tables, out_dir / f'{name}_lambda.png',
+                     f'λ sensitivity on the synthetic set ({budget.backbone}, {len(budget.seeds)} seeds, mean ± std)')
+    json_path = out_dir / f'{name}.json'
+    json_path.write_text(json.dumps({'meta': meta, 'budget': dataclasses.asdict(budget), 'tables': tables,
+                                     'runs': rows}, indent=1, default=str) + '\n')
+
+    n_seeds = len(budget.seeds)
+    lines = [f'# {name}: GGAM ablation, λ sensitivity and target scale on the synthetic set', '',
+             f'Machine: {machine_line(meta["machine"])}.', '', f'Command: `{meta["command"]}`', '',
+             f'Budget (every run): {budget.describe()}. Trained with `ggam_layers.train.train` (preset `synthetic`: '
+             'flip augmentation, weight decay 0.05, cosine schedule after half an epoch of warm-up); top-1 is the '
+             "engine's evaluation after the last epoch.", '',
+             f'Time: {meta["runs_trained"]} runs trained ({meta["runs_reused"]} reused), wall {meta["wall_s"]:.0f} s, '
+             f'CPU {meta["cpu_s"]:.0f} s over {meta["jobs"]} job(s) x {meta["threads"]} thread(s); '
+             f'CPU / 2 = {meta["cpu_s"] / 2:.0f} s estimates the wall time on 2 free cores.', '',
+             f'Cells: mean ± standard deviation over {n_seeds} seeds. Δ: paired difference to the reference row '
+             'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). T hit, CAM hit: share of '
+             'test images whose peak of the spatial attention T / of the Grad-CAM map lies in the ground-truth box '
+             'of the class-deciding parts (strict, `benchmarks/localization.py`); chance: a uniformly drawn feature '
+             'cell. H(S): entropy of the channel attention over log C (1 = uniform).', '']
+    if tables['ablation']:
+        lines += ['## Table 3: ablation (test top-1, %)', '',
+                  '| Spatial attention | Channel attention | GGAM loss | paper (CUB-200-2011, ResNet-50) | ours | '
+                  'Δ vs baseline | Δ vs same row without loss | H(S) | T hit | CAM hit | chance |',
+                  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+        for r in tables['ablation']:
+            lines.append('| ' + ' | '.join([
+                _mark(r['spatial_attn']), _mark(r['channel_attn']), _mark(r['ggam_loss']), f'{r["paper_top1"]:.2f}',
+                _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_baseline']),
+                _diff_cell(r['vs_no_loss']) if r['vs_no_loss'] else '', _num(r['entropy_S'], None, 4),
+                *_loc_cells(r)]) + ' |')
+        lines += ['', f'GGAM loss rows: λ = {budget.lam:g}, target `{budget.ablation_target}` '
+                  f'({TARGET_TEXT[budget.ablation_target]}). Without channel attention S is the constant 1/C: the '
+                  'loss is then a constant without gradient, and those rows train exactly as the rows without it '
+                  '(the package documents this; the paper reports gains there, which its method as described cannot '
+                  'give).', '']
+    if tables['sweep']:
+        ref = tables['reference']
+        ref_cell = _pct(ref['test_top1'], ref['test_top1_std'])
+        lines += ['## Fig. 4: λ sensitivity of the full model (test top-1, %)', '',
+                  f'Reference, channel-spatial attention without the GGAM loss: {ref_cell} '
+                  f'(H(S) {_num(ref["entropy_S"], ref["entropy_S_std"], 4)}).', '',
+                  '| λ | top-1 | Δ vs no loss | H(S) | corr(S, β) | train L_GGAM |',
+                  '| --- | --- | --- | --- | --- | --- |']
+        for r in tables['sweep']:
+            lines.append('| ' + ' | '.join([
+                f'{r["lam"]:g}', _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_no_loss']),
+                _num(r['entropy_S'], r['entropy_S_std'], 4), _num(r['corr_S_beta'], r['corr_S_beta_std']),
+                format_value(r['train_ggam'])]) + ' |')
+        if png is not None:
+            lines += ['', f'![λ sensitivity]({png.name})']
+        lines.append('')
+    if tables['target']:
+        ref = tables['reference']
+        lines += ['## Target scale (DESIGN.md 2.3)', '',
+                  '| target | squash | KL | target norm | temperature | λ | top-1 | Δ vs no loss | '
+                  'Δ vs uniform control | H(S) | corr(S, β) | target spread | T hit | CAM hit | chance |',
+                  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+                  '| none (no GGAM loss) | | | | | 0 | ' + ' | '.join([
+                      _pct(ref['test_top1'], ref['test_top1_std']), '', '',
+                      _num(ref['entropy_S'], ref['entropy_S_std'], 4), _num(ref['corr_S_beta'], ref['corr_S_beta_std']),
+                      _num(ref['target_spread'], None, 4), *_loc_cells(ref)]) + ' |']
+        for r in tables['target']:
+            lines.append('| ' + ' | '.join([
+                r['target_name'], r['squash'], r['kl'], r['target_norm'], format_value(r['cam_temperature']),
+                f'{r["lam"]:g}', _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_no_loss']),
+                _diff_cell(r['vs_uniform']) if r.get('vs_uniform') else '',
+                _num(r['entropy_S'], r['entropy_S_std'], 4), _num(r['corr_S_beta'], r['corr_S_beta_std']),
+                _num(r['target_spread'], None, 4), *_loc_cells(r)]) + ' |')
+        lines += ['', 'Targets: ' + '; '.join(f'`{k}`: {TARGET_TEXT[k]}' for k in budget.targets) + '. '
+                  'Target spread: C * (max - min) of the target distribution beta~ (0: uniform; for the no-loss row, '
+                  'the literal target). corr(S, β): Pearson correlation over channels per test image, averaged. '
+                  f'Mean |β| of the full model without the loss: {format_value(ref["beta_abs"])}.', '']
+    lines += ['Settings:', '', f'- budget: `{json.dumps(dataclasses.asdict(budget))}`',
+              f'- per-run rows and every table: `{json_path.name}`', '']
+    md_path = out_dir / f'{name}.md'
+    md_path.write_text('\n'.join(lines))
+    return [p for p in (json_path, md_path, png) if p is not None]
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+def _check_uniform_control(channels: int = 96) -> None:
+    """The control's target must be exactly 1/C whatever the scale of beta."""
+    opts = TARGETS['uniform']
+    for scale in (1e-6, 1e-3, 1.0, 1e6):
+        beta = torch.randn(4, channels, generator=torch.Generator().manual_seed(0)) * scale
+        log_q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature'])
+        if not torch.equal(log_q, torch.full_like(log_q, -math.log(channels))):
+            raise RuntimeError(f'the uniform control target is not exactly 1/C at beta scale {scale}')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--quick', action='store_true', help='tiny budget: a smoke test of every code path')
+    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS))
+    p.add_argument('--seeds', nargs='+', type=int, default=None, help='training seeds (default 0 1 2)')
+    p.add_argument('--epochs', type=int, default=None)
+    p.add_argument('--backbone', default=None)
+    p.add_argument('--output-stride', type=int, default=None, help='0 for the backbone\'s own')
+    p.add_argument('--img-size', type=int, default=None)
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--train-per-class', type=int, default=None)
+    p.add_argument('--test-per-class', type=int, default=None)
+    p.add_argument('--difficulty', type=float, default=None)
+    p.add_argument('--lr', type=float, default=None)
+    p.add_argument('--lam', type=float, default=None, help='lambda of the ablation rows with the loss (default 1)')
+    p.add_argument('--ablation-target', choices=tuple(TARGETS), default=None,
+                   help='target of the ablation and the sweep (default literal, the paper as written)')
+    p.add_argument('--lambdas', nargs='+', type=float, default=None, help='lambdas of the sweep (default 1..9)')
+    p.add_argument('--target-lambdas', nargs='+', type=float, default=None, help='lambdas of the target part')
+    p.add_argument('--targets', nargs='+', choices=tuple(TARGETS), default=None, help='targets of the target part')
+    p.add_argument('--jobs', type=int, default=None, help='runs in parallel (default: 2, 1 with --quick)')
+    p.add_argument('--threads', type=int, default=1, help='torch threads per run')
+    p.add_argument('--work-dir', default=None,
+                   help='keep the runs here; finished runs found here are reused (default: a temporary folder)')
+    p.add_argument('--keep-runs', action='store_true', help='keep weights and metrics of every run in --work-dir')
+    p.add_argument('--out-dir', default='benchmarks/results')
+    p.add_argument('--name', default=None, help='result file stem (default ablation, or ablation_quick)')
+    args = p.parse_args(argv)
+
+    budget = BUDGETS['quick' if args.quick else 'default']
+    overrides = {k: getattr(args, k) for k in ('epochs', 'backbone', 'img_size', 'num_classes', 'train_per_class',
+                                               'test_per_class', 'difficulty', 'lr', 'lam', 'ablation_target')
+                 if getattr(args, k) is not None}
+    for k in ('seeds', 'lambdas', 'target_lambdas', 'targets'):
+        if getattr(args, k) is not None:
+            overrides[k] = tuple(getattr(args, k))
+    if args.output_stride is not None:
+        overrides['output_stride'] = args.output_stride or None
+    budget = dataclasses.replace(budget, **overrides)
+    name = args.name or ('ablation_quick' if args.quick else 'ablation')
+    jobs = args.jobs or (1 if args.quick else 2)
+    plan = build_plan(budget, args.parts)
+    _check_uniform_control()
+
+    tmp = None
+    if args.work_dir:
+        work = Path(args.work_dir)
+    else:
+        tmp = work = Path(tempfile.mkdtemp(prefix='ggam-ablation-'))
+    tasks, rows = [], []
+    for spec in plan['specs']:
+        for seed in budget.seeds:
+            run_dir = work / f'{spec.key}-s{seed}'
+            done = run_dir / 'ablation_row.json'
+            if args.work_dir and done.is_file():
+                row = json.loads(done.read_text())
+                if row.get('key') == spec.key and row.get('seed') == seed and row.get('budget') == _budget_id(budget):
+                    rows.append(row)
+                    continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tasks.append((spec, seed, str(run_dir)))
+    reused = len(rows)
+    print(f'{len(plan["specs"])} configurations x {len(budget.seeds)} seeds: {len(tasks)} runs to train, {reused} '
+          f'reused; {jobs} job(s) x {args.threads} thread(s); {budget.describe()}', flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        def done_row(row: Dict[str, Any]) -> None:
+            rows.append(row)
+            print(f'[{len(rows) - reused}/{len(tasks)}] {row["key"]} seed {row["seed"]}: top-1 '
+                  f'{100 * row["test_top1"]:.2f}%, H(S) {row["entropy_S"]:.4f}, {row["cpu_s"]:.0f} CPU s, '
+                  f'{row["wall_s"]:.0f} s', flush=True)
+
+        if jobs <= 1:
+            torch.set_num_threads(args.threads)
+            for spec, seed, run_dir in tasks:
+                done_row(run_one(spec, budget, seed, run_dir, args.threads, args.keep_runs))
+        else:
+            ctx = mp.get_context('spawn')
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(_worker, spec, budget, seed, run_dir, args.threads, args.keep_runs)
+                           for spec, seed, run_dir in tasks]
+                for fut in cf.as_completed(futures):
+                    done_row(fut.result())
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage)
+    rows.sort(key=lambda r: ([s.key for s in plan['specs']].index(r['key']), r['seed']))
+    meta = {
+        'machine': machine_info(),
+        'command': 'python benchmarks/ablation.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+        'wall_s': wall, 'cpu_s': cpu, 'cpu_s_runs': sum(r['cpu_s'] for r in rows), 'jobs': jobs,
+        'threads': args.threads, 'runs_trained': len(tasks), 'runs_reused': reused,
+        'load_average': os.getloadavg(), 'parts': list(args.parts),
+    }
+    for path in write_report(name, Path(args.out_dir), rows, plan, budget, meta):
+        print(f'wrote {path}')
+    return 0
+
+
+def _budget_id(budget: Budget) -> str:
+    return json.dumps(dataclasses.replace(budget, seeds=(), lambdas=(), target_lambdas=(), targets=(),
+                                          ablation_target='', lam=0.0).__dict__, sort_keys=True)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

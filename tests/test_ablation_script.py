@@ -1,0 +1,122 @@
+"""benchmarks/ablation.py keeps working: its pure helpers, and its --quick mode end to end in a temp dir."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ggam_layers.loss import cam_log_target, ggam_divergence
+
+__all__ = []
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'benchmarks' / 'ablation.py'
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location('ablation_script', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+abl = _load_script()
+
+
+@pytest.mark.parametrize('scale', [1e-8, 1e-3, 1.0, 1e8])
+def test_uniform_control_target_is_exactly_uniform(scale):
+    opts = abl.TARGETS['uniform']
+    beta = torch.randn(3, 96, generator=torch.Generator().manual_seed(1)) * scale
+    log_q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature'])
+    assert torch.equal(log_q, torch.full_like(log_q, -math.log(96)))
+    # so the control's loss is the symmetric KL between S and the uniform distribution
+    s = torch.softmax(torch.randn(3, 96, generator=torch.Generator().manual_seed(2)), 1)
+    got = ggam_divergence(s, beta, opts['squash'], opts['kl'], opts['target_norm'], opts['cam_temperature'])
+    u = torch.full_like(s, 1 / 96)
+    want = 0.5 * ((s * (s / u).log()).sum(1) + (u * (u / s).log()).sum(1)).mean()
+    torch.testing.assert_close(got, want)
+
+
+def test_plan_covers_table3_sweep_and_targets_without_duplicates():
+    budget = abl.BUDGETS['default']
+    plan = abl.build_plan(budget)
+    assert [(s, c, loss) for s, c, loss, _, _ in plan['ablation']] == [r[:3] for r in abl.PAPER_TABLE3]
+    assert [p for *_, p, _ in plan['ablation']] == [85.10, 85.61, 85.39, 86.86, 85.30, 86.58, 86.26, 88.45]
+    keys = [s.key for s in plan['specs']]
+    assert len(keys) == len(set(keys))
+    assert [lam for lam, _ in plan['sweep']] == list(range(1, 10))
+    # the full model with the literal target at lambda 1 is shared by the ablation, the sweep and the target part
+    full = plan['ablation'][-1][-1]
+    assert full == plan['sweep'][0][1] == next(s for t, lam, s in plan['target'] if t == 'literal' and lam == 1)
+    assert plan['sweep_reference'] == plan['ablation'][3][-1]  # channel-spatial attention without the loss
+    assert {t for t, _, _ in plan['target']} == set(budget.targets) and 'uniform' in budget.targets
+    assert len(plan['specs']) * len(budget.seeds) >= 24
+    with pytest.raises(ValueError, match='parts'):
+        abl.build_plan(budget, ['nope'])
+
+
+def test_summaries_and_paired_differences():
+    rows = [{'key': 'a', 'seed': s, 'test_top1': v} for s, v in ((0, 0.5), (1, 0.6), (2, 0.7))]
+    rows += [{'key': 'b', 'seed': s, 'test_top1': v} for s, v in ((0, 0.4), (1, 0.65), (2, 0.6))]
+    summ = abl.summarise(rows, 'a')
+    assert summ['n'] == 3 and summ['test_top1'] == pytest.approx(0.6) and summ['test_top1_std'] == pytest.approx(0.1)
+    d = abl.paired_difference(rows, 'a', 'b')
+    assert d['per_seed'] == pytest.approx([0.1, -0.05, 0.1]) and d['wins'] == 2 and d['n'] == 3
+    assert d['mean'] == pytest.approx(0.05)
+
+
+@pytest.fixture(scope='module')
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp('ablation')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), '--quick', '--out-dir', str(out), '--work-dir', str(out / 'work')],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / 'ablation_quick.json').read_text())
+    return data, (out / 'ablation_quick.md').read_text(), out
+
+
+@pytest.mark.slow
+def test_quick_tables(quick_report):
+    data, md, out = quick_report
+    tables, runs = data['tables'], data['runs']
+    seeds = data['budget']['seeds']
+    assert len(tables['ablation']) == 8 and all(r['n'] == len(seeds) for r in tables['ablation'])
+    assert [r['paper_top1'] for r in tables['ablation']] == [r[3] for r in abl.PAPER_TABLE3]
+    for r in runs:
+        assert 0 <= r['test_top1'] <= 1 and 0 <= r['entropy_S'] <= 1 + 1e-9
+        assert r['top1'] == pytest.approx(r['test_top1'])  # the analysis pass sees what the engine evaluated
+        if not r['channel_attn']:
+            assert r['entropy_S'] == pytest.approx(1.0) and r['corr_S_beta'] is None
+        if not r['spatial_attn']:
+            assert 'loc_T_box_strict' not in r
+    by = {(r['key'], r['seed']): r for r in runs}
+    for r in runs:  # without channel attention the GGAM loss is a constant: the same training as without it
+        if not r['channel_attn'] and r['lam'] > 0:
+            twin = by[(r['key'].replace(f'lam{r["lam"]:g}-{r["target"]}', 'lam0-none'), r['seed'])]
+            assert r['test_top1'] == twin['test_top1'] and r['test_loss'] == twin['test_loss']
+    uniform = [r for r in tables['target'] if r['target_name'] == 'uniform']
+    assert uniform and all(r['target_spread'] == 0 for r in uniform)
+    assert [r['lam'] for r in tables['sweep']] == data['budget']['lambdas']
+    assert data['meta']['cpu_s'] > 0 and data['meta']['runs_trained'] == len(runs)
+    for heading in ('## Table 3', '## Fig. 4', '## Target scale', '88.45', 'uniform'):
+        assert heading in md
+    assert (out / 'ablation_quick_lambda.png').stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quick_rerun_reuses_finished_runs(quick_report):
+    _, _, out = quick_report
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), '--quick', '--parts', 'sweep', '--out-dir', str(out / 'again'), '--work-dir',
+         str(out / 'work')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / 'again' / 'ablation_quick.json').read_text())
+    assert data['meta']['runs_trained'] == 0 and data['meta']['runs_reused'] == len(data['runs']) > 0
