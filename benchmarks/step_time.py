@@ -254,7 +254,8 @@ def time_steps(
     """Warm each step up, then time `repeats` interleaved rounds (one call of every step per round).
 
     Returns:
-        Per key: median, min, max, IQR (seconds), repeats, and the warm-up time (compilation included).
+        Per key: wall-clock median, min, max, IQR (seconds), repeats, the warm-up time (compilation included) and,
+        on the CPU, the median process CPU time (all threads; robust to other processes taking the cores).
     """
     warm = {}
     for key, fn in steps.items():
@@ -265,15 +266,24 @@ def time_steps(
         warm[key] = time.perf_counter() - t0
         log(f'  warm-up {key}: {warm[key]:.1f} s')
     times: Dict[str, List[float]] = {k: [] for k in steps}
+    cpu: Dict[str, List[float]] = {k: [] for k in steps}
     for r in range(repeats):
         for key, fn in steps.items():
             _sync(device)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             _sync(device)
             times[key].append(time.perf_counter() - t0)
-        log(f'  round {r + 1}/{repeats}: ' + ', '.join(f'{k} {v[-1]:.3f}' for k, v in times.items()))
-    return {k: dict(_stats(v), warmup_s=warm[k]) for k, v in times.items()}
+            cpu[key].append(time.process_time() - c0)
+        log(f'  round {r + 1}/{repeats}: ' + ', '.join(
+            f'{k} {v[-1]:.3f} (cpu {cpu[k][-1]:.3f})' for k, v in times.items()))
+    out = {}
+    for k, v in times.items():
+        out[k] = dict(_stats(v), warmup_s=warm[k])
+        if device == 'cpu':
+            c = _stats(cpu[k])
+            out[k].update(cpu_median_s=c['median_s'], cpu_iqr_s=c['iqr_s'])
+    return out
 
 
 # --- memory ------------------------------------------------------------------------------------------------------
@@ -307,7 +317,7 @@ def _reset_peak_rss() -> bool:
 
 def measure_memory(
         method: str, setting: Setting, num_classes: int, device: str, amp: str, channels_last: bool, compiled: bool,
-        warmup: int = 2, steps: int = 2,
+        warmup: int = 1, steps: int = 1,
 ) -> Dict[str, Any]:
     """Peak memory of the training step, in this process (see the module docstring for what is counted)."""
     gc.collect()
@@ -377,7 +387,8 @@ def gradient_check(setting: Setting, num_classes: int, device: str, amp: str = '
     """For each method, how far the `.grad` left before `optimizer.step()` is from the exact gradient of its loss.
 
     Returns:
-        Rows with the relative norm difference ||grad - dloss/dtheta|| / ||dloss/dtheta|| over all parameters.
+        Rows with the relative norm difference ||grad - dloss/dtheta|| / ||dloss/dtheta|| over all parameters, and
+        how many parameter tensors have a `.grad` off their exact gradient (relative difference above 1e-6).
     """
     rows = []
     for method in ('plain', 'ggam', 'ggam_autograd', 'authors'):
@@ -386,10 +397,11 @@ def gradient_check(setting: Setting, num_classes: int, device: str, amp: str = '
         x, y = _inputs(setting, num_classes, device, False, seed=1)
         loss, ref = step.grads(x, y, reference=True)
         params = [p for p in model.parameters() if p.requires_grad]
-        got = _flat([p.grad if r is not None else None for p, r in zip(params, ref)])
-        want = _flat(ref)
-        rows.append({'method': method, 'loss': float(loss),
-                     'grad_rel_diff': float((got - want).norm() / want.norm())})
+        pairs = [(p.grad, r) for p, r in zip(params, ref) if r is not None]
+        got, want = _flat([g for g, _ in pairs]), _flat([r for _, r in pairs])
+        changed = sum(bool((g - r).norm() > 1e-6 * r.norm()) for g, r in pairs)
+        rows.append({'method': method, 'loss': float(loss), 'grad_rel_diff': float((got - want).norm() / want.norm()),
+                     'params_off': f'{changed}/{len(pairs)}'})
         if isinstance(step, AuthorsStep):
             step.remove()
     return rows
@@ -509,6 +521,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = prin
         base_c = timed.get(_label('plain', compiled), {}).get('median_s', base)
         row['ratio_vs_plain'] = t['median_s'] / base if base else None
         row['ratio_vs_plain_same_mode'] = t['median_s'] / base_c if base_c else None
+        if 'cpu_median_s' in t and 'plain' in timed:
+            row['cpu_ratio_vs_plain'] = t['cpu_median_s'] / timed['plain']['cpu_median_s']
         train_rows.append(row)
     del steps, models
     gc.collect()
@@ -548,6 +562,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = prin
         for method, t in res.items():
             infer_rows.append({'setting': str(setting), 'method': method, **t,
                                'ratio_vs_plain': t['median_s'] / res['plain']['median_s']})
+            if 'cpu_median_s' in t:
+                infer_rows[-1]['cpu_ratio_vs_plain'] = t['cpu_median_s'] / res['plain']['cpu_median_s']
         del fns
         gc.collect()
     return {'train': train_rows, 'inference': infer_rows}
@@ -608,10 +624,46 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         return {}
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == 'cuda':
+        torch.backends.cudnn.benchmark = True
     t_start = time.perf_counter()
     settings = [Setting.parse(s) for s in args.settings]
     compile_settings = set(args.compile_settings) if args.compile_settings is not None else None
     train_rows, infer_rows, head_rows, grad_rows = [], [], [], []
+    sync = None
+    name = args.name or f'step_time_{args.device}' + ('_quick' if args.quick else '')
+
+    def write() -> List[Path]:
+        meta = {
+            'machine': machine_info(),
+            'command': 'python benchmarks/step_time.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+            'device': args.device, 'amp': args.amp, 'channels_last': args.channels_last,
+            'num_classes': args.num_classes, 'warmup': args.warmup, 'repeats': args.repeats, 'memory': args.memory,
+            'optimizer': 'SGD momentum 0.9', 'total_s': round(time.perf_counter() - t_start, 1),
+            'targets': targets(train_rows, infer_rows, head_rows), 'inference': infer_rows, 'head': head_rows,
+            'grad_check': grad_rows, 'host_sync': sync,
+        }
+        cols = ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain',
+                'ratio_vs_plain_same_mode', 'cpu_median_s', 'cpu_ratio_vs_plain', 'step_mem_mb', 'step_mem_ratio',
+                'peak_mb', 'peak_ratio']
+        notes = [_table(meta['targets'], ['setting', 'target', 'value', 'limit', 'met'], 'Targets')]
+        if infer_rows:
+            notes.append(_table(infer_rows, ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s',
+                                             'ratio_vs_plain', 'cpu_median_s', 'cpu_ratio_vs_plain'],
+                                'Inference, `model(x)` in eval mode under no_grad'))
+        if head_rows:
+            notes.append(_table(head_rows, ['setting', 'part', 'features', 'median_s', 'min_s', 'max_s', 'iqr_s',
+                                            'cpu_median_s'],
+                                'Head + loss alone, forward + backward'))
+        if grad_rows:
+            notes.append(_table(grad_rows, ['setting', 'method', 'loss', 'grad_rel_diff', 'params_off'],
+                                '`.grad` before the optimizer step against the exact gradient of the loss '
+                                '(relative norm difference)'))
+        if sync is not None:
+            notes.append('Host sync check (`torch.cuda.set_sync_debug_mode("error")`): ' + json.dumps(sync))
+        return write_results(name, train_rows, meta, args.out_dir, columns=[c for c in cols if any(
+            c in r for r in train_rows)], notes=notes)
+
     for setting in settings:
         run_args = argparse.Namespace(**vars(args))
         if compile_settings is not None and str(setting) not in compile_settings:
@@ -623,40 +675,56 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             head_rows += [dict(r, setting=str(setting)) for r in head_benchmark(
                 setting, args.num_classes, args.device, args.amp, args.warmup, args.repeats,
                 compiled=bool(run_args.compile_methods))]
+        write()  # keep what is done if a long run stops
     if args.grad_check:
         gsetting = settings[-1]
         grad_rows = [dict(r, setting=str(gsetting)) for r in gradient_check(gsetting, args.num_classes, args.device)]
         print('gradient check:', grad_rows)
-    sync = host_sync_check(settings[0], args.num_classes, args.amp, args.channels_last) if args.sync_check else None
-    if sync is not None:
+    if args.sync_check:
+        sync = host_sync_check(settings[0], args.num_classes, args.amp, args.channels_last)
         print('host sync check:', sync)
-
-    name = args.name or f'step_time_{args.device}' + ('_quick' if args.quick else '')
-    meta = {
-        'machine': machine_info(),
-        'command': 'python benchmarks/step_time.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-        'device': args.device, 'amp': args.amp, 'channels_last': args.channels_last, 'num_classes': args.num_classes,
-        'warmup': args.warmup, 'repeats': args.repeats, 'memory': args.memory, 'optimizer': 'SGD momentum 0.9',
-        'total_s': round(time.perf_counter() - t_start, 1),
-        'inference': infer_rows, 'head': head_rows, 'grad_check': grad_rows, 'host_sync': sync,
-    }
-    cols = ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain', 'ratio_vs_plain_same_mode',
-            'step_mem_mb', 'step_mem_ratio', 'peak_mb', 'peak_ratio']
-    notes = [_table(infer_rows, ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain'],
-                    'Inference, `model(x)` in eval mode under no_grad')]
-    if head_rows:
-        notes.append(_table(head_rows, ['setting', 'part', 'features', 'median_s', 'min_s', 'max_s', 'iqr_s'],
-                            'Head + loss alone, forward + backward'))
-    if grad_rows:
-        notes.append(_table(grad_rows, ['setting', 'method', 'loss', 'grad_rel_diff'],
-                            '`.grad` before the optimizer step against the exact gradient of the loss '
-                            '(relative norm difference)'))
-    if sync is not None:
-        notes.append('Host sync check (`torch.cuda.set_sync_debug_mode("error")`): ' + json.dumps(sync))
-    paths = write_results(name, train_rows, meta, args.out_dir, columns=[c for c in cols if any(
-        c in r for r in train_rows)], notes=notes)
+    paths = write()
     print('wrote', ', '.join(str(p) for p in paths))
-    return {'train': train_rows, **meta}
+    return {'train': train_rows, 'inference': infer_rows, 'head': head_rows, 'grad_check': grad_rows, 'sync': sync}
+
+
+def targets(train_rows: List[Dict], infer_rows: List[Dict], head_rows: List[Dict]) -> List[Dict[str, Any]]:
+    """The targets of the single-pass step, per setting, from the measured rows (eager configurations)."""
+    out = []
+    for setting in dict.fromkeys(r['setting'] for r in train_rows):
+        tr = {r['method']: r for r in train_rows if r['setting'] == setting}
+        inf = {r['method']: r for r in infer_rows if r['setting'] == setting}
+        hd = {r['part']: r for r in head_rows if r['setting'] == setting}
+        checks = []
+        if 'plain' in tr and 'ggam' in tr:
+            checks.append(('GGAM / plain step time', tr['ggam']['median_s'] / tr['plain']['median_s'], 1.05, 'max'))
+            if 'cpu_median_s' in tr['ggam']:
+                checks.append(('GGAM / plain step CPU time', tr['ggam']['cpu_median_s'] / tr['plain']['cpu_median_s'],
+                               1.05, 'max'))
+            if tr['ggam'].get('step_mem_ratio') is not None:
+                checks.append(('GGAM / plain step memory', tr['ggam']['step_mem_ratio'], 1.05, 'max'))
+            if tr['ggam'].get('peak_ratio') is not None:
+                checks.append(('GGAM / plain peak memory (process)', tr['ggam']['peak_ratio'], 1.05, 'max'))
+        if 'authors' in tr and 'ggam' in tr:
+            checks.append(("authors' / GGAM step time", tr['authors']['median_s'] / tr['ggam']['median_s'], 1.5,
+                           'min'))
+            if 'cpu_median_s' in tr['ggam']:
+                checks.append(("authors' / GGAM step CPU time",
+                               tr['authors']['cpu_median_s'] / tr['ggam']['cpu_median_s'], 1.5, 'min'))
+        if 'plain' in inf and 'ggam' in inf:
+            checks.append(('GGAM / plain inference', inf['ggam']['median_s'] / inf['plain']['median_s'], 1.02, 'max'))
+            if 'cpu_median_s' in inf['ggam']:
+                checks.append(('GGAM / plain inference CPU time',
+                               inf['ggam']['cpu_median_s'] / inf['plain']['cpu_median_s'], 1.02, 'max'))
+        if 'plain' in tr and 'plain_head' in hd and 'ggam_head' in hd:
+            key = 'cpu_median_s' if 'cpu_median_s' in hd['ggam_head'] else 'median_s'
+            extra = (hd['ggam_head'][key] - hd['plain_head'][key]) / tr['plain'][key]
+            checks.append((f'1 + (GGAM head - plain head) / plain step ({key[:-2]})', 1 + extra, 1.05, 'max'))
+        for name, value, limit, kind in checks:
+            met = value <= limit if kind == 'max' else value >= limit
+            out.append({'setting': setting, 'target': name, 'value': value,
+                        'limit': ('<= ' if kind == 'max' else '>= ') + str(limit), 'met': met})
+    return out
 
 
 def _table(rows: List[Dict[str, Any]], cols: List[str], title: str) -> str:
