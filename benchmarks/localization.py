@@ -19,6 +19,7 @@ Example::
     python benchmarks/localization.py --train ggam attention baseline --epochs 10 --save-dir runs/localization
 """
 import argparse
+import hashlib
 import math
 import sys
 import time
@@ -297,6 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     'image_size': args.image_size, 'difficulty': args.difficulty, 'seed': args.data_seed,
                     'images': rows[0]['images'] if rows else 0},
         'train_seconds': train_s if args.train else None,
+        'synthetic_py_md5': hashlib.md5(Path(sys.modules[SyntheticFineGrained.__module__].__file__).read_bytes())
+        .hexdigest(),  # the generator's version: results are only comparable on the same one
     }
     for path in write_results(args.name, rows, meta, out_dir=args.out_dir, columns=columns, notes=notes):
         print(f'wrote {path}')
