@@ -346,3 +346,23 @@ def test_load_image_inputs(tmp_path):
         load_image(3)
     assert feature_grid(_model('test_resnet'), (96, 128)) is None
     assert feature_grid(_model('test_vit', dynamic_img_size=True), (96, 128)) == (6, 8)
+
+
+def test_localization_benchmark_runs(tmp_path):
+    """benchmarks/localization.py end to end at toy size: trains a model here, saves it, measures, writes results."""
+    pytest.importorskip('ggam_layers.data.synthetic')
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'localization.py'
+    spec = importlib.util.spec_from_file_location('localization_benchmark', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(['--train', 'ggam', '--epochs', '1', '--train-per-class', '2', '--num-classes', '4',
+                        '--limit', '8', '--out-dir', str(tmp_path), '--save-dir', str(tmp_path / 'models')]) == 0
+    rows = json.loads((tmp_path / 'localization.json').read_text())['rows']
+    assert len(rows) == 1 and rows[0]['images'] == 8
+    for key in ('cam_box_strict', 'T_box_strict', 'chance_box_strict', 'cam_parts_half_stride', 'accuracy'):
+        assert 0.0 <= rows[0][key] <= 1.0
+    assert (tmp_path / 'models' / 'ggam' / 'model.safetensors').is_file()
