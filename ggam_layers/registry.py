@@ -8,6 +8,7 @@ reloads through `hf-hub:` or `local-dir:`.
 `pretrained=True` on a named model's default tag loads the backbone's ImageNet weights from timm's Hub repository
 into the backbone (the attention and classifier start fresh); tags that name GGAM checkpoints load those.
 """
+import os
 from typing import Any, Dict
 
 import torch
@@ -105,6 +106,13 @@ default_cfgs = generate_default_cfgs({
         'input_size': (3, 448, 448), 'pool_size': (14, 14), 'crop_pct': 0.875, 'interpolation': 'bilinear',
         'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'classifier': 'head.fc',
         'first_conv': 'backbone.conv1', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666'},
+    # shipped inside the package (no network): see ggam_layers/pretrained/README.md for how it was made
+    'ggam_test_resnet.synthetic': {
+        'file': os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained',
+                             'ggam_test_resnet.synthetic.safetensors'),
+        'num_classes': 20, 'input_size': (3, 64, 64), 'pool_size': (2, 2), 'crop_pct': 1.0, 'crop_mode': 'center',
+        'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'classifier': 'head.fc',
+        'first_conv': 'backbone.conv1.0', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666'},
 })
 
 

@@ -27,7 +27,7 @@ from huggingface_hub.utils import _http as hf_http
 import ggam_layers
 from ggam_layers import hub
 
-ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(ggam_layers.__file__).resolve().parents[1]  # the checkout, or site-packages under CI
 REPO = 'ggam-test/ggam_test_resnet.toy'
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -206,7 +206,7 @@ def test_fresh_process_plain_timm_and_offline_env(hub_cache, tmp_path):
         f"m = timm.create_model('hf-hub:{REPO}', pretrained=True).eval()\n"
         "torch.save(m(torch.load(sys.argv[1], weights_only=True)).detach(), sys.argv[2])\n")
     torch.save(X, tmp_path / 'x.pt')
-    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(hub_cache['cache']), PYTHONPATH=str(ROOT),
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(hub_cache['cache']), PYTHONPATH=str(PACKAGE_PARENT),
                OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], env=env,
                          check=True, capture_output=True, text=True, timeout=300).stdout
@@ -251,6 +251,56 @@ def test_plain_backbone_checkpoint_loads_with_fresh_attention(tmp_path, offline)
     model2 = timm.create_model('ggam_test_resnet', pretrained=True, num_classes=4,
                                pretrained_cfg_overlay=dict(file=str(file))).eval()
     assert torch.equal(model2.forward_features(X), backbone.forward_features(X))
+
+
+# --- the embedded pretrained model ----------------------------------------------------------------------------------
+EMBEDDED_TAG = 'ggam_test_resnet.synthetic'
+EMBEDDED_DIR = Path(ggam_layers.__file__).resolve().parent / 'pretrained'
+
+
+def _git_blob_sha1(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+
+
+def test_embedded_model_loads_offline_and_reproduces_its_recorded_accuracy(offline):
+    """`timm.create_model('ggam_test_resnet.synthetic', pretrained=True)` reads the file shipped in the package, and
+    evaluated with timm's own transform from its pretrained_cfg it scores exactly the recorded test accuracy."""
+    from ggam_layers.train import TrainConfig, build_datasets, evaluate_model
+
+    weights = EMBEDDED_DIR / f'{EMBEDDED_TAG}.safetensors'
+    meta = json.loads((EMBEDDED_DIR / f'{EMBEDDED_TAG}.json').read_text())
+    info = meta['ggam_layers']
+    assert weights.stat().st_size < 5 * 2 ** 20
+    model = timm.create_model(EMBEDDED_TAG, pretrained=True).eval()
+    assert Path(model.pretrained_cfg['file']).resolve() == weights
+    assert torch.equal(model.head.fc.weight, safetensors.torch.load_file(str(weights))['head.fc.weight'])
+    # a tag load reads only the weights, so the entrypoint's defaults must be the architecture that was trained
+    assert hub.ggam_model_args(model) == {k: v for k, v in meta['model_args'].items() if k != 'rd_ratio'}
+    assert meta['architecture'] == 'ggam_test_resnet'
+    for key in ('num_classes', 'input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode'):
+        value = model.pretrained_cfg[key]
+        assert (list(value) if isinstance(value, tuple) else value) == meta['pretrained_cfg'][key], key
+    # the exact command that made it, in the JSON and in the safetensors header
+    with safetensors.safe_open(str(weights), framework='pt') as f:
+        header = f.metadata()
+    assert info['recipe'].startswith('ggam-layers train ') and header['recipe'] == info['recipe']
+    assert info['embedded']['export'].startswith('model, kw = ggam_layers.hub.load_checkpoint(')
+
+    cfg = TrainConfig.from_dict(info['train_config'])
+    eval_ds = build_datasets(cfg)[1]
+    assert eval_ds.split == 'test' and len(eval_ds) == info['embedded']['test_images']
+    eval_ds.transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+    loader = torch.utils.data.DataLoader(eval_ds, batch_size=cfg.eval_batch_size)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    top1 = evaluate_model(model, loader, torch.device('cpu'), channels_last=cfg.channels_last)['top1']
+    synthetic_py = Path(ggam_layers.__file__).resolve().parent / 'data' / 'synthetic.py'
+    changed = _git_blob_sha1(synthetic_py) != info['embedded']['synthetic_py_git_blob']
+    assert top1 == info['metrics']['test_top1'], (
+        f'embedded model: test top-1 {top1} != recorded {info["metrics"]["test_top1"]}'
+        + ('; ggam_layers/data/synthetic.py changed since it was trained: retrain it as '
+           'ggam_layers/pretrained/README.md says' if changed else ''))
 
 
 # --- bad input -------------------------------------------------------------------------------------------------------
