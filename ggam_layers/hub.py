@@ -642,7 +642,8 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     """Read a checkpoint folder into a model and the `save_pretrained` arguments that describe it.
 
     Accepts a run directory of `ggam-layers train` (its `config.json` is a timm model config with the run under
-    the `ggam_layers` key: dataset, recipe, metrics, data config, train config) or a folder written by
+    the `ggam_layers` key: dataset, recipe, metrics, data config, train config), one of its
+    `checkpoints/epoch-NNNN/` folders (the run's config, that epoch's weights and metrics), or a folder written by
     `save_pretrained`.
 
     Args:
@@ -660,6 +661,8 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     if not path.is_dir():
         raise FileNotFoundError(f'checkpoint {path}: no such folder')
     config_file = path / CONFIG_NAME
+    if not config_file.is_file() and path.parent.name == 'checkpoints' and (path.parents[1] / CONFIG_NAME).is_file():
+        return _load_epoch_checkpoint(path)
     if not config_file.is_file():
         raise FileNotFoundError(f'{config_file} is missing: a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}'
                                 ' (a run directory of `ggam-layers train`, or a folder written by save_pretrained)')
@@ -680,6 +683,29 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     info.pop('paper', None)
     if info:
         save_kwargs['extra_info'] = info
+    return model.eval(), save_kwargs
+
+
+def _load_epoch_checkpoint(path: Path) -> Tuple[GGAMModel, Dict[str, Any]]:
+    """`RUN/checkpoints/epoch-NNNN/`: the run's config with this epoch's weights and this epoch's metrics."""
+    run = path.parents[1]
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f'{weights} is missing')
+    model, save_kwargs = load_checkpoint(run)
+    try:
+        model.load_state_dict(safetensors.torch.load_file(str(weights)))
+    except RuntimeError as e:
+        raise ValueError(f'{weights} does not fit the model of {run / CONFIG_NAME}: {e}') from e
+    save_kwargs.pop('metrics', None)  # the run's final metrics; this epoch's come from metrics.jsonl
+    match = re.fullmatch(r'epoch-(\d+)', path.name)
+    log = run / 'metrics.jsonl'
+    if match and log.is_file():
+        rows = [json.loads(line) for line in log.read_text(encoding='utf-8').splitlines() if line.strip()]
+        row = next((r for r in rows if r.get('epoch') == int(match.group(1))), None)
+        if row is not None:
+            save_kwargs['metrics'] = {k: v for k, v in row.items() if k.startswith('test_') and v is not None}
+            save_kwargs['metrics']['epoch'] = row['epoch']
     return model.eval(), save_kwargs
 
 

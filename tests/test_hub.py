@@ -561,6 +561,12 @@ def test_publish_a_training_run(fake_hub, tmp_path):
     assert torch.equal(_logits(hub.load_model(dry), x), _logits(trained, x))
     assert _cli(['publish', str(run), '--repo-id', 'ggam-test/run']) == 0
     assert fake_hub.commits[0]['files'] == _folder_bytes(dry)
+    # one epoch's checkpoint folder: the run's config, that epoch's weights and metrics
+    epoch_dir = run / 'checkpoints' / 'epoch-0001'
+    assert _cli(['publish', str(epoch_dir), '--repo-id', 'ggam-test/run', '--dry-run', str(tmp_path / 'e1')]) == 0
+    metrics = json.loads((tmp_path / 'e1' / 'config.json').read_text())['ggam_layers']['metrics']
+    assert metrics['epoch'] == 1 and metrics['test_top1'] == result['history'][0]['test_top1']
+    assert torch.equal(_logits(hub.load_model(tmp_path / 'e1'), x), _logits(trained, x))
 
 
 def test_publish_refuses_a_plain_run(tmp_path):
@@ -570,3 +576,14 @@ def test_publish_refuses_a_plain_run(tmp_path):
                                                  'ggam_layers': {'kind': 'plain'}}))
     with pytest.raises(ValueError, match='plain timm baseline.*push_to_hf_hub'):
         _cli(['publish', str(run), '--repo-id', 'ggam-test/plain', '--dry-run', str(tmp_path / 'dry')])
+
+
+def test_ggam_layers_command_line_has_publish(saved, tmp_path, capsys):
+    from ggam_layers.cli import main
+    model, folder = saved
+    assert main(['publish', str(folder), '--repo-id', 'ggam-test/cli', '--dry-run', str(tmp_path / 'dry')]) == 0
+    assert torch.equal(_logits(hub.load_model(tmp_path / 'dry')), _logits(model))
+    with pytest.raises(SystemExit) as e:
+        main(['publish', str(tmp_path / 'nowhere'), '--repo-id', 'ggam-test/cli', '--dry-run', str(tmp_path / 'd2')])
+    assert e.value.code == 2
+    assert 'ggam-layers publish: error: checkpoint' in capsys.readouterr().err
