@@ -64,7 +64,7 @@ _CONVERT_HINT = (
 # activations the channel attention may use, by timm name (get_act_layer resolves each to a class)
 _ACT_NAMES = ('relu', 'gelu', 'gelu_tanh', 'quick_gelu', 'silu', 'swish', 'mish', 'sigmoid', 'tanh', 'hard_sigmoid',
               'hard_swish', 'hard_mish', 'relu6', 'leaky_relu', 'elu', 'celu', 'selu', 'prelu', 'identity')
-# create_model keyword arguments that describe a run, not the architecture
+# create_model keyword arguments that are not architecture (run settings), or that the recorded rd_channels supersedes
 _RUNTIME_ARGS = ('device', 'dtype', 'pretrained_model_args', 'backbone_pretrained', 'pretrained_cfg',
                  'pretrained_cfg_overlay', 'cache_dir', 'global_pool', 'rd_ratio', 'rd_divisor')
 
