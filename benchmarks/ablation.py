@@ -154,7 +154,8 @@ BUDGETS: Dict[str, Budget] = {
     'default': Budget(),
     # every code path, tiny: a 2x2 map, 4 classes, 32 training images, one epoch
     'quick': Budget(img_size=32, num_classes=4, train_per_class=8, test_per_class=4, epochs=1, batch_size=16,
-                    lr=2e-3, seeds=(0, 1), lambdas=(1, 2), target_lambdas=(1,)),
+                    lr=2e-3, seeds=(0, 1), lambdas=(1, 2), target_lambdas=(1,),
+                    targets=('literal', 'standardize', 'uniform')),
 }
 
 
@@ -260,6 +261,7 @@ def channel_stats(model, images: torch.Tensor, targets: torch.Tensor, spec: RunS
         x = images[start:start + batch_size]
         out = model.forward_ggam(x)
         s = out.channel_weights.double()
+        s = s / s.sum(1, keepdim=True)  # float32 rounding of S (and of the constant 1/C) would push H above log C
         beta = out.cam_weights.double()
         c = s.shape[1]
         ent.append(-(s * s.clamp_min(1e-300).log()).sum(1) / math.log(c))
@@ -508,9 +510,10 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              f'Budget (every run): {budget.describe()}. Trained with `ggam_layers.train.train` (preset `synthetic`: '
              'flip augmentation, weight decay 0.05, cosine schedule after half an epoch of warm-up); top-1 is the '
              "engine's evaluation after the last epoch.", '',
-             f'Time: {meta["runs_trained"]} runs trained ({meta["runs_reused"]} reused), wall {meta["wall_s"]:.0f} s, '
-             f'CPU {meta["cpu_s"]:.0f} s over {meta["jobs"]} job(s) x {meta["threads"]} thread(s); '
-             f'CPU / 2 = {meta["cpu_s"] / 2:.0f} s estimates the wall time on 2 free cores.', '',
+             f'Time: {meta["runs"]} runs, wall {meta["wall_s"]:.0f} s, CPU {meta["cpu_s"]:.0f} s (all processes; '
+             f'{len(meta["invocations"])} invocation(s), {meta["jobs"]} job(s) x {meta["threads"]} thread(s)); '
+             f'CPU / 2 = {meta["cpu_s"] / 2:.0f} s estimates the wall time on 2 otherwise idle cores (the wall time '
+             'is longer where other processes share the cores).', '',
              f'Cells: mean ± standard deviation over {n_seeds} seeds. Δ: paired difference to the reference row '
              'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). T hit, CAM hit: share of '
              'test images whose peak of the spatial attention T / of the Grad-CAM map lies in the ground-truth box '
@@ -678,12 +681,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(u.ru_utime + u.ru_stime for u in usage)
     rows.sort(key=lambda r: ([s.key for s in plan['specs']].index(r['key']), r['seed']))
+    this = {'wall_s': wall, 'cpu_s': cpu, 'runs_trained': len(tasks), 'jobs': jobs, 'threads': args.threads,
+            'load_average': os.getloadavg(), 'ended': time.strftime('%Y-%m-%d %H:%M:%S')}
+    invocations = [this]
+    if args.work_dir:  # the time of every invocation that trained runs in this folder (a resumed run adds up)
+        log = work / 'invocations.json'
+        invocations = (json.loads(log.read_text()) if log.is_file() else []) + ([this] if tasks else [])
+        log.write_text(json.dumps(invocations, indent=1))
+        invocations = invocations or [this]
     meta = {
         'machine': machine_info(),
         'command': 'python benchmarks/ablation.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-        'wall_s': wall, 'cpu_s': cpu, 'cpu_s_runs': sum(r['cpu_s'] for r in rows), 'jobs': jobs,
-        'threads': args.threads, 'runs_trained': len(tasks), 'runs_reused': reused,
-        'load_average': os.getloadavg(), 'parts': list(args.parts),
+        'wall_s': sum(i['wall_s'] for i in invocations), 'cpu_s': sum(i['cpu_s'] for i in invocations),
+        'cpu_s_runs': sum(r['cpu_s'] for r in rows), 'jobs': jobs, 'threads': args.threads,
+        'runs_trained': len(tasks), 'runs_reused': reused, 'runs': len(rows), 'invocations': invocations,
+        'parts': list(args.parts),
     }
     for path in write_report(name, Path(args.out_dir), rows, plan, budget, meta):
         print(f'wrote {path}')
