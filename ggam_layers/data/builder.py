@@ -72,7 +72,9 @@ def _map_split(name: str, split: str, allowed: Sequence[str], mapping: Optional[
 
 def _require_root(name: str, root: Optional[PathLike]) -> str:
     if root is None or os.fspath(root) == '':
-        raise ValueError(f"root is required for dataset '{name}' (the folder holding the data).\n{DATASET_LAYOUTS[name]}")
+        raise ValueError(
+            f"root is required for dataset '{name}' (the folder holding the data).\n{DATASET_LAYOUTS[name]}"
+        )
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{name}: root '{root}' is not a directory.\n{DATASET_LAYOUTS[name]}")
@@ -137,7 +139,9 @@ def _torchvision_call(name: str, fn: Callable[[], Any], root: str) -> Any:
     except RuntimeError as e:
         msg = str(e)
         if 'scipy' in msg.lower():
-            raise ImportError(f"{name}: torchvision needs scipy to read the .mat annotation files: pip install scipy") from e
+            raise ImportError(
+                f'{name}: torchvision needs scipy to read the .mat annotation files: pip install scipy'
+            ) from e
         if 'not found' in msg.lower() or 'corrupted' in msg.lower():
             raise FileNotFoundError(
                 f"{name}: torchvision could not find a valid dataset under '{root}' ({msg}).\n{DATASET_LAYOUTS[name]}"
@@ -151,7 +155,7 @@ def _image_folder(name: str, root: str, split: Optional[str], transform: Optiona
     folder = root
     if split:
         candidates: Tuple[str, ...] = (split,)
-        for key, synonyms in _SPLIT_FOLDER_SYNONYMS.items():
+        for synonyms in _SPLIT_FOLDER_SYNONYMS.values():
             if split in synonyms:
                 candidates = (split,) + tuple(s for s in synonyms if s != split)
         for c in candidates:
@@ -160,9 +164,7 @@ def _image_folder(name: str, root: str, split: Optional[str], transform: Optiona
                 break
         else:
             tried = ', '.join(os.path.join(root, c) for c in candidates)
-            raise FileNotFoundError(
-                f"{name}: no folder for split '{split}' (tried {tried}).\n{DATASET_LAYOUTS[name]}"
-            )
+            raise FileNotFoundError(f"{name}: no folder for split '{split}' (tried {tried}).\n{DATASET_LAYOUTS[name]}")
     try:
         ds = ImageFolder(folder, transform=transform, **kwargs)
     except FileNotFoundError as e:
@@ -205,7 +207,9 @@ def create_dataset(
     if sep and prefix.lower() == 'hfds':
         import timm.data
 
-        ds = timm.data.create_dataset(f'hfds/{rest}', root=None if root is None else os.fspath(root), split=split, **kwargs)
+        ds = timm.data.create_dataset(
+            f'hfds/{rest}', root=None if root is None else os.fspath(root), split=split, **kwargs
+        )
         ds.transform = transform
         class_to_idx = getattr(getattr(ds, 'reader', None), 'class_to_idx', None) or {}
         names = [n for n, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])] or None
@@ -214,7 +218,7 @@ def create_dataset(
     name = name.lower().replace('-', '_') if name else 'synthetic'
     name = _ALIASES.get(name, name)
     if name not in DATASET_LAYOUTS:
-        raise ValueError(f"Unknown dataset {raw_name!r}; known names: {', '.join(_KNOWN)}")
+        raise ValueError(f'Unknown dataset {raw_name!r}; known names: {", ".join(_KNOWN)}')
     val_to_test = {s: 'test' for s in _VAL_SYNONYMS}
 
     if name == 'synthetic':
@@ -236,16 +240,22 @@ def create_dataset(
         level = kwargs.pop('annotation_level', 'variant')
         levels = {'variant': 'variants.txt', 'family': 'families.txt', 'manufacturer': 'manufacturers.txt'}
         if level not in levels:
-            raise ValueError(f"annotation_level must be one of {tuple(levels)}, got {level!r}")
+            raise ValueError(f'annotation_level must be one of {tuple(levels)}, got {level!r}')
         root = _strip_base(root, 'fgvc-aircraft-2013b')
         data = os.path.join(root, 'fgvc-aircraft-2013b', 'data')
         _check_paths(
             name,
-            [os.path.join(data, levels[level]), os.path.join(data, f'images_{level}_{split}.txt'), os.path.join(data, 'images')],
+            [
+                os.path.join(data, levels[level]),
+                os.path.join(data, f'images_{level}_{split}.txt'),
+                os.path.join(data, 'images'),
+            ],
         )
         ds = _torchvision_call(
             name,
-            lambda: FGVCAircraft(root, split=split, annotation_level=level, transform=transform, download=False, **kwargs),
+            lambda: FGVCAircraft(
+                root, split=split, annotation_level=level, transform=transform, download=False, **kwargs
+            ),
             root,
         )
         missing = next((f for f in ds._image_files if not os.path.isfile(f)), None)

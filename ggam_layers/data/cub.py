@@ -83,7 +83,9 @@ class Cub2011(torch.utils.data.Dataset):
         class_rows = _read_pairs(os.path.join(self.root, 'classes.txt'))
         class_ids = [int(i) for i, _ in class_rows]
         if sorted(class_ids) != list(range(1, len(class_ids) + 1)):
-            raise ValueError(f"classes.txt in '{self.root}' must number classes 1..N, got ids {sorted(class_ids)[:5]}...")
+            raise ValueError(
+                f"classes.txt in '{self.root}' must number classes 1..N, got ids {sorted(class_ids)[:5]}..."
+            )
         names = dict((int(i), n) for i, n in class_rows)
         self.classes: List[str] = [names[i] for i in range(1, len(class_ids) + 1)]
         self.class_to_idx: Dict[str, int] = {n: i for i, n in enumerate(self.classes)}
@@ -96,7 +98,7 @@ class Cub2011(torch.utils.data.Dataset):
         for image_id, rel_path in paths.items():
             if image_id not in labels or image_id not in is_train:
                 missing = 'image_class_labels.txt' if image_id not in labels else 'train_test_split.txt'
-                raise ValueError(f"CUB-200-2011: image id {image_id} of images.txt has no entry in {missing}")
+                raise ValueError(f'CUB-200-2011: image id {image_id} of images.txt has no entry in {missing}')
             if is_train[image_id].strip() != want:
                 continue
             label = int(labels[image_id]) - 1
@@ -107,7 +109,9 @@ class Cub2011(torch.utils.data.Dataset):
         if check_files:
             for path, _ in self.samples:
                 if not os.path.isfile(path):
-                    raise FileNotFoundError(f"CUB-200-2011: image '{path}' listed in images.txt is missing.\n{CUB_LAYOUT}")
+                    raise FileNotFoundError(
+                        f"CUB-200-2011: image '{path}' listed in images.txt is missing.\n{CUB_LAYOUT}"
+                    )
 
     @property
     def num_classes(self) -> int:
