@@ -376,3 +376,11 @@ def test_pretrained_file_loads_backbone_weights(tmp_path):
         own = body.state_dict()
         assert all(torch.equal(own[k], v) for k, v in src.state_dict().items()), plain
         assert model.num_classes == 4
+
+
+def test_workers_do_not_change_the_result(tmp_path):
+    """Augmentation is seeded per image, so DataLoader workers give the same batches as the main process."""
+    a = train(tiny(tmp_path / 'w0', epochs=1, workers=0))
+    b = train(tiny(tmp_path / 'w2', epochs=1, workers=2))
+    _same_weights(tmp_path / 'w0' / WEIGHTS_NAME, tmp_path / 'w2' / WEIGHTS_NAME)
+    assert a['train_loss'] == b['train_loss']
