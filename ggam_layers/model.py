@@ -141,6 +141,14 @@ def probe_backbone(backbone: nn.Module, in_chans: int, img_size: Tuple[int, int]
         '(class tokens only, or a pooled or encoder-only output)')
 
 
+def _prefix_names(names: Any, prefix: str) -> Any:
+    if isinstance(names, str):
+        return prefix + names
+    if isinstance(names, (list, tuple)):
+        return type(names)(prefix + n for n in names)
+    return names
+
+
 def _prefix_pattern(pattern: Any, prefix: str) -> Any:
     if isinstance(pattern, str):
         inner = re.sub(r'(?<!\[)\^', '', pattern)
@@ -207,7 +215,12 @@ class GGAMModel(nn.Module):
         super().__init__()
         kwargs.pop('global_pool', None)  # timm may pass it from a pretrained cfg; the GGAM head does its own pooling
         backbone_args = dict(backbone_args or {}, **kwargs)
+        runtime = ('pretrained_cfg', 'pretrained_cfg_overlay', 'device', 'dtype')
+        self.model_args = {'backbone': backbone if isinstance(backbone, str) else None, 'in_chans': in_chans}
+        if set(backbone_args) - set(runtime):
+            self.model_args['backbone_args'] = {k: v for k, v in backbone_args.items() if k not in runtime}
         if img_size is not None:
+            self.model_args['img_size'] = img_size
             backbone_args['img_size'] = img_size
         if isinstance(backbone, str):
             self.backbone_name = backbone
@@ -245,7 +258,10 @@ class GGAMModel(nn.Module):
             self.backbone.to(dtype=dtype)
         self.feature_info = [dict(info, module=f'backbone.{info["module"]}') if 'module' in info else dict(info)
                              for info in (backbone.feature_info if isinstance(backbone.feature_info, list) else [])]
-        self.pretrained_cfg = self.default_cfg = dict(cfg, num_classes=num_classes, classifier='head.fc')
+        self.pretrained_cfg = self.default_cfg = dict(
+            cfg, architecture='ggam', num_classes=num_classes, classifier='head.fc',
+            first_conv=_prefix_names(cfg.get('first_conv'), 'backbone.'))
+        self.model_args['backbone'] = self.backbone_name
 
     # --- timm model contract -------------------------------------------------------------------------------------
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:

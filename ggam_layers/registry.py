@@ -89,8 +89,11 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
 def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
     base = get_pretrained_cfg(f'{backbone}.{tag}')
     cfg = base.to_dict() if base is not None else {}
-    dropped = ('architecture', 'tag', 'classifier', 'first_conv')
-    cfg = {k: v for k, v in cfg.items() if v is not None and k not in dropped}
+    cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag', 'classifier')}
+    first_conv = cfg.get('first_conv')
+    if first_conv:
+        cfg['first_conv'] = [f'backbone.{n}' for n in first_conv] if isinstance(first_conv, (list, tuple)) else (
+            f'backbone.{first_conv}')
     cfg.update(classifier='head.fc', license='apache-2.0')
     cfg.update(kwargs)
     return cfg
