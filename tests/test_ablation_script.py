@@ -121,3 +121,30 @@ def test_quick_rerun_reuses_finished_runs(quick_report):
     data = json.loads((out / 'again' / 'ablation_quick.json').read_text())
     assert data['meta']['runs_trained'] == 0 and data['meta']['runs_reused'] == len(data['runs']) > 0
     assert len(data['meta']['invocations']) == 1  # the time reported is that of the run that trained them
+
+
+def test_channel_stats_matches_a_direct_computation():
+    import numpy as np
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model('ggam', backbone='test_resnet', num_classes=5).eval()
+    x = torch.randn(6, 3, 64, 64)
+    labels = torch.randint(0, 5, (6,))
+    spec = abl.RunSpec(True, True, 1.0, 'standardize')
+    got = abl.channel_stats(model, x, labels, spec, batch_size=4)
+    with torch.no_grad():
+        out = model.forward_ggam(x)
+    s, beta = out.channel_weights.double().numpy(), out.cam_weights.double().numpy()
+    c = s.shape[1]
+    assert got['entropy_S'] == pytest.approx(float(np.mean(-(s * np.log(s)).sum(1) / np.log(c))), rel=1e-6)
+    assert got['corr_S_beta'] == pytest.approx(float(np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(s, beta)])))
+    assert got['max_S_times_C'] == pytest.approx(float(np.mean(c * s.max(1))), rel=1e-6)
+    assert got['top1'] == float((out.logits.argmax(1) == labels).double().mean())
+    z = (beta - beta.mean(1, keepdims=True)) / beta.std(1, keepdims=True)
+    q = 1 / (1 + np.exp(-z))
+    q /= q.sum(1, keepdims=True)
+    assert got['target_spread'] == pytest.approx(float(np.mean(c * (q.max(1) - q.min(1)))), rel=1e-4)
+    plain = timm.create_model('ggam', backbone='test_resnet', num_classes=5, channel_attn=False).eval()
+    got = abl.channel_stats(plain, x, labels, abl.RunSpec(True, False, 0.0, 'none'))
+    assert got['entropy_S'] == pytest.approx(1.0, abs=1e-12) and got['corr_S_beta'] is None
