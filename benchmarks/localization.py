@@ -2,9 +2,10 @@
 
 For every image of a `SyntheticFineGrained` split, `ggam_layers.viz.cam_maps` gives the Grad-CAM heat map at the GGAM
 head's input (for the predicted class) and the spatial attention T, both upsampled to the image. A map "hits" when
-its peak lies inside the ground-truth box of the class-deciding parts (`part_box`, the box around beak, crest, eye
-ring and wing bar), with a tolerance in pixels: 0 (strict) and half the feature stride (the peak of an upsampled
-map is a feature cell's centre, so this counts the cell touching the box). Each hit rate comes with its chance
+its peak (the centre of the feature cell where the map is largest; upsampling adds no information and its flat
+border plateaus would make a pixel argmax land in a corner) lies inside the ground-truth box of the class-deciding
+parts (`part_box`, the box around beak, crest, eye ring and wing bar), with a tolerance in pixels: 0 (strict) and
+half the feature stride (the peak cell touches the box). Each hit rate comes with its chance
 level: the rate of a peak drawn uniformly from the feature cells, on the same images. Also reported: hits in the
 union of the individual part boxes (tighter than their bounding box), the share of heat-map mass inside the part box
 next to the box's share of the image, and the test accuracy.
@@ -94,6 +95,7 @@ def localization(
     n = len(ds) if limit is None else min(limit, len(ds))
     size = ds.image_size
     stats: Dict[str, List[float]] = {}
+    peaks: Dict[str, List[int]] = {}
     correct = 0
     grid_hw = None
     for start in range(0, n, batch_size):
@@ -107,8 +109,10 @@ def localization(
         cy = (torch.arange(grid_hw[0]) + 0.5) * stride_y  # feature cell centres in pixels
         cx = (torch.arange(grid_hw[1]) + 0.5) * stride_x
         maps = {'cam': res.heatmap.cpu()}
+        coarse = {'cam': res.cam.cpu()}  # feature resolution: one value per cell, no plateaus from upsampling
         if res.attention is not None:
             maps['T'] = res.attention.cpu()
+            coarse['T'] = res.spatial_weights.cpu()
         for j, i in enumerate(idx):
             part = ds.part_box(i)
             parts = list(ds.part_boxes(i).values())
@@ -122,11 +126,13 @@ def localization(
                 stats.setdefault(f'chance_parts_{tname}', []).append(float(np.mean(in_parts)))
                 ox, oy = ds.object_center(i)  # a peak on the bird's body centre: "finds the bird", no parts
                 stats.setdefault(f'center_box_{tname}', []).append(float(_inside(ox, oy, box)))
-                for mname, m in maps.items():
-                    hm = m[j]
-                    flat = bool(hm.max() <= 0)
-                    r, c = divmod(int(hm.argmax()), hm.shape[1])
-                    px, py = c + 0.5, r + 0.5
+                for mname, m in coarse.items():
+                    fm = m[j]
+                    flat = bool(fm.max() <= fm.min())  # a constant map has no peak: a miss
+                    r, c = divmod(int(fm.argmax()), fm.shape[1])
+                    px, py = float(cx[c]), float(cy[r])  # the peak cell's centre in pixels
+                    if tname == 'strict':
+                        peaks.setdefault(mname, []).append(-1 if flat else r * fm.shape[1] + c)
                     stats.setdefault(f'{mname}_box_{tname}', []).append(float(not flat and _inside(px, py, box)))
                     stats.setdefault(f'{mname}_parts_{tname}', []).append(
                         float(not flat and any(_inside(px, py, b) for b in boxes)))
@@ -140,6 +146,8 @@ def localization(
     out: Dict[str, Any] = {'images': n, 'accuracy': correct / n, 'feature_grid': 'x'.join(map(str, grid_hw)),
                            'stride_px': size / grid_hw[0]}
     out.update({k: float(np.mean(v)) for k, v in stats.items()})
+    for mname, cells in peaks.items():  # position bias: how often the most frequent peak cell is the peak
+        out[f'{mname}_peak_mode_share'] = float(np.bincount(np.asarray(cells) + 1).max() / len(cells))
     return out
 
 
@@ -200,6 +208,17 @@ def train_variant(variant: str, args: argparse.Namespace, x_tr: torch.Tensor, y_
     return model.eval()
 
 
+def _recipe(spec: str) -> str:
+    """' (recipe)' recorded in a checkpoint folder's config.json by `hub.save_pretrained`, else ''."""
+    import json
+
+    config = Path(spec) / 'config.json'
+    if not config.is_file():
+        return ''
+    recipe = (json.loads(config.read_text()).get('ggam_layers') or {}).get('recipe')
+    return f' ({recipe if isinstance(recipe, str) else json.dumps(recipe)})' if recipe else ''
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', nargs='*', default=[], help='model specs to measure (as for ggam-layers cam)')
@@ -224,6 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--threads', type=int, default=None, help='torch threads')
     p.add_argument('--out-dir', default='benchmarks/results')
     p.add_argument('--name', default='localization', help='result file stem')
+    p.add_argument('--note', action='append', default=[], help='a paragraph for the Markdown notes (repeatable)')
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     models: Dict[str, Tuple[GGAMModel, str]] = {}
     for i, spec in enumerate(args.model):
-        models[args.titles[i] if args.titles else spec] = (load_cam_model(spec), f'loaded: {spec}')
+        models[args.titles[i] if args.titles else spec] = (load_cam_model(spec), f'loaded: {spec}{_recipe(spec)}')
     first = next(iter(models.values()))[0] if models else None
     args.num_classes = args.num_classes or (first.num_classes if first is not None else 20)
     if args.image_size is None:
@@ -278,18 +298,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     columns = ['model', 'accuracy', 'feature_grid', 'cam_box_strict', 'T_box_strict', 'chance_box_strict',
                'center_box_strict', 'cam_box_half_stride', 'T_box_half_stride', 'chance_box_half_stride',
                'center_box_half_stride', 'cam_parts_strict',
-               'T_parts_strict', 'chance_parts_strict', 'cam_energy_in_box', 'T_energy_in_box', 'box_area']
+               'T_parts_strict', 'chance_parts_strict', 'cam_energy_in_box', 'T_energy_in_box', 'box_area',
+               'cam_peak_mode_share', 'T_peak_mode_share']
     notes = [
-        'Rates over the split (0 to 1). `*_box_*`: the peak of the upsampled map (Grad-CAM `cam` at the GGAM head\'s '
-        'input for the predicted class, or the spatial attention `T`) lies inside the ground-truth part box '
+        'Rates over the split (0 to 1). `*_box_*`: the peak of the map (the centre of its largest feature cell; '
+        'Grad-CAM `cam` at the GGAM head\'s input for the predicted class, or the spatial attention `T`) lies inside '
+        'the ground-truth part box '
         '(beak, crest, eye ring and wing bar together); `strict`: no tolerance, `half_stride`: the box grown by half '
         'the feature stride (the feature cell holding the peak touches the box). `*_parts_*`: inside one of the '
         'individual part boxes. `chance_*`: the rate of a peak drawn uniformly from the feature cells; '
         '`center_*`: the rate of a peak placed on the centre of the bird\'s body (a map that finds the bird but '
         'not its parts). '
         '`*_energy_in_box`: share of the map\'s mass inside the part box, to read against `box_area`, the box\'s '
-        'share of the image.',
+        'share of the image. `*_peak_mode_share`: how often the peak falls in the single most frequent feature cell '
+        '(1.0: the map always peaks at the same place whatever the image, a position bias).',
         'Sources: ' + '; '.join(f'{name}: {source}' for name, (_, source) in models.items()) + '.',
+        *args.note,
     ]
     meta = {
         'machine': machine_info(),
