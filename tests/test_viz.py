@@ -1,6 +1,7 @@
 """Tests of ggam_layers.viz: Grad-CAM heat maps against captum and torchcam, side effects, rendering, the CLI."""
 import argparse
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -353,7 +354,6 @@ def test_localization_benchmark_runs(tmp_path):
     pytest.importorskip('ggam_layers.data.synthetic')
     import importlib.util
     import json
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'localization.py'
     spec = importlib.util.spec_from_file_location('localization_benchmark', script)
@@ -366,3 +366,25 @@ def test_localization_benchmark_runs(tmp_path):
     for key in ('cam_box_strict', 'T_box_strict', 'chance_box_strict', 'cam_parts_half_stride', 'accuracy'):
         assert 0.0 <= rows[0][key] <= 1.0
     assert (tmp_path / 'models' / 'ggam' / 'model.safetensors').is_file()
+
+
+def test_cli_cam_embedded_model(tmp_path):
+    """The README command's shape: the embedded model by its tag, synthetic images, offline."""
+    pytest.importorskip('matplotlib')
+    pytest.importorskip('ggam_layers.data.synthetic')
+    import timm
+    from PIL import Image
+
+    import ggam_layers  # noqa: F401
+
+    cfg = timm.models.get_pretrained_cfg('ggam_test_resnet.synthetic')
+    if cfg is None or not cfg.file or not Path(cfg.file).is_file():
+        pytest.skip('embedded model not available')
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest='command'))
+    out = tmp_path / 'emb.png'
+    args = parser.parse_args(['cam', 'synthetic:test:0,1', '--synthetic-difficulty', '0.25', '--model',
+                              'ggam_test_resnet.synthetic', '--out', str(out), '--dpi', '40'])
+    assert args.func(args) == 0
+    with Image.open(out) as im:
+        assert im.size == cam_grid_size(2, 1, dpi=40)
