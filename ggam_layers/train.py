@@ -756,7 +756,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         _set_rng_state(state['rng'])
         start_epoch, history = int(state['epoch']), list(state['history'])
         if show:
-            tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}')
+            tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}', file=sys.stdout)
 
     fwd = TrainForward(model, ggam=not cfg.plain)
     opts = StepOptions(
@@ -796,7 +796,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                 metrics_writer.write(history)
             barrier(info)
             if show:
-                tqdm.write(_epoch_line(label, history[-1], cfg.epochs))
+                tqdm.write(_epoch_line(label, history[-1], cfg.epochs), file=sys.stdout)
             elif main:
                 _logger.info(_epoch_line(label, history[-1], cfg.epochs))
     finally:
