@@ -581,7 +581,11 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
                   'Target spread: C * (max - min) of the target distribution beta~ (0: uniform; for the no-loss row, '
                   'the literal target). corr(S, β): Pearson correlation over channels per test image, averaged. '
                   f'Mean |β| of the full model without the loss: {format_value(ref["beta_abs"])}.', '']
+    prov = meta.get('provenance', {})
     lines += ['Settings:', '', f'- budget: `{json.dumps(dataclasses.asdict(budget))}`',
+              f'- commit {prov.get("commit", "?")}; uncommitted changes to {prov.get("uncommitted") or "none"} of the '
+              f'files that decide the numbers; md5 of ggam_layers/data/synthetic.py '
+              f'{prov.get("md5", {}).get("ggam_layers/data/synthetic.py", "?")}',
               f'- per-run rows and every table: `{json_path.name}`', '']
     md_path = out_dir / f'{name}.md'
     md_path.write_text('\n'.join(lines))
@@ -642,6 +646,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = args.jobs or (1 if args.quick else 2)
     plan = build_plan(budget, args.parts)
     _check_uniform_control()
+    provenance = _provenance()  # before any run: the files the workers import now
 
     tmp = None
     if args.work_dir:
@@ -704,16 +709,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'wall_s': sum(i['wall_s'] for i in invocations), 'cpu_s': sum(i['cpu_s'] for i in invocations),
         'cpu_s_runs': sum(r['cpu_s'] for r in rows), 'jobs': jobs, 'threads': args.threads,
         'runs_trained': len(tasks), 'runs_reused': reused, 'runs': len(rows), 'invocations': invocations,
-        'parts': list(args.parts),
+        'parts': list(args.parts), 'provenance': provenance,
     }
     for path in write_report(name, Path(args.out_dir), rows, plan, budget, meta):
         print(f'wrote {path}')
     return 0
 
 
+def _provenance() -> Dict[str, Any]:
+    """The commit and the md5 of the files that decide the numbers (the data generator above all)."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    files = ['ggam_layers/data/synthetic.py', 'ggam_layers/loss.py', 'ggam_layers/head.py',
+             'ggam_layers/attention.py', 'ggam_layers/train.py', 'ggam_layers/engine/loop.py',
+             'benchmarks/localization.py', 'benchmarks/ablation.py']
+    out: Dict[str, Any] = {'md5': {f: hashlib.md5((root / f).read_bytes()).hexdigest() for f in files
+                                   if (root / f).is_file()}}
+    try:
+        out['commit'] = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+                                       timeout=30).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--', *files], cwd=root, capture_output=True,
+                               text=True, timeout=30).stdout.split('\n')
+        out['uncommitted'] = [line[3:] for line in dirty if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
 def _budget_id(budget: Budget) -> str:
-    return json.dumps(dataclasses.replace(budget, seeds=(), lambdas=(), target_lambdas=(), targets=(),
-                                          ablation_target='', lam=0.0).__dict__, sort_keys=True)
+    """What a stored row must match to be reused: the budget (less the lists of configurations) and the generator."""
+    import hashlib
+
+    d = dataclasses.replace(budget, seeds=(), lambdas=(), target_lambdas=(), targets=(), ablation_target='',
+                            lam=0.0).__dict__
+    generator = Path(sys.modules[SyntheticFineGrained.__module__].__file__)
+    d['synthetic_md5'] = hashlib.md5(generator.read_bytes()).hexdigest()
+    return json.dumps(d, sort_keys=True)
 
 
 if __name__ == '__main__':
