@@ -47,7 +47,7 @@ fi
 
 start=$SECONDS
 # 1. eager: everything that must come back, with a hard limit that leaves room for part 2
-timeout $((BUDGET_S * 55 / 100)) "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check --head --compile-methods \
+timeout $((BUDGET_S * 65 / 100)) "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check --head --compile-methods \
     --name "step_time_gpu$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@"
 left=$((BUDGET_S - (SECONDS - start)))
 echo "gpu_check: eager part done in $((SECONDS - start)) s, ${left} s left"
@@ -55,7 +55,7 @@ echo "gpu_check: eager part done in $((SECONDS - start)) s, ${left} s left"
 # 2. compiled plain and GGAM (compilation takes most of it); skipped when too little time is left
 if [[ $quick -eq 0 && $left -gt 60 ]]; then
     timeout "$left" "$PYTHON" benchmarks/step_time.py "${common[@]}" --methods plain ggam \
-        --compile-methods plain ggam --memory off --no-grad-check --no-inference \
+        --compile-methods plain ggam --memory off --no-grad-check --no-inference --warmup 2 --repeats 10 \
         --name "step_time_gpu_compiled$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@" \
         || echo "gpu_check: compiled part stopped (exit $?), eager results are in place"
 else

@@ -14,12 +14,14 @@ Four ways to train the same timm backbone, measured in the same run on the same 
 
 Every step is `zero_grad`, forward, loss, backward, SGD step (momentum 0.9). Times are medians over interleaved
 rounds (one step of every configuration per round, so a load change on a shared machine hits all of them alike);
-min, max and IQR are kept. Peak memory: on CUDA, `torch.cuda.max_memory_allocated` during the measured steps minus
-what was allocated before the first step; on the CPU, peak resident set size (VmHWM, reset through
-/proc/self/clear_refs after warm-up) during the measured steps minus the RSS after building the model, each
-configuration in a fresh subprocess. Also measured: inference (`model(x)`, eval, no_grad) of GGAM against the plain
-backbone, the GGAM head + loss alone (eager against torch.compile), the gradient each method leaves in `.grad`
-against the exact gradient of its loss, and on CUDA whether the GGAM loss makes any host sync.
+min, max and IQR are kept, and on the CPU the process CPU time too. Peak memory: on CUDA,
+`torch.cuda.max_memory_allocated` during the measured steps minus what was allocated after building the model; on
+the CPU, peak resident set size (VmHWM, reset through /proc/self/clear_refs after warm-up) during the measured steps
+minus the RSS after building the model, each configuration in a fresh subprocess where glibc serves every allocation
+of 64 KiB or more by mmap (so a freed tensor leaves the resident set at once and the peak is that of live memory, not
+of heap fragmentation). Also measured: inference (`model(x)`, eval, no_grad) of GGAM against the plain backbone, the
+GGAM head + loss alone (eager against torch.compile), the gradient each method leaves in `.grad` against the exact
+gradient of its loss, and on CUDA whether the GGAM loss makes any host sync.
 
 Examples::
 
@@ -306,6 +308,18 @@ def _malloc_trim() -> None:
         pass
 
 
+def _mmap_large_allocations(threshold: int = 1 << 16) -> bool:
+    """glibc: serve every allocation of `threshold` bytes or more by mmap and unmap it when freed.
+
+    Freed tensors then leave the resident set at once instead of staying in the heap, so the peak RSS measures the
+    peak of live memory rather than the allocator's fragmentation (which varies by 10% between runs otherwise).
+    """
+    try:
+        return bool(ctypes.CDLL('libc.so.6').mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def _reset_peak_rss() -> bool:
     try:
         with open('/proc/self/clear_refs', 'w') as f:
@@ -321,6 +335,7 @@ def measure_memory(
 ) -> Dict[str, Any]:
     """Peak memory of the training step, in this process (see the module docstring for what is counted)."""
     gc.collect()
+    exact = device == 'cpu' and _mmap_large_allocations()
     _malloc_trim()
     if device == 'cuda':
         torch.cuda.empty_cache()
@@ -357,7 +372,8 @@ def measure_memory(
             import resource
             peak, resettable = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
         out = {'peak_mb': peak / 1024, 'model_mb': (built - base) / 1024, 'step_mem_mb': (peak - built) / 1024,
-               'memory_method': 'VmHWM after reset' if resettable else 'ru_maxrss (lifetime)'}
+               'memory_method': ('VmHWM after reset' if resettable else 'ru_maxrss (lifetime)') + (
+                   ', allocations >= 64 KiB mmapped' if exact else '')}
     del step, model
     gc.collect()
     return out
@@ -500,6 +516,29 @@ def _label(method: str, compiled: bool) -> str:
     return method + (' (compiled)' if compiled else '')
 
 
+def _memory_row(method: str, compiled: bool, setting: Setting, args: argparse.Namespace, log: Callable = print):
+    cfg = {'method': method, 'setting': str(setting), 'num_classes': args.num_classes, 'device': args.device,
+           'amp': args.amp, 'channels_last': args.channels_last, 'compiled': compiled, 'threads': args.threads}
+    if args.memory == 'subprocess' and args.device == 'cpu':
+        mem = _memory_subprocess(cfg, args.memory_timeout)
+    else:
+        mem = measure_memory(method, setting, args.num_classes, args.device, args.amp, args.channels_last, compiled)
+        mem['memory_method'] += ' (in process)' if args.device == 'cpu' else ''
+    log(f'  memory {_label(method, compiled)} @ {setting}: {mem}')
+    return mem
+
+
+def _memory_ratios(rows: List[Dict[str, Any]]) -> None:
+    """Memory ratios against plain (compiled rows against plain compiled when present), per setting."""
+    for row in rows:
+        same = [r for r in rows if r['setting'] == row['setting']]
+        base = next((r for r in same if r['method'] == _label('plain', row['method'].endswith('(compiled)'))),
+                    None) or next((r for r in same if r['method'] == 'plain'), None)
+        for key, ratio in (('step_mem_mb', 'step_mem_ratio'), ('peak_mb', 'peak_ratio')):
+            if base and row.get(key) is not None and base.get(key):
+                row[ratio] = row[key] / base[key]
+
+
 def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = print) -> Dict[str, List[Dict]]:
     """Training, memory and inference measurements of one setting."""
     device, amp = args.device, args.amp
@@ -530,22 +569,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = prin
 
     if args.memory != 'off':
         for row, (method, compiled) in zip(train_rows, cfgs):
-            cfg = {'method': method, 'setting': str(setting), 'num_classes': args.num_classes, 'device': device,
-                   'amp': amp, 'channels_last': args.channels_last, 'compiled': compiled, 'threads': args.threads}
-            if args.memory == 'subprocess' and device == 'cpu':
-                mem = _memory_subprocess(cfg, args.memory_timeout)
-            else:
-                mem = measure_memory(method, setting, args.num_classes, device, amp, args.channels_last, compiled)
-                mem['memory_method'] += ' (in process)' if device == 'cpu' else ''
-            log(f'  memory {row["method"]}: {mem}')
-            row.update(mem)
-        for row in train_rows:
-            base_row = next((r for r in train_rows if r['method'] == _label('plain', row['method'].endswith(')'))),
-                            None) or next((r for r in train_rows if r['method'] == 'plain'), None)
-            if base_row and row.get('step_mem_mb') is not None and base_row.get('step_mem_mb'):
-                row['step_mem_ratio'] = row['step_mem_mb'] / base_row['step_mem_mb']
-            if base_row and row.get('peak_mb') is not None and base_row.get('peak_mb'):
-                row['peak_ratio'] = row['peak_mb'] / base_row['peak_mb']
+            row.update(_memory_row(method, compiled, setting, args, log))
+        _memory_ratios(train_rows)
 
     infer_rows = []
     if args.inference:
@@ -588,6 +613,8 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--memory', default='subprocess', choices=('subprocess', 'inprocess', 'off'),
                    help='CPU peak memory per configuration in a fresh subprocess (CUDA is always in process)')
     p.add_argument('--memory-timeout', type=float, default=1800)
+    p.add_argument('--memory-only', action='store_true',
+                   help='measure memory only and merge it into the rows of an existing result file (same --name)')
     p.add_argument('--no-inference', dest='inference', action='store_false')
     p.add_argument('--no-grad-check', dest='grad_check', action='store_false')
     p.add_argument('--head', action='store_true', help='time the head + loss alone, eager and compiled')
@@ -626,12 +653,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     if args.device == 'cuda':
         torch.backends.cudnn.benchmark = True
+    name = args.name or f'step_time_{args.device}' + ('_quick' if args.quick else '')
+    if args.memory_only:
+        paths = update_memory(args, name)
+        print('wrote', ', '.join(str(p) for p in paths))
+        return {}
     t_start = time.perf_counter()
     settings = [Setting.parse(s) for s in args.settings]
     compile_settings = set(args.compile_settings) if args.compile_settings is not None else None
     train_rows, infer_rows, head_rows, grad_rows = [], [], [], []
     sync = None
-    name = args.name or f'step_time_{args.device}' + ('_quick' if args.quick else '')
 
     def write() -> List[Path]:
         meta = {
@@ -640,30 +671,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             'device': args.device, 'amp': args.amp, 'channels_last': args.channels_last,
             'num_classes': args.num_classes, 'warmup': args.warmup, 'repeats': args.repeats, 'memory': args.memory,
             'optimizer': 'SGD momentum 0.9', 'total_s': round(time.perf_counter() - t_start, 1),
-            'targets': targets(train_rows, infer_rows, head_rows), 'inference': infer_rows, 'head': head_rows,
-            'grad_check': grad_rows, 'host_sync': sync,
+            'inference': infer_rows, 'head': head_rows, 'grad_check': grad_rows, 'host_sync': sync,
         }
-        cols = ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain',
-                'ratio_vs_plain_same_mode', 'cpu_median_s', 'cpu_ratio_vs_plain', 'step_mem_mb', 'step_mem_ratio',
-                'peak_mb', 'peak_ratio']
-        notes = [_table(meta['targets'], ['setting', 'target', 'value', 'limit', 'met'], 'Targets')]
-        if infer_rows:
-            notes.append(_table(infer_rows, ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s',
-                                             'ratio_vs_plain', 'cpu_median_s', 'cpu_ratio_vs_plain'],
-                                'Inference, `model(x)` in eval mode under no_grad'))
-        if head_rows:
-            notes.append(_table(head_rows, ['setting', 'part', 'features', 'median_s', 'min_s', 'max_s', 'iqr_s',
-                                            'cpu_median_s'],
-                                'Head + loss alone, forward + backward'))
-        if grad_rows:
-            notes.append(_table(grad_rows, ['setting', 'method', 'loss', 'grad_rel_diff', 'params_off'],
-                                '`.grad` before the optimizer step against the exact gradient of the loss '
-                                '(relative norm difference)'))
-        if sync is not None:
-            notes.append('Host sync check (`torch.cuda.set_sync_debug_mode("error")`): ' + json.dumps(sync))
-        return write_results(name, train_rows, meta, args.out_dir, columns=[c for c in cols if any(
-            c in r for r in train_rows)], notes=notes)
+        return write_report(name, args.out_dir, meta, train_rows)
 
+    if args.sync_check:  # first: on a GPU this is the result that must come back
+        sync = host_sync_check(settings[0], args.num_classes, args.amp, args.channels_last)
+        print('host sync check:', sync)
     for setting in settings:
         run_args = argparse.Namespace(**vars(args))
         if compile_settings is not None and str(setting) not in compile_settings:
@@ -680,12 +694,62 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         gsetting = settings[-1]
         grad_rows = [dict(r, setting=str(gsetting)) for r in gradient_check(gsetting, args.num_classes, args.device)]
         print('gradient check:', grad_rows)
-    if args.sync_check:
-        sync = host_sync_check(settings[0], args.num_classes, args.amp, args.channels_last)
-        print('host sync check:', sync)
     paths = write()
     print('wrote', ', '.join(str(p) for p in paths))
     return {'train': train_rows, 'inference': infer_rows, 'head': head_rows, 'grad_check': grad_rows, 'sync': sync}
+
+
+def write_report(name: str, out_dir: str, meta: Dict[str, Any], train_rows: List[Dict[str, Any]]) -> List[Path]:
+    """JSON and Markdown: the training table, then targets, inference, head, gradient check and host sync."""
+    infer_rows, head_rows = meta.get('inference') or [], meta.get('head') or []
+    grad_rows, sync = meta.get('grad_check') or [], meta.get('host_sync')
+    meta = dict(meta, targets=targets(train_rows, infer_rows, head_rows))
+    cols = ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain', 'ratio_vs_plain_same_mode',
+            'cpu_median_s', 'cpu_ratio_vs_plain', 'step_mem_mb', 'step_mem_ratio', 'peak_mb', 'peak_ratio']
+    notes = [_table(meta['targets'], ['setting', 'target', 'value', 'limit', 'met'], 'Targets')]
+    if infer_rows:
+        notes.append(_table(infer_rows, ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain',
+                                         'cpu_median_s', 'cpu_ratio_vs_plain'],
+                            'Inference, `model(x)` in eval mode under no_grad'))
+    if head_rows:
+        notes.append(_table(head_rows, ['setting', 'part', 'features', 'median_s', 'min_s', 'max_s', 'iqr_s',
+                                        'cpu_median_s'], 'Head + loss alone, forward + backward'))
+    if grad_rows:
+        notes.append(_table(grad_rows, ['setting', 'method', 'loss', 'grad_rel_diff', 'params_off'],
+                            '`.grad` before the optimizer step against the exact gradient of the loss '
+                            '(relative norm difference; params_off: parameter tensors whose `.grad` is off)'))
+    if sync is not None:
+        notes.append('Host sync check (`torch.cuda.set_sync_debug_mode("error")`): ' + json.dumps(sync))
+    return write_results(name, train_rows, meta, out_dir, columns=[c for c in cols if any(
+        c in r for r in train_rows)], notes=notes)
+
+
+def update_memory(args: argparse.Namespace, name: str) -> List[Path]:
+    """Measure memory only, and put it into the rows of an existing result (or new rows), then rewrite it."""
+    path = Path(args.out_dir) / f'{name}.json'
+    if path.exists():
+        with open(path) as f:
+            data = json.load(f)
+        meta, rows = data['meta'], data['rows']
+    else:
+        meta, rows = {'machine': machine_info(), 'device': args.device, 'amp': args.amp}, []
+    compile_settings = set(args.compile_settings) if args.compile_settings is not None else None
+    for text in args.settings:
+        setting = Setting.parse(text)
+        compile_methods = args.compile_methods if compile_settings is None or text in compile_settings else []
+        for method, compiled in _configs(args.methods, compile_methods):
+            label = _label(method, compiled)
+            row = next((r for r in rows if r['setting'] == str(setting) and r['method'] == label), None)
+            if row is None:
+                row = {'setting': str(setting), 'method': label}
+                rows.append(row)
+            for key in ('memory_error', 'step_mem_ratio', 'peak_ratio'):
+                row.pop(key, None)
+            row.update(_memory_row(method, compiled, setting, args))
+    _memory_ratios(rows)
+    meta['memory'] = args.memory
+    meta['memory_command'] = 'python benchmarks/step_time.py ' + ' '.join(sys.argv[1:])
+    return write_report(name, args.out_dir, meta, rows)
 
 
 def targets(train_rows: List[Dict], infer_rows: List[Dict], head_rows: List[Dict]) -> List[Dict[str, Any]]:

@@ -326,6 +326,15 @@ def _worker_main(conn: multiprocessing.connection.Connection) -> None:
         conn.send(('result', key, result))
 
 
+def _process_cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU seconds of a process from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class _Worker:
     def __init__(self, ctx: Any):
         self.conn, child = ctx.Pipe()
@@ -336,13 +345,27 @@ class _Worker:
         self.task: Optional[Tuple[Any, str, tuple]] = None
         self.deadline = math.inf
         self.started = 0.0
+        self.cpu_start: Optional[float] = None
+        self.cpu_limit = math.inf
         self.done = 0
 
-    def assign(self, task: Tuple[Any, str, tuple], timeout: float) -> None:
+    def assign(self, task: Tuple[Any, str, tuple], timeout: float, wall_factor: float) -> None:
         self.conn.send(task)
         self.task = task
         self.started = time.perf_counter()
-        self.deadline = self.started + timeout
+        self.cpu_start = _process_cpu_seconds(self.proc.pid)
+        self.cpu_limit = timeout if self.cpu_start is not None else math.inf
+        self.deadline = self.started + timeout * (wall_factor if self.cpu_start is not None else 1.0)
+
+    def over_limit(self, now: float) -> Optional[str]:
+        """Why the running task is past its limits, or None."""
+        if now > self.deadline:
+            return f'timeout: no result after {now - self.started:.0f} s wall-clock'
+        if self.cpu_start is not None:
+            cpu = _process_cpu_seconds(self.proc.pid)
+            if cpu is not None and cpu - self.cpu_start > self.cpu_limit:
+                return f'timeout: no result after {cpu - self.cpu_start:.0f} CPU seconds'
+        return None
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -365,11 +388,17 @@ def run_tasks(
         timeout: float = 120.,
         max_tasks_per_worker: int = 100,
         progress: bool = True,
+        log_path: Optional[Path] = None,
+        wall_factor: float = 5.,
 ) -> Dict[Any, Dict[str, Any]]:
     """Run (key, kind, args) tasks in single-thread worker processes, each task with a time limit.
 
-    A task past `timeout` seconds, or whose worker dies, gets a 'failed' result; its worker is replaced. Workers are
-    also replaced after `max_tasks_per_worker` tasks (bounds memory growth).
+    The limit is `timeout` CPU seconds of the worker (read from /proc, so that a loaded machine does not cause false
+    timeouts), and `wall_factor * timeout` wall-clock seconds against hangs that use no CPU; without /proc it is
+    `timeout` wall-clock seconds. A task past its limit, or whose worker dies, gets a 'failed' result; its worker is
+    replaced. Workers are
+    also replaced after `max_tasks_per_worker` tasks (bounds memory growth). Each result is also appended to
+    `log_path` as a JSON line as soon as it arrives (a record of an interrupted run).
 
     Returns:
         The result row of each task by key.
@@ -390,6 +419,9 @@ def run_tasks(
         results[key] = row
         w.task, w.deadline = None, math.inf
         w.done += 1
+        if log_path is not None:
+            with open(log_path, 'a') as f:
+                f.write(json.dumps(row) + '\n')
         if progress:
             print(f'[{len(results)}/{total} {time.perf_counter() - t0:.0f}s] {key}: {row.get("status")} '
                   f'({row["seconds"]:.1f}s)', flush=True)
@@ -410,9 +442,9 @@ def run_tasks(
                         w.stop()
                         pool[i] = _Worker(ctx)
                     elif pending:
-                        w.assign(pending.popleft(), timeout)
+                        w.assign(pending.popleft(), timeout, wall_factor)
             now = time.perf_counter()
-            wait_s = max(0.01, min([w.deadline - now for w in pool] + [5.0]))
+            wait_s = max(0.01, min([w.deadline - now for w in pool] + [1.0]))
             for conn in multiprocessing.connection.wait([w.conn for w in pool], timeout=wait_s):
                 i = next(j for j, w in enumerate(pool) if w.conn is conn)
                 w = pool[i]
@@ -431,8 +463,9 @@ def run_tasks(
                     finish(w, row)
             now = time.perf_counter()
             for i, w in enumerate(pool):
-                if w.task is not None and now > w.deadline:
-                    finish(w, failed_row(w, f'timeout: no result after {timeout:.0f} s'))
+                why = w.over_limit(now) if w.task is not None else None
+                if why:
+                    finish(w, failed_row(w, why))
                     w.stop(kill=True)
                     pool[i] = _Worker(ctx)
     finally:
@@ -466,6 +499,7 @@ def _summarise_wrap(rows: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]
         'model_seconds_total': round(sum(secs), 1),
         'model_seconds_median': secs[len(secs) // 2] if secs else 0.0,
         'model_cpu_seconds_total': round(cpu, 1),
+        'model_cpu_seconds_median': sorted(r.get('cpu_seconds', 0.0) for r in rows)[len(rows) // 2] if rows else 0.,
         'slowest': [{'model': r['model'], 'seconds': r['seconds'], 'status': r['status']}
                     for r in sorted(rows, key=lambda r: -r['seconds'])[:10]],
     }
@@ -485,7 +519,8 @@ def markdown(data: Dict[str, Any]) -> str:
     lines = [
         '# GGAM coverage of timm architectures',
         '',
-        f"Command: `{data['command']}`",
+        f"Command: `{data['command']}`"
+        + (f" (real CPU step: `{data['sample_command']}`)" if data.get('sample_command') else ''),
         '',
         f"Machine: {machine_line(info)}; {data['settings']['workers']} worker processes with one torch thread each.",
         '',
@@ -502,8 +537,16 @@ def markdown(data: Dict[str, Any]) -> str:
             f"refused with a reason, {s['failed']} failed. Layouts of the wrapped: "
             + ', '.join(f'{k} {v}' for k, v in s['layouts'].items())
             + '; prefix tokens of NLC models: ' + ', '.join(f'{k}: {v}' for k, v in s['nlc_prefix_tokens'].items())
-            + f". Wall time {s['wall_seconds'] / 60:.1f} min (median {s['model_seconds_median']:.2f} s per model).",
+            + f". Wall time {s['wall_seconds'] / 60:.1f} min with {data['settings']['workers']} workers"
+            + (f" (machine load average {s['load_average'][0]:.1f} at the start, {s['load_average'][1]:.1f} at the "
+               'end, from other jobs)' if s.get('load_average') else '')
+            + f"; CPU time in the checks {s['model_cpu_seconds_total'] / 60:.1f} min (median "
+            f"{s['model_cpu_seconds_median']:.2f} s per model), i.e. about "
+            f"{s['model_cpu_seconds_total'] / data['settings']['workers'] / 60:.0f} min on an idle machine.",
         ]
+        for u in wrap.get('updates', []):
+            lines.append(f"- Re-run of {len(u['models'])} models (`{u['command']}`, limit {u['timeout_s']:.0f} CPU s, "
+                         f"{u['wall_seconds']:.0f} s): " + ', '.join(f'{k} {v}' for k, v in u['models'].items()) + '.')
     if sample:
         s = sample['summary']
         lines.append(
@@ -614,9 +657,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument('--quick', action='store_true',
                         help=f'only {QUICK_WRAP} (wrap) and {QUICK_SAMPLE} (sample); writes timm_coverage_quick.*')
     parser.add_argument('--models', nargs='*', help='fnmatch patterns restricting the architectures')
+    parser.add_argument('--update', action='store_true',
+                        help='re-run the wrap part only for --models (default: the failed ones) and merge them into '
+                             'the existing JSON, keeping the other rows (recorded under wrap.updates)')
     parser.add_argument('--workers', type=int, default=2)
-    parser.add_argument('--timeout', type=float, default=120., help='seconds per model in the wrap part')
-    parser.add_argument('--sample-timeout', type=float, default=300., help='seconds per model in the sample part')
+    parser.add_argument('--timeout', type=float, default=120.,
+                        help='CPU seconds per model in the wrap part (wall-clock limit: 5x, against hangs)')
+    parser.add_argument('--sample-timeout', type=float, default=300., help='CPU seconds per model in the sample part')
     parser.add_argument('--max-params', type=float, default=50e6, help='largest sample model')
     parser.add_argument('--beta-rtol', type=float, default=1e-4)
     parser.add_argument('--out-dir', default=str(Path(__file__).resolve().parent / 'results'))
@@ -628,25 +675,51 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.name or ('timm_coverage_quick' if args.quick else 'timm_coverage')
     json_path, md_path = out_dir / f'{stem}.json', out_dir / f'{stem}.md'
+    (out_dir / f'{stem}.partial.jsonl').unlink(missing_ok=True)
     command = 'python benchmarks/timm_coverage.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     data: Dict[str, Any] = {}
-    if args.part == 'sample' and json_path.exists():
+    if (args.part == 'sample' or args.update) and json_path.exists():
         data = json.loads(json_path.read_text())
-    data.update(
-        command=command.strip(),
-        settings={'workers': args.workers, 'timeout_s': args.timeout, 'sample_timeout_s': args.sample_timeout,
-                  'max_params': args.max_params, 'beta_rtol': args.beta_rtol, 'num_classes': NUM_CLASSES,
-                  'quick': args.quick},
-    )
+    if args.update and 'wrap' not in data:
+        parser.error(f'--update needs an existing wrap result in {json_path}')
+    if not args.update:
+        data['command'] = command.strip()
+        data['settings'] = {
+            'workers': args.workers, 'timeout_s': args.timeout, 'sample_timeout_s': args.sample_timeout,
+            'max_params': args.max_params, 'beta_rtol': args.beta_rtol, 'num_classes': NUM_CLASSES,
+            'quick': args.quick}
+    if args.part == 'sample':
+        data['sample_command'] = command.strip()
+        data['settings'].update(sample_timeout_s=args.sample_timeout, max_params=args.max_params,
+                                beta_rtol=args.beta_rtol)
     all_names = list_architectures()
     names = _match(QUICK_WRAP if args.quick else all_names, args.models)
     progress = not args.no_progress
 
-    if args.part in ('both', 'wrap'):
+    if args.update:
+        old = {r['model']: r for r in data['wrap']['models']}
+        names = _match(list(old), args.models) if args.models else [
+            n for n, r in old.items() if r['status'] == 'failed']
         t0 = time.perf_counter()
-        res = run_tasks([(n, 'wrap', (n,)) for n in names], args.workers, args.timeout, progress=progress)
+        res = run_tasks([(n, 'wrap', (n,)) for n in names], args.workers, args.timeout, progress=progress,
+                        log_path=out_dir / f'{stem}.partial.jsonl')
+        data['wrap']['models'] = [res.get(r['model'], r) for r in data['wrap']['models']]
+        wall = data['wrap']['summary']['wall_seconds']
+        load = data['wrap']['summary'].get('load_average')
+        data['wrap']['summary'] = _summarise_wrap(data['wrap']['models'], wall)
+        if load:
+            data['wrap']['summary']['load_average'] = load
+        data['wrap'].setdefault('updates', []).append({
+            'command': command.strip(), 'timeout_s': args.timeout, 'wall_seconds': round(time.perf_counter() - t0, 1),
+            'models': {n: f"{old[n]['status']} -> {res[n]['status']}" for n in names}})
+        args.part = 'wrap'
+    elif args.part in ('both', 'wrap'):
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
+        res = run_tasks([(n, 'wrap', (n,)) for n in names], args.workers, args.timeout, progress=progress,
+                        log_path=out_dir / f'{stem}.partial.jsonl')
         rows = [res[n] for n in names]
         data['wrap'] = {'summary': _summarise_wrap(rows, time.perf_counter() - t0), 'models': rows}
+        data['wrap']['summary']['load_average'] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         data['timm_list_models'] = len(all_names)
     if args.part in ('both', 'sample'):
         if 'wrap' not in data:
@@ -663,7 +736,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         t0 = time.perf_counter()
         tasks = [(e['module'], 'sample', (e['model'], e['img_size'], args.beta_rtol))
                  for e in entries if e['run'] and (not args.models or e['model'] in names)]
-        res = run_tasks(tasks, args.workers, args.sample_timeout, max_tasks_per_worker=20, progress=progress)
+        res = run_tasks(tasks, args.workers, args.sample_timeout, max_tasks_per_worker=20, progress=progress,
+                        log_path=out_dir / f'{stem}.partial.jsonl')
         for e in entries:
             if e['module'] in res:
                 r = res[e['module']]
@@ -684,6 +758,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     data['machine']['load_average_at_end'] = [round(v, 2) for v in os.getloadavg()]
     json_path.write_text(json.dumps(data, indent=1) + '\n')
     md_path.write_text(markdown(data) + '\n')
+    (out_dir / f'{stem}.partial.jsonl').unlink(missing_ok=True)
     print(f'wrote {json_path} and {md_path}')
     if 'wrap' in data:
         s = data['wrap']['summary']
