@@ -11,7 +11,6 @@ import random
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -21,27 +20,40 @@ __all__ = ['EpochSampler', 'ShardSampler', 'SeededTransformDataset', 'derive_see
 TRAIN_AUGS = ('flip', 'paper', 'timm', 'none')
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def derive_seed(*values: int) -> int:
-    """A 63-bit seed mixed from non-negative integers (numpy's SeedSequence), stable across platforms and runs."""
-    lo, hi = np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint32).tolist()
-    return (lo | (hi << 32)) & ((1 << 63) - 1)
+    """A 63-bit seed mixed from non-negative integers (splitmix64), stable across platforms, runs and versions."""
+    h = 0
+    for v in values:
+        h = _splitmix64(h ^ _splitmix64(int(v) & _MASK64))
+    return h & ((1 << 63) - 1)
 
 
 @contextmanager
 def seeded_rng(seed: int):
-    """Seed torch's CPU RNG, `random` and numpy's global RNG inside the block, then restore their previous states."""
+    """Seed torch's CPU generator and Python's `random` inside the block, then restore their previous states.
+
+    These are the generators torchvision's and timm's image transforms draw from; numpy's global generator is left
+    alone (saving and restoring it costs more than a flip and a crop).
+    """
     torch_state = torch.get_rng_state()
     py_state = random.getstate()
-    np_state = np.random.get_state()
     torch.random.default_generator.manual_seed(seed)  # the CPU generator only (torch.manual_seed seeds CUDA too)
     random.seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
     try:
         yield
     finally:
         torch.set_rng_state(torch_state)
         random.setstate(py_state)
-        np.random.set_state(np_state)
 
 
 class EpochSampler(Sampler):
