@@ -15,9 +15,9 @@ Four ways to train the same timm backbone, measured in the same run on the same 
 Every step is `zero_grad`, forward, loss, backward, SGD step (momentum 0.9). Times are medians over interleaved
 rounds (one step of every configuration per round, so a load change on a shared machine hits all of them alike);
 min, max and IQR are kept, and on the CPU the process CPU time too. Peak memory: on CUDA,
-`torch.cuda.max_memory_allocated` during the measured steps minus what was allocated after building the model; on
+`torch.cuda.max_memory_allocated` during the measured steps minus what was allocated before building the model; on
 the CPU, peak resident set size (VmHWM, reset through /proc/self/clear_refs after warm-up) during the measured steps
-minus the RSS after building the model, each configuration in a fresh subprocess where glibc serves every allocation
+minus the RSS before building the model, each configuration in a fresh subprocess where glibc serves every allocation
 of 64 KiB or more by mmap (so a freed tensor leaves the resident set at once and the peak is that of live memory, not
 of heap fragmentation). Also measured: inference (`model(x)`, eval, no_grad) of GGAM against the plain backbone, the
 GGAM head + loss alone (eager against torch.compile), the gradient each method leaves in `.grad` against the exact
@@ -333,7 +333,13 @@ def measure_memory(
         method: str, setting: Setting, num_classes: int, device: str, amp: str, channels_last: bool, compiled: bool,
         warmup: int = 1, steps: int = 1,
 ) -> Dict[str, Any]:
-    """Peak memory of the training step, in this process (see the module docstring for what is counted)."""
+    """Peak memory of the training step, in this process (see the module docstring for what is counted).
+
+    Returns:
+        mem_mb: peak during the measured steps minus the memory before the model was built (model, gradients,
+        optimizer state, activations); step_mem_mb: the same minus the memory after building; peak_mb: the peak
+        itself (on the CPU the whole process's resident set, interpreter and libraries included); model_mb.
+    """
     gc.collect()
     exact = device == 'cpu' and _mmap_large_allocations()
     _malloc_trim()
@@ -364,16 +370,17 @@ def measure_memory(
     if device == 'cuda':
         peak = torch.cuda.max_memory_allocated()
         mib = 2 ** 20
-        out = {'peak_mb': peak / mib, 'model_mb': (built - base) / mib, 'step_mem_mb': (peak - built) / mib,
-               'memory_method': 'torch.cuda.max_memory_allocated'}
+        out = {'mem_mb': (peak - base) / mib, 'peak_mb': peak / mib, 'model_mb': (built - base) / mib,
+               'step_mem_mb': (peak - built) / mib, 'memory_method': 'torch.cuda.max_memory_allocated'}
     else:
         peak = _rss_kb('VmHWM') if resettable else None
         if peak is None:  # no /proc: lifetime peak, warm-up and compilation included
             import resource
             peak, resettable = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, False
-        out = {'peak_mb': peak / 1024, 'model_mb': (built - base) / 1024, 'step_mem_mb': (peak - built) / 1024,
-               'memory_method': ('VmHWM after reset' if resettable else 'ru_maxrss (lifetime)') + (
-                   ', allocations >= 64 KiB mmapped' if exact else '')}
+        how = ('VmHWM after reset' if resettable else 'ru_maxrss (lifetime)') + (
+            ', allocations >= 64 KiB mmapped' if exact else '')
+        out = {'mem_mb': (peak - base) / 1024, 'peak_mb': peak / 1024, 'model_mb': (built - base) / 1024,
+               'step_mem_mb': (peak - built) / 1024, 'memory_method': how}
     del step, model
     gc.collect()
     return out
@@ -403,8 +410,10 @@ def gradient_check(setting: Setting, num_classes: int, device: str, amp: str = '
     """For each method, how far the `.grad` left before `optimizer.step()` is from the exact gradient of its loss.
 
     Returns:
-        Rows with the relative norm difference ||grad - dloss/dtheta|| / ||dloss/dtheta|| over all parameters, and
-        how many parameter tensors have a `.grad` off their exact gradient (relative difference above 1e-6).
+        Rows with the relative norm difference ||grad - dloss/dtheta|| / ||dloss/dtheta|| over the parameters
+        whose exact gradient is not zero (at timm's random init the last BN of each residual block is zero, so the
+        rest of that branch gets no gradient at all), and how many of those have a `.grad` off their exact gradient
+        (relative difference above 1e-6).
     """
     rows = []
     for method in ('plain', 'ggam', 'ggam_autograd', 'authors'):
@@ -413,7 +422,7 @@ def gradient_check(setting: Setting, num_classes: int, device: str, amp: str = '
         x, y = _inputs(setting, num_classes, device, False, seed=1)
         loss, ref = step.grads(x, y, reference=True)
         params = [p for p in model.parameters() if p.requires_grad]
-        pairs = [(p.grad, r) for p, r in zip(params, ref) if r is not None]
+        pairs = [(p.grad, r) for p, r in zip(params, ref) if r is not None and bool(r.any())]
         got, want = _flat([g for g, _ in pairs]), _flat([r for _, r in pairs])
         changed = sum(bool((g - r).norm() > 1e-6 * r.norm()) for g, r in pairs)
         rows.append({'method': method, 'loss': float(loss), 'grad_rel_diff': float((got - want).norm() / want.norm()),
@@ -534,7 +543,7 @@ def _memory_ratios(rows: List[Dict[str, Any]]) -> None:
         same = [r for r in rows if r['setting'] == row['setting']]
         base = next((r for r in same if r['method'] == _label('plain', row['method'].endswith('(compiled)'))),
                     None) or next((r for r in same if r['method'] == 'plain'), None)
-        for key, ratio in (('step_mem_mb', 'step_mem_ratio'), ('peak_mb', 'peak_ratio')):
+        for key, ratio in (('mem_mb', 'mem_ratio'), ('step_mem_mb', 'step_mem_ratio'), ('peak_mb', 'peak_ratio')):
             if base and row.get(key) is not None and base.get(key):
                 row[ratio] = row[key] / base[key]
 
@@ -613,8 +622,8 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--memory', default='subprocess', choices=('subprocess', 'inprocess', 'off'),
                    help='CPU peak memory per configuration in a fresh subprocess (CUDA is always in process)')
     p.add_argument('--memory-timeout', type=float, default=1800)
-    p.add_argument('--memory-only', action='store_true',
-                   help='measure memory only and merge it into the rows of an existing result file (same --name)')
+    p.add_argument('--update', nargs='+', default=None, choices=('memory', 'grad_check'),
+                   help='measure only these parts and merge them into an existing result file (same --name)')
     p.add_argument('--no-inference', dest='inference', action='store_false')
     p.add_argument('--no-grad-check', dest='grad_check', action='store_false')
     p.add_argument('--head', action='store_true', help='time the head + loss alone, eager and compiled')
@@ -654,8 +663,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if args.device == 'cuda':
         torch.backends.cudnn.benchmark = True
     name = args.name or f'step_time_{args.device}' + ('_quick' if args.quick else '')
-    if args.memory_only:
-        paths = update_memory(args, name)
+    if args.update:
+        paths = update_result(args, name)
         print('wrote', ', '.join(str(p) for p in paths))
         return {}
     t_start = time.perf_counter()
@@ -705,7 +714,8 @@ def write_report(name: str, out_dir: str, meta: Dict[str, Any], train_rows: List
     grad_rows, sync = meta.get('grad_check') or [], meta.get('host_sync')
     meta = dict(meta, targets=targets(train_rows, infer_rows, head_rows))
     cols = ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain', 'ratio_vs_plain_same_mode',
-            'cpu_median_s', 'cpu_ratio_vs_plain', 'step_mem_mb', 'step_mem_ratio', 'peak_mb', 'peak_ratio']
+            'cpu_median_s', 'cpu_ratio_vs_plain', 'mem_mb', 'mem_ratio', 'step_mem_mb', 'step_mem_ratio', 'peak_mb',
+            'peak_ratio']
     notes = [_table(meta['targets'], ['setting', 'target', 'value', 'limit', 'met'], 'Targets')]
     if infer_rows:
         notes.append(_table(infer_rows, ['setting', 'method', 'median_s', 'min_s', 'max_s', 'iqr_s', 'ratio_vs_plain',
@@ -717,15 +727,16 @@ def write_report(name: str, out_dir: str, meta: Dict[str, Any], train_rows: List
     if grad_rows:
         notes.append(_table(grad_rows, ['setting', 'method', 'loss', 'grad_rel_diff', 'params_off'],
                             '`.grad` before the optimizer step against the exact gradient of the loss '
-                            '(relative norm difference; params_off: parameter tensors whose `.grad` is off)'))
+                            '(relative norm difference; params_off: parameter tensors whose `.grad` is off, of those '
+                            'with a non-zero gradient)'))
     if sync is not None:
         notes.append('Host sync check (`torch.cuda.set_sync_debug_mode("error")`): ' + json.dumps(sync))
     return write_results(name, train_rows, meta, out_dir, columns=[c for c in cols if any(
         c in r for r in train_rows)], notes=notes)
 
 
-def update_memory(args: argparse.Namespace, name: str) -> List[Path]:
-    """Measure memory only, and put it into the rows of an existing result (or new rows), then rewrite it."""
+def update_result(args: argparse.Namespace, name: str) -> List[Path]:
+    """Measure only `args.update` (memory, grad_check), merge it into an existing result (or a new one), rewrite it."""
     path = Path(args.out_dir) / f'{name}.json'
     if path.exists():
         with open(path) as f:
@@ -733,22 +744,27 @@ def update_memory(args: argparse.Namespace, name: str) -> List[Path]:
         meta, rows = data['meta'], data['rows']
     else:
         meta, rows = {'machine': machine_info(), 'device': args.device, 'amp': args.amp}, []
-    compile_settings = set(args.compile_settings) if args.compile_settings is not None else None
-    for text in args.settings:
-        setting = Setting.parse(text)
-        compile_methods = args.compile_methods if compile_settings is None or text in compile_settings else []
-        for method, compiled in _configs(args.methods, compile_methods):
-            label = _label(method, compiled)
-            row = next((r for r in rows if r['setting'] == str(setting) and r['method'] == label), None)
-            if row is None:
-                row = {'setting': str(setting), 'method': label}
-                rows.append(row)
-            for key in ('memory_error', 'step_mem_ratio', 'peak_ratio'):
-                row.pop(key, None)
-            row.update(_memory_row(method, compiled, setting, args))
-    _memory_ratios(rows)
-    meta['memory'] = args.memory
-    meta['memory_command'] = 'python benchmarks/step_time.py ' + ' '.join(sys.argv[1:])
+    if 'memory' in args.update:
+        compile_settings = set(args.compile_settings) if args.compile_settings is not None else None
+        for text in args.settings:
+            setting = Setting.parse(text)
+            compile_methods = args.compile_methods if compile_settings is None or text in compile_settings else []
+            for method, compiled in _configs(args.methods, compile_methods):
+                label = _label(method, compiled)
+                row = next((r for r in rows if r['setting'] == str(setting) and r['method'] == label), None)
+                if row is None:
+                    row = {'setting': str(setting), 'method': label}
+                    rows.append(row)
+                for key in ('memory_error', 'mem_mb', 'mem_ratio', 'step_mem_ratio', 'peak_ratio'):
+                    row.pop(key, None)
+                row.update(_memory_row(method, compiled, setting, args))
+        _memory_ratios(rows)
+        meta['memory'] = args.memory
+    if 'grad_check' in args.update:
+        gsetting = Setting.parse(args.settings[-1])
+        meta['grad_check'] = [dict(r, setting=str(gsetting))
+                              for r in gradient_check(gsetting, args.num_classes, args.device)]
+    meta.setdefault('updates', []).append('python benchmarks/step_time.py ' + ' '.join(sys.argv[1:]))
     return write_report(name, args.out_dir, meta, rows)
 
 
@@ -765,8 +781,8 @@ def targets(train_rows: List[Dict], infer_rows: List[Dict], head_rows: List[Dict
             if 'cpu_median_s' in tr['ggam']:
                 checks.append(('GGAM / plain step CPU time', tr['ggam']['cpu_median_s'] / tr['plain']['cpu_median_s'],
                                1.05, 'max'))
-            if tr['ggam'].get('step_mem_ratio') is not None:
-                checks.append(('GGAM / plain step memory', tr['ggam']['step_mem_ratio'], 1.05, 'max'))
+            if tr['ggam'].get('mem_ratio') is not None:
+                checks.append(('GGAM / plain training memory', tr['ggam']['mem_ratio'], 1.05, 'max'))
             if tr['ggam'].get('peak_ratio') is not None:
                 checks.append(('GGAM / plain peak memory (process)', tr['ggam']['peak_ratio'], 1.05, 'max'))
         if 'authors' in tr and 'ggam' in tr:
