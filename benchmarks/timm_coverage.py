@@ -156,6 +156,8 @@ def wrap_check(name: str) -> Dict[str, Any]:
             params=sum(p.numel() for p in model.backbone.parameters()),
             head_params=sum(p.numel() for p in model.head.parameters()),
             unused_backbone_params=len(model.unused_backbone_params),
+            shared_param_aliases=sum(1 for _ in model.backbone.named_parameters(remove_duplicate=False))
+            - sum(1 for _ in model.backbone.parameters()),
             on_meta=all(p.device.type == 'meta' for p in model.parameters()),
         )
     row['seconds'] = round(time.perf_counter() - t0, 3)
@@ -196,6 +198,11 @@ def sample_check(name: str, img_size: Sequence[int], beta_rtol: float = 1e-4, se
         row['fmt'] = model.layout.fmt
         row['num_prefix_tokens'] = model.layout.num_prefix_tokens
         row['params'] = sum(p.numel() for p in model.parameters())
+        left = [n for n, t in (*model.named_parameters(remove_duplicate=False),
+                               *model.named_buffers(remove_duplicate=False)) if t.is_meta]
+        if left:
+            raise AssertionError(f'{len(left)} parameters / buffers left on the meta device after construction (the '
+                                 f'probe did not restore them), e.g. {left[:3]}')
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(2, 3, h, w, generator=g)
         target = torch.tensor([1, 7])
@@ -500,8 +507,8 @@ def _summarise_wrap(rows: List[Dict[str, Any]], wall_s: float) -> Dict[str, Any]
         'model_seconds_median': secs[len(secs) // 2] if secs else 0.0,
         'model_cpu_seconds_total': round(cpu, 1),
         'model_cpu_seconds_median': sorted(r.get('cpu_seconds', 0.0) for r in rows)[len(rows) // 2] if rows else 0.,
-        'slowest': [{'model': r['model'], 'seconds': r['seconds'], 'status': r['status']}
-                    for r in sorted(rows, key=lambda r: -r['seconds'])[:10]],
+        'slowest': [{'model': r['model'], 'seconds': r['seconds'], 'cpu_seconds': r.get('cpu_seconds'),
+                     'status': r['status']} for r in sorted(rows, key=lambda r: -r.get('cpu_seconds', 0))[:10]],
     }
 
 
@@ -542,7 +549,7 @@ def markdown(data: Dict[str, Any]) -> str:
                'end, from other jobs)' if s.get('load_average') else '')
             + f"; CPU time in the checks {s['model_cpu_seconds_total'] / 60:.1f} min (median "
             f"{s['model_cpu_seconds_median']:.2f} s per model), i.e. about "
-            f"{s['model_cpu_seconds_total'] / data['settings']['workers'] / 60:.0f} min on an idle machine.",
+            f"{s['model_cpu_seconds_total'] / data['settings']['workers'] / 60:.1f} min on an idle machine.",
         ]
         for u in wrap.get('updates', []):
             lines.append(f"- Re-run of {len(u['models'])} models (`{u['command']}`, limit {u['timeout_s']:.0f} CPU s, "
@@ -553,7 +560,7 @@ def markdown(data: Dict[str, Any]) -> str:
             f"- Real CPU step, smallest model per timm module: **{s['pass']} / {s['modules']} modules pass**, "
             f"{s['refused']} refused, {s['skipped']} skipped (too large), {s['failed']} failed; "
             f"worst closed-form vs autograd beta relative error {s['beta_rel_err_max']:.2g}. "
-            f"Wall time {s['wall_seconds'] / 60:.1f} min.")
+            f"Wall time {s['wall_seconds'] / 60:.1f} min, CPU time {s.get('cpu_seconds', 0) / 60:.1f} min.")
     lines.append('')
 
     if wrap:
@@ -609,8 +616,14 @@ def markdown(data: Dict[str, Any]) -> str:
         fallbacks = [r['model'] for r in rows if any('probing on the CPU' in m for m in r.get('probe_log', []))]
         if fallbacks:
             lines += [f"Meta probe fell back to a CPU forward ({len(fallbacks)}): {', '.join(fallbacks)}.", '']
-        lines += ['Slowest wrap checks: ' + ', '.join(f"{r['model']} {r['seconds']:.1f} s"
-                                                      for r in wrap['summary']['slowest']) + '.', '']
+        shared = [r for r in rows if r.get('shared_param_aliases')]
+        if shared:
+            lines += [f'Backbones with shared modules (parameters reachable under several names; construction must '
+                      f"leave all of them on the model's device) ({len(shared)}): "
+                      + ', '.join(f"{r['model']} ({r['shared_param_aliases']})" for r in shared) + '.', '']
+        lines += ['Slowest wrap checks (wall s, CPU s): ' + ', '.join(
+            f"{r['model']} {r['seconds']:.0f}, {r.get('cpu_seconds', float('nan')):.0f}"
+            for r in wrap['summary']['slowest']) + '.', '']
 
     if sample:
         lines += [
@@ -621,8 +634,8 @@ def markdown(data: Dict[str, Any]) -> str:
             f"(relative error at most {data['settings']['beta_rtol']:g}).",
             '',
             '| module | model | params | input | layout | status | stage | loss | beta rel. err | backbone params '
-            'w/o grad | s | error / reason |',
-            '|---|---|---|---|---|---|---|---|---|---|---|---|',
+            'w/o grad | wall s | CPU s | error / reason |',
+            '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
         ]
         for e in sample['modules']:
             ch = e.get('checks', {})
@@ -636,7 +649,7 @@ def markdown(data: Dict[str, Any]) -> str:
                 f"{e.get('status', '')} | {e.get('stage', '')} | "
                 f"{'' if 'loss' not in ch else format(ch['loss'], '.4g')} | "
                 f"{'' if rel is None else format(rel, '.2g')} | "
-                f"{ch.get('backbone_params_without_grad', '')} | {e.get('seconds', '')} | "
+                f"{ch.get('backbone_params_without_grad', '')} | {e.get('seconds', '')} | {e.get('cpu_seconds', '')} | "
                 f"{_md_escape(e.get('error_last_line') or e.get('reason') or '')} |")
         lines.append('')
     return '\n'.join(lines)
@@ -748,6 +761,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         data['sample'] = {
             'summary': {'modules': len(entries), **counts, 'run': len(run),
                         'beta_rel_err_max': max(rels) if rels else 0.0,
+                        'cpu_seconds': round(sum(e.get('cpu_seconds', 0.0) for e in run), 1),
                         'wall_seconds': round(time.perf_counter() - t0, 1)},
             'modules': entries,
         }
