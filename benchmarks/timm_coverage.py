@@ -31,6 +31,7 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -532,6 +533,10 @@ def markdown(data: Dict[str, Any]) -> str:
         f"Machine: {machine_line(info)}; {data['settings']['workers']} worker processes with one torch thread each.",
         '',
     ]
+    if data.get('git', {}).get('commit'):
+        dirty = data['git']['ggam_layers_uncommitted']
+        lines += [f"Code: commit {data['git']['commit'][:10]}"
+                  + (f" with uncommitted changes in {', '.join(dirty)}" if dirty else '') + '.', '']
     wrap = data.get('wrap')
     sample = data.get('sample')
     if wrap:
@@ -656,6 +661,18 @@ def markdown(data: Dict[str, Any]) -> str:
 
 
 # --- main -------------------------------------------------------------------------------------------------------------
+def _git_state() -> Dict[str, Any]:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+                                timeout=30).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'ggam_layers'], cwd=root, capture_output=True,
+                               text=True, timeout=30).stdout.split('\n')
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {'commit': commit, 'ggam_layers_uncommitted': [ln[3:] for ln in dirty if ln.strip()]}
+
+
 def _match(names: List[str], patterns: Optional[List[str]]) -> List[str]:
     if not patterns:
         return names
@@ -697,6 +714,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         parser.error(f'--update needs an existing wrap result in {json_path}')
     if not args.update:
         data['command'] = command.strip()
+        data['git'] = _git_state()
         data['settings'] = {
             'workers': args.workers, 'timeout_s': args.timeout, 'sample_timeout_s': args.sample_timeout,
             'max_params': args.max_params, 'beta_rtol': args.beta_rtol, 'num_classes': NUM_CLASSES,
