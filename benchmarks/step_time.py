@@ -340,6 +340,9 @@ def measure_memory(
         optimizer state, activations); step_mem_mb: the same minus the memory after building; peak_mb: the peak
         itself (on the CPU the whole process's resident set, interpreter and libraries included); model_mb.
     """
+    # build and drop a tiny model of the same kind first, so that one-time lazy imports (torch.func for the GGAM
+    # wrapper's meta probe, ...) are not counted as the model's memory
+    build_model(method, Setting('test_resnet', 64, 1), num_classes, device, channels_last)
     gc.collect()
     exact = device == 'cpu' and _mmap_large_allocations()
     _malloc_trim()
@@ -548,6 +551,30 @@ def _memory_ratios(rows: List[Dict[str, Any]]) -> None:
                 row[ratio] = row[key] / base[key]
 
 
+def inference_rows(setting: Setting, args: argparse.Namespace, x: torch.Tensor, log: Callable = print) -> List[Dict]:
+    """`model(x)` in eval mode under no_grad: the GGAM model against the plain timm model."""
+    device, amp = args.device, args.amp
+    fns = {}
+    for method in ('plain', 'ggam'):
+        torch.manual_seed(0)
+        model = build_model(method, setting, args.num_classes, device, args.channels_last).eval()
+
+        def infer(m=model):
+            with torch.no_grad(), _autocast(device, amp):
+                return m(x)
+        fns[method] = infer
+    res = time_steps(fns, args.warmup, args.repeats, device, log)
+    rows = []
+    for method, t in res.items():
+        rows.append({'setting': str(setting), 'method': method, **t,
+                     'ratio_vs_plain': t['median_s'] / res['plain']['median_s']})
+        if 'cpu_median_s' in t:
+            rows[-1]['cpu_ratio_vs_plain'] = t['cpu_median_s'] / res['plain']['cpu_median_s']
+    del fns
+    gc.collect()
+    return rows
+
+
 def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = print) -> Dict[str, List[Dict]]:
     """Training, memory and inference measurements of one setting."""
     device, amp = args.device, args.amp
@@ -581,25 +608,7 @@ def run_setting(setting: Setting, args: argparse.Namespace, log: Callable = prin
             row.update(_memory_row(method, compiled, setting, args, log))
         _memory_ratios(train_rows)
 
-    infer_rows = []
-    if args.inference:
-        fns = {}
-        for method in ('plain', 'ggam'):
-            torch.manual_seed(0)
-            model = build_model(method, setting, args.num_classes, device, args.channels_last).eval()
-
-            def infer(m=model):
-                with torch.no_grad(), _autocast(device, amp):
-                    return m(x)
-            fns[method] = infer
-        res = time_steps(fns, args.warmup, args.repeats, device, log)
-        for method, t in res.items():
-            infer_rows.append({'setting': str(setting), 'method': method, **t,
-                               'ratio_vs_plain': t['median_s'] / res['plain']['median_s']})
-            if 'cpu_median_s' in t:
-                infer_rows[-1]['cpu_ratio_vs_plain'] = t['cpu_median_s'] / res['plain']['cpu_median_s']
-        del fns
-        gc.collect()
+    infer_rows = inference_rows(setting, args, x, log) if args.inference else []
     return {'train': train_rows, 'inference': infer_rows}
 
 
@@ -607,7 +616,8 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--settings', nargs='+', default=None,
                    help='NAME:IMG:BATCH; default resnet50:448:2 resnet18:224:2 on CPU, resnet50:448:32 on CUDA')
-    p.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    p.add_argument('--methods', nargs='*', default=list(METHODS), choices=METHODS,
+                   help='training configurations to time (none: pass the flag alone, e.g. with --head)')
     p.add_argument('--compile-methods', nargs='*', default=['plain', 'ggam'], choices=COMPILABLE,
                    help='methods also timed under torch.compile(fullgraph=True) (none: pass the flag alone)')
     p.add_argument('--compile-settings', nargs='*', default=None,
@@ -622,11 +632,13 @@ def _parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--memory', default='subprocess', choices=('subprocess', 'inprocess', 'off'),
                    help='CPU peak memory per configuration in a fresh subprocess (CUDA is always in process)')
     p.add_argument('--memory-timeout', type=float, default=1800)
-    p.add_argument('--update', nargs='+', default=None, choices=('memory', 'grad_check'),
+    p.add_argument('--update', nargs='+', default=None, choices=('memory', 'grad_check', 'head', 'inference'),
                    help='measure only these parts and merge them into an existing result file (same --name)')
     p.add_argument('--no-inference', dest='inference', action='store_false')
     p.add_argument('--no-grad-check', dest='grad_check', action='store_false')
-    p.add_argument('--head', action='store_true', help='time the head + loss alone, eager and compiled')
+    p.add_argument('--head', action='store_true', help='time the head + loss alone (eager; compiled as well when '
+                   'the setting compiles anything, or with --head-compile)')
+    p.add_argument('--head-compile', action='store_true', help='also time the compiled head + loss')
     p.add_argument('--sync-check', action='store_true', help='CUDA: check for host syncs with set_sync_debug_mode')
     p.add_argument('--quick', action='store_true', help='CI smoke run: resnet18 @ 64 px, few repeats, no compile')
     p.add_argument('--name', default=None, help='result file stem (default step_time_<device>[_quick])')
@@ -697,7 +709,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if args.head:
             head_rows += [dict(r, setting=str(setting)) for r in head_benchmark(
                 setting, args.num_classes, args.device, args.amp, args.warmup, args.repeats,
-                compiled=bool(run_args.compile_methods))]
+                compiled=args.head_compile or bool(run_args.compile_methods))]
         write()  # keep what is done if a long run stops
     if args.grad_check:
         gsetting = settings[-1]
@@ -736,7 +748,7 @@ def write_report(name: str, out_dir: str, meta: Dict[str, Any], train_rows: List
 
 
 def update_result(args: argparse.Namespace, name: str) -> List[Path]:
-    """Measure only `args.update` (memory, grad_check), merge it into an existing result (or a new one), rewrite it."""
+    """Measure only `args.update` (memory, grad_check, head, inference), merge it into an existing result."""
     path = Path(args.out_dir) / f'{name}.json'
     if path.exists():
         with open(path) as f:
@@ -760,6 +772,21 @@ def update_result(args: argparse.Namespace, name: str) -> List[Path]:
                 row.update(_memory_row(method, compiled, setting, args))
         _memory_ratios(rows)
         meta['memory'] = args.memory
+    if 'inference' in args.update:
+        infer = [r for r in meta.get('inference') or [] if r['setting'] not in args.settings]
+        for text in args.settings:
+            setting = Setting.parse(text)
+            x, _ = _inputs(setting, args.num_classes, args.device, args.channels_last)
+            infer += inference_rows(setting, args, x)
+        meta['inference'] = infer
+    if 'head' in args.update:
+        head = [r for r in meta.get('head') or [] if r['setting'] not in args.settings]
+        for text in args.settings:
+            setting = Setting.parse(text)
+            head += [dict(r, setting=text) for r in head_benchmark(
+                setting, args.num_classes, args.device, args.amp, args.warmup, args.repeats,
+                compiled=args.head_compile or bool(args.compile_methods))]
+        meta['head'] = head
     if 'grad_check' in args.update:
         gsetting = Setting.parse(args.settings[-1])
         meta['grad_check'] = [dict(r, setting=str(gsetting))
