@@ -35,14 +35,17 @@ class FeatureLayout:
     Attributes:
         fmt: 'NCHW', 'NHWC' or 'NLC' (token sequence).
         num_prefix_tokens: Class / distillation / register tokens before the patch tokens ('NLC' only).
-        reduction: Total stride of the feature map relative to the input.
+        reduction: Total stride of the feature map relative to the input (of the patch grid before any merge).
         grid_rule: How an 'NLC' grid is found for an input size: 'patch_embed' (the patch embedding's
             `dynamic_feat_size`) or 'reduction' (input size // reduction).
+        merge: Side of the square blocks of patch tokens that a projector merged into one token, row-major over the
+            blocks (Qwen's spatial merger, DeepSeek's aligner); the grid is then ceil(patch grid / merge).
     """
     fmt: str
     num_prefix_tokens: int = 0
     reduction: int = 32
     grid_rule: str = ''
+    merge: int = 1
 
 
 class _ForwardFeatures(nn.Module):
@@ -54,10 +57,22 @@ class _ForwardFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
+def _patch_embed(backbone: nn.Module) -> Optional[nn.Module]:
+    # ViT-style models hold it at the top, VLM vision towers (qwen3_vit, deepseek_vit) in their encoder
+    for owner in (backbone, getattr(backbone, 'encoder', None)):
+        embed = getattr(owner, 'patch_embed', None)
+        if hasattr(embed, 'dynamic_feat_size'):
+            return embed
+    return None
+
+
 def _grid_size(backbone: nn.Module, layout: FeatureLayout, img_hw: Tuple[int, int]) -> Tuple[int, int]:
     if layout.grid_rule == 'patch_embed':
-        return tuple(backbone.patch_embed.dynamic_feat_size(img_hw))
-    return img_hw[0] // layout.reduction, img_hw[1] // layout.reduction
+        gh, gw = _patch_embed(backbone).dynamic_feat_size(img_hw)
+    else:
+        gh, gw = img_hw[0] // layout.reduction, img_hw[1] // layout.reduction
+    m = layout.merge
+    return -(-gh // m), -(-gw // m)
 
 
 def _reduction(backbone: nn.Module) -> int:
@@ -126,15 +141,16 @@ def probe_backbone(backbone: nn.Module, in_chans: int, img_size: Tuple[int, int]
             'B x H x W x C or patch tokens B x L x C')
     seq_len = out.shape[1]
     candidates = []
-    if hasattr(getattr(backbone, 'patch_embed', None), 'dynamic_feat_size'):
+    if _patch_embed(backbone) is not None:
         candidates.append('patch_embed')
     candidates.append('reduction')
     declared = getattr(backbone, 'num_prefix_tokens', None)
-    for rule in candidates:
-        gh, gw = _grid_size(backbone, FeatureLayout('NLC', 0, reduction, rule), img_size)
-        prefix = seq_len - gh * gw
-        if gh * gw > 0 and 0 <= prefix <= 16 and (declared is None or prefix == declared):
-            return FeatureLayout('NLC', prefix, reduction, rule), unused
+    for merge in (1, 2, 3, 4):  # merged token grids only when no plain grid fits, and without prefix tokens
+        for rule in candidates:
+            gh, gw = _grid_size(backbone, FeatureLayout('NLC', 0, reduction, rule, merge), img_size)
+            prefix = seq_len - gh * gw
+            if gh * gw > 0 and 0 <= prefix <= (16 if merge == 1 else 0) and (declared is None or prefix == declared):
+                return FeatureLayout('NLC', prefix, reduction, rule, merge), unused
     raise UnsupportedBackboneError(
         f'{name}.forward_features gives {seq_len} tokens for a {img_size[0]}x{img_size[1]} input, which matches no '
         f'grid of patch tokens (declared prefix tokens: {declared}); it has no spatial map GGAM can attend over '
@@ -343,8 +359,12 @@ class GGAMModel(nn.Module):
     ) -> torch.Tensor:
         return self.head(self.features_to_nchw(x, grid_size), pre_logits=pre_logits)
 
+    def grid_size(self, img_hw: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+        """(h, w) grid of the patch tokens for an input of `img_hw`; None for NCHW / NHWC backbones."""
+        return _grid_size(self.backbone, self.layout, tuple(img_hw)) if self.layout.fmt == 'NLC' else None
+
     def _grid(self, x: torch.Tensor) -> Optional[Tuple[int, int]]:
-        return _grid_size(self.backbone, self.layout, tuple(x.shape[-2:])) if self.layout.fmt == 'NLC' else None
+        return self.grid_size(tuple(x.shape[-2:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), grid_size=self._grid(x))

@@ -66,12 +66,7 @@ def feature_grid(model: GGAMModel, img_hw: Tuple[int, int]) -> Optional[Tuple[in
         model: A GGAM model.
         img_hw: Input height and width.
     """
-    layout = model.layout
-    if layout.fmt != 'NLC':
-        return None
-    if layout.grid_rule == 'patch_embed':
-        return tuple(model.backbone.patch_embed.dynamic_feat_size(tuple(img_hw)))
-    return img_hw[0] // layout.reduction, img_hw[1] // layout.reduction
+    return model.grid_size(img_hw)
 
 
 def grad_cam_map(features: torch.Tensor, cam_weights: torch.Tensor) -> torch.Tensor:

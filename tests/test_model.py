@@ -146,6 +146,29 @@ def test_token_model_with_dynamic_size_and_non_square_input():
     assert model(x).shape == (2, 3)
 
 
+@pytest.mark.parametrize('name,kwargs,size,grid,block', [
+    # Qwen's spatial merger: 2x2 blocks of an 8x8 patch grid; DeepSeek's aligner: 3x3 blocks of 5x5, padded (ceil)
+    ('qwen3_vit_88m_merge', dict(patch_size=8, pos_embed_grid_size=8, out_features=40), (64, 64), (4, 4), 16),
+    ('deepseek_vit_412m_align', dict(patch_size=8, out_features=40), (40, 40), (2, 2), 24),
+])
+def test_merged_token_grids_keep_their_place(name, kwargs, size, grid, block):
+    torch.manual_seed(0)
+    model = wrap_timm_model(name, num_classes=3, img_size=size, embed_dim=32, depth=0, num_heads=2, **kwargs).eval()
+    assert model.layout.fmt == 'NLC' and model.layout.merge > 1 and model.grid_size(size) == grid
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        base = model.features_to_nchw(model.forward_features(x), model.grid_size(size))
+        # with no transformer block each merged token sees only its own pixels: change those of block (1, 0)
+        y = x.clone()
+        y[..., block:2 * block, :block] += 1
+        moved = model.features_to_nchw(model.forward_features(y), model.grid_size(size))
+    changed = (moved - base).abs().amax(1)[0] > 1e-6
+    expected = torch.zeros(grid, dtype=torch.bool)
+    expected[1, 0] = True
+    assert torch.equal(changed, expected)
+    assert model.forward_ggam(x).spatial_weights.shape == (1, *grid)
+
+
 def test_channels_last_input():
     model, x, _ = _build('test_resnet')
     model.eval()
