@@ -521,6 +521,12 @@ def _fmt_params(p: Optional[float]) -> str:
     return '' if p is None else f'{p / 1e6:.2f}M'
 
 
+def _changes(statuses: Dict[str, str]) -> str:
+    changed = {k: v for k, v in statuses.items() if len(set(v.split(' -> '))) > 1}
+    text = ', '.join(f'{k} {v}' for k, v in changed.items()) or 'no status changed'
+    return text + (f'; {len(statuses) - len(changed)} unchanged' if changed and len(changed) < len(statuses) else '')
+
+
 def markdown(data: Dict[str, Any]) -> str:
     """The Markdown report of a result JSON."""
     info = data['machine']
@@ -558,14 +564,17 @@ def markdown(data: Dict[str, Any]) -> str:
         ]
         for u in wrap.get('updates', []):
             lines.append(f"- Re-run of {len(u['models'])} models (`{u['command']}`, limit {u['timeout_s']:.0f} CPU s, "
-                         f"{u['wall_seconds']:.0f} s): " + ', '.join(f'{k} {v}' for k, v in u['models'].items()) + '.')
+                         f"{u['wall_seconds']:.0f} s): {_changes(u['models'])}.")
     if sample:
         s = sample['summary']
         lines.append(
             f"- Real CPU step, smallest model per timm module: **{s['pass']} / {s['modules']} modules pass**, "
             f"{s['refused']} refused, {s['skipped']} skipped (too large), {s['failed']} failed; "
             f"worst closed-form vs autograd beta relative error {s['beta_rel_err_max']:.2g}. "
-            f"Wall time {s['wall_seconds'] / 60:.1f} min, CPU time {s.get('cpu_seconds', 0) / 60:.1f} min.")
+            f"Wall time {s['wall_seconds'] / 60:.1f} min.")
+        for u in sample.get('updates', []):
+            lines.append(f"- Re-run of the sample of {len(u['modules'])} modules (`{u['command']}`, "
+                         f"{u['wall_seconds']:.0f} s): {_changes(u['modules'])}.")
     lines.append('')
 
     if wrap:
@@ -719,7 +728,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             'workers': args.workers, 'timeout_s': args.timeout, 'sample_timeout_s': args.sample_timeout,
             'max_params': args.max_params, 'beta_rtol': args.beta_rtol, 'num_classes': NUM_CLASSES,
             'quick': args.quick}
-    if args.part == 'sample':
+    if args.part == 'sample' and not args.update:
         data['sample_command'] = command.strip()
         data['settings'].update(sample_timeout_s=args.sample_timeout, max_params=args.max_params,
                                 beta_rtol=args.beta_rtol)
@@ -743,7 +752,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         data['wrap'].setdefault('updates', []).append({
             'command': command.strip(), 'timeout_s': args.timeout, 'wall_seconds': round(time.perf_counter() - t0, 1),
             'models': {n: f"{old[n]['status']} -> {res[n]['status']}" for n in names}})
-        args.part = 'wrap'
+        if args.part == 'both' or not args.models:
+            args.part = 'wrap'  # the sample rows of --models are re-run with --part sample
     elif args.part in ('both', 'wrap'):
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         res = run_tasks([(n, 'wrap', (n,)) for n in names], args.workers, args.timeout, progress=progress,
@@ -769,20 +779,31 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                  for e in entries if e['run'] and (not args.models or e['model'] in names)]
         res = run_tasks(tasks, args.workers, args.sample_timeout, max_tasks_per_worker=20, progress=progress,
                         log_path=out_dir / f'{stem}.partial.jsonl')
-        for e in entries:
+        previous = {e['module']: e for e in (data.get('sample') or {}).get('modules', [])} if args.models else {}
+        for i, e in enumerate(entries):
             if e['module'] in res:
                 r = res[e['module']]
                 e.update({k: v for k, v in r.items() if k not in ('model', 'module')})
-        run = [e for e in entries if e['module'] in res]
+            elif previous.get(e['module'], {}).get('model') == e['model']:  # not re-run: keep the stored row
+                entries[i] = previous[e['module']]
+        run = [e for e in entries if e['module'] in res or e['module'] in previous]
+        if previous:
+            data['sample'].setdefault('updates', []).append({
+                'command': command.strip(), 'wall_seconds': round(time.perf_counter() - t0, 1),
+                'modules': {m: f"{previous[m].get('status')} -> {res[m]['status']}" for m in res if m in previous}})
         rels = [e['checks']['beta_rel_err'] for e in run if 'beta_rel_err' in e.get('checks', {})]
         counts = _counts(entries, ('pass', 'refused', 'skipped', 'failed'))
+        updates = (data.get('sample') or {}).get('updates', []) if previous else []
+        wall = data['sample']['summary']['wall_seconds'] if previous else round(time.perf_counter() - t0, 1)
         data['sample'] = {
             'summary': {'modules': len(entries), **counts, 'run': len(run),
                         'beta_rel_err_max': max(rels) if rels else 0.0,
                         'cpu_seconds': round(sum(e.get('cpu_seconds', 0.0) for e in run), 1),
-                        'wall_seconds': round(time.perf_counter() - t0, 1)},
+                        'wall_seconds': wall},
             'modules': entries,
         }
+        if updates:
+            data['sample']['updates'] = updates
 
     data['machine'] = machine_info()  # after the workers ran: it asks torch about CUDA, which must not precede a fork
     data['ggam_layers'] = {'version': ggam_layers.__version__, 'file': ggam_layers.__file__}

@@ -75,6 +75,10 @@ def _grid_size(backbone: nn.Module, layout: FeatureLayout, img_hw: Tuple[int, in
     return -(-gh // m), -(-gw // m)
 
 
+def _named_tensors(module: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    return list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+
+
 def _reduction(backbone: nn.Module) -> int:
     info = getattr(backbone, 'feature_info', None)
     if info:
@@ -92,19 +96,33 @@ def probe_backbone(backbone: nn.Module, in_chans: int, img_size: Tuple[int, int]
     """
     name = type(backbone).__name__
     meta = {n: p.detach().to('meta').requires_grad_(p.requires_grad) for n, p in backbone.named_parameters()}
-    state = {'model.' + n: t for n, t in meta.items()}
-    state.update({'model.' + n: b.to('meta') for n, b in backbone.named_buffers()})
+    # one name per (module, attribute): a module shared between places (CoaT's cpe / crpe) must be swapped once,
+    # or functional_call restores the meta tensor over the real one; a parameter tied between two modules gets
+    # the same meta tensor in both
+    by_id = {id(p): meta[n] for n, p in backbone.named_parameters()}
+    by_id.update({id(b): b.to('meta') for b in backbone.buffers()})
+    state, seen = {}, set()
+    for n, t in _named_tensors(backbone):
+        mod_name, _, attr = n.rpartition('.')
+        key = (id(backbone.get_submodule(mod_name)), attr)
+        if key not in seen:
+            seen.add(key)
+            state['model.' + n] = by_id[id(t)]
     x = torch.empty((1, in_chans) + tuple(img_size), device='meta')
+    on_meta = {n for n, t in _named_tensors(backbone) if t.is_meta}  # a model built with device='meta'
     was_training = backbone.training
     backbone.eval()
     try:
         with torch.enable_grad():
-            out = functional_call(_ForwardFeatures(backbone), state, (x,))
+            out = functional_call(_ForwardFeatures(backbone), state, (x,), tie_weights=False)
     except Exception as e:  # an op without a meta kernel: fall back to a real forward at the same size
         _logger.debug('meta probe of %s failed (%s); probing on the CPU', name, e)
         out = None
     finally:
         backbone.train(was_training)
+    moved = [n for n, t in _named_tensors(backbone) if t.is_meta and n not in on_meta]
+    if moved:
+        raise RuntimeError(f'the meta probe of {name} left {moved[:3]} on the meta device (a bug: please report it)')
     unused: Set[str] = set()
     if out is None:
         with torch.no_grad():

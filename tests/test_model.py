@@ -169,6 +169,23 @@ def test_merged_token_grids_keep_their_place(name, kwargs, size, grid, block):
     assert model.forward_ggam(x).spatial_weights.shape == (1, *grid)
 
 
+def test_meta_probe_leaves_shared_modules_on_their_device():
+    # CoaT shares one conv position encoding module between the model and its blocks (cpe1 is
+    # serial_blocks1[i].cpe): the probe used to leave those parameters on the meta device (non-finite logits)
+    torch.manual_seed(0)
+    model = wrap_timm_model('coat_lite_tiny', num_classes=3, img_size=64)
+    assert not [n for n, t in model.state_dict(keep_vars=True).items() if t.is_meta]
+    assert model.layout.fmt == 'NLC' and model.layout.num_prefix_tokens == 1
+    plain = timm.create_model('coat_lite_tiny', num_classes=0, img_size=64).eval()
+    plain.load_state_dict(model.backbone.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().forward_features(x), plain.forward_features(x))
+    out = model.train().forward_ggam(x)
+    GGAMLoss()(out, torch.tensor([0, 2])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 def test_channels_last_input():
     model, x, _ = _build('test_resnet')
     model.eval()
