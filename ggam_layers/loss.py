@@ -57,7 +57,7 @@ def _check_weights(name: str, x: Any, batch: Optional[int] = None, channels: Opt
 def cam_log_target(
         cam_weights: torch.Tensor,
         squash: str = 'sigmoid',
-        target_norm: str = 'none',
+        target_norm: str = 'standardize',
         temperature: float = 1.0,
         eps: float = 1e-6,
 ) -> torch.Tensor:
@@ -67,8 +67,10 @@ def cam_log_target(
         cam_weights: beta, B x C.
         squash: 'sigmoid' (paper: sigmoid(beta), then divided by its sum so it is a distribution) or 'softmax'
             (authors' code).
-        target_norm: 'none' (paper) or 'standardize' (per sample: subtract the mean over channels, divide by the
-            standard deviation; scale free, so the target is informative whatever N and the classifier's norm).
+        target_norm: 'standardize' (the default: per sample, subtract the mean over channels and divide by the
+            standard deviation; scale free, so the target is informative whatever N and the classifier's norm) or
+            'none' (the paper as written: the raw beta, whose sigmoid is almost uniform; benchmarks/ablation.py
+            measured it to act like a KL towards the uniform distribution).
         temperature: beta is divided by it after `target_norm` (1.0 is the paper).
         eps: Added to the standard deviation by 'standardize'.
     """
@@ -105,7 +107,7 @@ def ggam_divergence(
         cam_weights: torch.Tensor,
         squash: str = 'sigmoid',
         kl: str = 'symmetric',
-        target_norm: str = 'none',
+        target_norm: str = 'standardize',
         temperature: float = 1.0,
         reduction: str = 'mean',
 ) -> torch.Tensor:
@@ -146,7 +148,7 @@ def ggam_loss(
         lam: float = 1.0,
         squash: str = 'sigmoid',
         kl: str = 'symmetric',
-        target_norm: str = 'none',
+        target_norm: str = 'standardize',
         temperature: float = 1.0,
         label_smoothing: float = 0.0,
         reduction: str = 'mean',
@@ -207,7 +209,7 @@ class GGAMLoss(nn.Module):
             lam: float = 1.0,
             squash: str = 'sigmoid',
             kl: str = 'symmetric',
-            target_norm: str = 'none',
+            target_norm: str = 'standardize',
             temperature: float = 1.0,
             label_smoothing: float = 0.0,
             reduction: str = 'mean',
@@ -218,7 +220,8 @@ class GGAMLoss(nn.Module):
             lam: lambda, the weight of L_GGAM (the paper sweeps 1 to 9; 0 gives plain cross-entropy).
             squash: 'sigmoid' (paper) or 'softmax' (authors' code) applied to beta.
             kl: 'symmetric' (paper), 'forward' KL(S || beta~) (authors' code) or 'reverse'.
-            target_norm: 'none' (paper) or 'standardize' beta per sample before squashing.
+            target_norm: 'standardize' beta per sample before squashing (default) or 'none' (the paper as written);
+                see `cam_log_target`.
             temperature: Divides beta before squashing.
             label_smoothing: Of the cross-entropy.
             reduction: 'mean' or 'sum' over the batch, or 'none'.
