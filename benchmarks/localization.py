@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine_info, write_results  # noqa: E402
 
 from ggam_layers.data.synthetic import SyntheticFineGrained  # noqa: E402
+from ggam_layers.engine.loop import lr_factor  # noqa: E402
 from ggam_layers.model import GGAMModel  # noqa: E402
 from ggam_layers.viz import cam_maps, load_cam_model  # noqa: E402
 
@@ -176,12 +177,7 @@ def train_variant(variant: str, args: argparse.Namespace, x_tr: torch.Tensor, y_
     steps = math.ceil(x_tr.shape[0] / args.batch_size)
     total, warmup = steps * args.epochs, steps // 2
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup))
     g = torch.Generator().manual_seed(args.seed)
     for epoch in range(args.epochs):
         model.train()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ggam_layers.data.synthetic import SyntheticFineGrained  # noqa: E402
+from ggam_layers.engine.loop import lr_factor  # noqa: E402
 
 __all__ = ['main', 'train_eval']
 
@@ -117,12 +118,7 @@ def train_eval(args: argparse.Namespace, difficulty: float) -> Dict[str, Any]:
     total = steps_per_epoch * args.epochs
     warmup = steps_per_epoch // 2
 
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup))
     g = torch.Generator().manual_seed(args.seed)
     epoch_times: List[float] = []
     history = []
