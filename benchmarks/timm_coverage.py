@@ -557,7 +557,7 @@ def markdown(data: Dict[str, Any]) -> str:
             + '; prefix tokens of NLC models: ' + ', '.join(f'{k}: {v}' for k, v in s['nlc_prefix_tokens'].items())
             + f". Wall time {s['wall_seconds'] / 60:.1f} min with {data['settings']['workers']} workers"
             + (f" (machine load average {s['load_average'][0]:.1f} at the start, {s['load_average'][1]:.1f} at the "
-               'end, from other jobs)' if s.get('load_average') else '')
+               'end, its own workers included)' if s.get('load_average') else '')
             + f"; CPU time in the checks {s['model_cpu_seconds_total'] / 60:.1f} min (median "
             f"{s['model_cpu_seconds_median']:.2f} s per model), i.e. about "
             f"{s['model_cpu_seconds_total'] / data['settings']['workers'] / 60:.1f} min on an idle machine.",
