@@ -697,8 +697,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         help=f'only {QUICK_WRAP} (wrap) and {QUICK_SAMPLE} (sample); writes timm_coverage_quick.*')
     parser.add_argument('--models', nargs='*', help='fnmatch patterns restricting the architectures')
     parser.add_argument('--update', action='store_true',
-                        help='re-run the wrap part only for --models (default: the failed ones) and merge them into '
-                             'the existing JSON, keeping the other rows (recorded under wrap.updates)')
+                        help='re-run the wrap part only for --models (default: the failed ones) and, with --part '
+                             'sample, their sample rows too; merge them into the existing JSON, keeping the other rows '
+                             '(recorded under wrap.updates / sample.updates)')
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--timeout', type=float, default=120.,
                         help='CPU seconds per model in the wrap part (wall-clock limit: 5x, against hangs)')
