@@ -20,19 +20,16 @@ A run directory holds `config.json` (timm model config; the run's settings under
 random augmentation depend only on (seed, epoch, sample index), so a resumed run ends with the same weights as an
 uninterrupted one, and `--batch-size` is the global batch whatever the number of processes.
 """
-import argparse
-import ast
 import dataclasses
 import json
 import logging
 import os
 import random
-import shlex
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -44,7 +41,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .engine.checkpoint import (
-    CHECKPOINT_DIR,
     CONFIG_NAME,
     TMP_PREFIX,
     WEIGHTS_NAME,
@@ -56,7 +52,6 @@ from .engine.checkpoint import (
     save_checkpoint,
 )
 from .engine.data import (
-    TRAIN_AUGS,
     EpochSampler,
     SeededTransformDataset,
     ShardSampler,
@@ -77,250 +72,21 @@ from .engine.loop import StepOptions, TrainForward, amp_dtype_for, evaluate_mode
 from .engine.metrics import METRIC_COLUMNS, MetricsWriter
 from .loss import GGAMLoss
 from .model import GGAMModel
+from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
+from .train_cli import add_train_args, compare_requested, config_from_args, register_cli
+from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, RESUME_MUTABLE_FIELDS, SCHEDULES, TrainConfig
 
 __all__ = [
     'TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'train', 'train_compare', 'evaluate', 'evaluate_model',
     'build_model', 'build_datasets', 'resolve_data_config', 'lr_factor', 'register_cli', 'format_comparison',
-    'add_train_args', 'config_from_args', 'compare_requested',
+    'add_train_args', 'config_from_args', 'compare_requested', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES',
+    'RESULTS_NAME',
 ]
 
 _logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('cosine', 'none')
-AMP_DTYPES = ('auto', 'bfloat16', 'float16')
-CAM_CLASSES = ('pred', 'label')
-RESULTS_NAME = 'results.json'
-_RUN_ARTEFACTS = (CONFIG_NAME, WEIGHTS_NAME, CHECKPOINT_DIR, 'metrics.csv', 'metrics.jsonl', RESULTS_NAME,
-                  'tensorboard')
 _STATE_VERSION = 1
 
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. The field defaults are the 'synthetic' preset.
-
-    Data:
-        dataset: `ggam_layers.data.create_dataset` name ('synthetic', 'cub', 'aircraft', 'cars', 'flowers', 'pets',
-            'folder', 'hfds/...').
-        data_root: Dataset folder (not needed for 'synthetic').
-        train_split / eval_split: Splits to train on and to evaluate on.
-        dataset_kwargs: Extra `create_dataset` arguments (e.g. {'samples_per_class': 20} for 'synthetic').
-        img_size: Input height and width.
-        crop_pct: Evaluation centre crop fraction (and 'paper' training: resize to img_size / crop_pct, random crop
-            img_size); None takes the backbone's.
-        crop_mode: timm's evaluation crop mode ('center', 'squash', 'border'); None takes the backbone's.
-        train_aug: 'flip', 'paper', 'timm' or 'none' (see `engine.data.build_transform`).
-        hflip: Horizontal flip probability.
-        interpolation / mean / std: Override the backbone's data config.
-
-    Model:
-        model: timm backbone name (`timm.list_models()`).
-        plain: Train the plain timm model with cross-entropy (the baseline) instead of GGAM.
-        pretrained: Load the backbone's pretrained weights through timm.
-        pretrained_file: Local weights file for the backbone (`pretrained_cfg_overlay=dict(file=...)`).
-        channel_attn / spatial_attn / spatial_norm / attn_temperature / pool_type / cam_layer / rd_ratio: GGAM head
-            options (`GGAMModel`; attn_temperature is its `temperature`, the softmax temperature of S).
-        drop_rate / drop_path_rate: Dropout before the classifier, stochastic depth of the backbone.
-        model_kwargs: Extra `timm.create_model` arguments.
-
-    Loss (`GGAMLoss`):
-        lam: Weight of L_GGAM (0 trains the attention with cross-entropy only).
-        squash / kl / target_norm / cam_temperature: Target options of `GGAMLoss` (cam_temperature is its
-            `temperature`).
-        cam_class: Explain the 'pred'icted class (paper) or the 'label' with Grad-CAM.
-        label_smoothing: Of the cross-entropy.
-
-    Optimisation:
-        opt: 'sgd' (momentum, nesterov off) or 'adamw'.
-        lr: Learning rate of the head (GGAM attention + classifier, or the plain model's classifier).
-        backbone_lr_scale: Backbone learning rate relative to `lr` (paper: 0.1).
-        momentum / weight_decay: Of the optimizer (weight decay on every parameter, as the paper).
-        sched: 'cosine' (per step, after a linear warm-up) or 'none'.
-        warmup_epochs: Linear warm-up length (may be fractional).
-        min_lr_ratio: Final learning rate of the cosine, relative to the base.
-        epochs: Total epochs (defines the schedule).
-        batch_size: Global batch size (split evenly over DDP processes).
-        eval_batch_size: Batch size per process for evaluation.
-        grad_clip: Clip the gradient norm to this value (None: no clipping).
-
-    Runtime:
-        amp: Mixed precision (bfloat16 on the CPU; bfloat16 or float16 on CUDA, see amp_dtype).
-        amp_dtype: 'auto' (bfloat16 where supported, else float16), 'bfloat16' or 'float16' (CUDA only).
-        channels_last: Use the channels-last memory format.
-        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
-        sync_bn: Convert BatchNorm to SyncBatchNorm under DDP.
-        deterministic: `torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).
-        seed: Seed of the model initialisation, the data order and the augmentation.
-        workers: DataLoader worker processes.
-        threads: CPU threads per process (None: the usable cores divided by the processes on this node).
-
-    Output:
-        output: Run directory (None: output/train/<time>-<dataset>-<model>).
-        overwrite: Replace the run files in a non-empty output directory.
-        resume: Continue from the newest checkpoint in `output`.
-        stop_after: End this invocation after this many epochs (the schedule still spans `epochs`); resume later.
-        eval_every: Evaluate every N epochs (the last epoch is always evaluated).
-        keep_checkpoints: Checkpoints to keep.
-        tensorboard: Also log to OUT/tensorboard.
-        progress: Show tqdm progress bars and a line per epoch.
-        preset: The preset these values came from (recorded only).
-    """
-    # data
-    dataset: str = 'synthetic'
-    data_root: Optional[str] = None
-    train_split: str = 'train'
-    eval_split: str = 'test'
-    dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
-    img_size: int = 64
-    crop_pct: Optional[float] = 1.0
-    crop_mode: Optional[str] = None
-    train_aug: str = 'flip'
-    hflip: float = 0.5
-    interpolation: Optional[str] = None
-    mean: Optional[Tuple[float, float, float]] = None
-    std: Optional[Tuple[float, float, float]] = None
-    # model
-    model: str = 'resnet10t'
-    plain: bool = False
-    pretrained: bool = False
-    pretrained_file: Optional[str] = None
-    channel_attn: bool = True
-    spatial_attn: bool = True
-    spatial_norm: str = 'softmax'
-    attn_temperature: float = 1.0
-    pool_type: str = 'auto'
-    cam_layer: str = 'features'
-    rd_ratio: float = 1. / 16
-    drop_rate: float = 0.
-    drop_path_rate: Optional[float] = None
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    # loss
-    lam: float = 1.0
-    squash: str = 'sigmoid'
-    kl: str = 'symmetric'
-    target_norm: str = 'standardize'  # 'none' is the paper as written (benchmarks/ablation.py: it acts as a uniform KL)
-    cam_temperature: float = 1.0
-    cam_class: str = 'pred'
-    label_smoothing: float = 0.
-    # optimisation
-    opt: str = 'adamw'
-    lr: float = 2e-3
-    backbone_lr_scale: float = 1.0
-    momentum: float = 0.9
-    weight_decay: float = 0.05
-    sched: str = 'cosine'
-    warmup_epochs: float = 0.5
-    min_lr_ratio: float = 0.
-    epochs: int = 8
-    batch_size: int = 64
-    eval_batch_size: int = 250
-    grad_clip: Optional[float] = None
-    # runtime
-    amp: bool = False
-    amp_dtype: str = 'auto'
-    channels_last: bool = True
-    device: str = 'auto'
-    sync_bn: bool = False
-    deterministic: bool = False
-    seed: int = 0
-    workers: int = 0
-    threads: Optional[int] = None
-    # output
-    output: Optional[str] = None
-    overwrite: bool = False
-    resume: bool = False
-    stop_after: Optional[int] = None
-    eval_every: int = 1
-    keep_checkpoints: int = 1
-    tensorboard: bool = False
-    progress: bool = True
-    preset: str = 'synthetic'
-
-    @classmethod
-    def from_preset(cls, preset: str = 'synthetic', **overrides) -> 'TrainConfig':
-        """The preset's values, then `overrides` on top.
-
-        Args:
-            preset: 'synthetic' (the default: fast CPU run on the built-in synthetic set) or 'paper' (the paper's
-                CUB-200-2011 recipe).
-            **overrides: Any `TrainConfig` field.
-        """
-        if preset not in PRESETS:
-            raise ValueError(f'preset must be one of {tuple(PRESETS)}, got {preset!r}')
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f'unknown TrainConfig fields {unknown}; fields are {sorted(names)}')
-        return cls(**{**PRESETS[preset], **overrides, 'preset': preset})
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> 'TrainConfig':
-        """Rebuild from `asdict` output (as stored in config.json); unknown keys are ignored with a warning."""
-        names = {f.name for f in fields(cls)}
-        extra = sorted(set(d) - names)
-        if extra:
-            _logger.warning('ignoring unknown TrainConfig keys %s', extra)
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ('mean', 'std'):
-            if kw.get(k) is not None:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
-
-    def validate(self) -> 'TrainConfig':
-        """Raise ValueError naming the field for a value out of range; returns self."""
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise ValueError(f'{name} must be one of {options}, got {getattr(self, name)!r}')
-        choice('opt', OPTIMIZERS)
-        choice('sched', SCHEDULES)
-        choice('amp_dtype', AMP_DTYPES)
-        choice('cam_class', CAM_CLASSES)
-        choice('train_aug', TRAIN_AUGS)
-        for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints'):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f'{name} must be an int >= 1, got {getattr(self, name)!r}')
-        for name in ('lr',):
-            if not getattr(self, name) > 0:
-                raise ValueError(f'{name} must be > 0, got {getattr(self, name)!r}')
-        for name in ('lam', 'weight_decay', 'warmup_epochs', 'backbone_lr_scale', 'momentum', 'min_lr_ratio',
-                     'drop_rate', 'label_smoothing'):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)!r}')
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f'hflip must be in [0, 1], got {self.hflip!r}')
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise ValueError(f'crop_pct must be in (0, 1], got {self.crop_pct!r}')
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f'stop_after must be >= 1, got {self.stop_after!r}')
-        if self.workers < 0:
-            raise ValueError(f'workers must be >= 0, got {self.workers!r}')
-        if self.resume and not self.output:
-            raise ValueError('resume=True needs output, the run directory to resume')
-        if self.pretrained_file and not Path(self.pretrained_file).is_file():
-            raise ValueError(f'pretrained_file {self.pretrained_file!r} does not exist')
-        return self
-
-
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # Calibrated with benchmarks/synthetic_calibration.py: resnet10t from scratch, 64 px, 2000 training images,
-    # AdamW 2e-3 / wd 0.05, half an epoch of warm-up then cosine, batch 64, flip only, 8 epochs.
-    'synthetic': {},
-    # Xu et al. 2021, section 3.2: 448 x 448, SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine annealing,
-    # lr 0.1 for the new layers and 0.01 for the pretrained backbone; resize, random crop and flip as the authors'
-    # code does; batch 16; torchvision's ImageNet ResNet-50 weights, as the authors' code loads; the GGAM target as
-    # the paper writes it (sigmoid of the raw beta, target_norm='none').
-    'paper': dict(
-        dataset='cub', model='resnet50.tv_in1k', pretrained=True, img_size=448, crop_pct=0.875, crop_mode='squash',
-        train_aug='paper', opt='sgd', lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4,
-        sched='cosine', warmup_epochs=0., epochs=100, batch_size=16, eval_batch_size=64, amp=True,
-        channels_last=True, workers=8, target_norm='none'),
-}
-
-# fields that may differ when a run is resumed (they do not change the trained weights)
-RESUME_MUTABLE_FIELDS = frozenset({
-    'output', 'overwrite', 'resume', 'stop_after', 'workers', 'threads', 'tensorboard', 'progress', 'data_root',
-    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device'})
 
 
 # --- building blocks -------------------------------------------------------------------------------------------------
@@ -461,47 +227,6 @@ def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
             gen(i)
 
 
-def _default_output(cfg: TrainConfig, suffix: str = '') -> str:
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    model = cfg.model.replace('/', '_').replace(':', '_')
-    dataset = cfg.dataset.replace('/', '_').replace(':', '_')
-    return str(Path('output') / 'train' / f'{stamp}-{dataset}-{model}{suffix}')
-
-
-def _is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
-
-
-def _clear_run_dir(path: Path) -> None:
-    """Remove the files a run writes (and leftovers of killed writes); anything else in the folder stays."""
-    for name in _RUN_ARTEFACTS:
-        p = path / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    clean_partial(path)
-
-
-def _config_differences(saved: TrainConfig, new: TrainConfig) -> List[str]:
-    a, b = asdict(saved), asdict(new)
-    return [k for k in a if k not in RESUME_MUTABLE_FIELDS and k != 'preset' and _norm(a[k]) != _norm(b[k])]
-
-
-def _norm(v: Any) -> Any:
-    return json.loads(json.dumps(v))
-
-
-def _read_run_config(out: Path) -> Dict[str, Any]:
-    path = out / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f'{path} is missing: {out} is not a ggam-layers run directory')
-    config = json.loads(path.read_text(encoding='utf-8'))
-    info = config.get('ggam_layers') or {}
-    if 'train_config' not in info:
-        raise ValueError(f'{path} has no ggam_layers.train_config: it was not written by ggam-layers train')
-    return config
-
 
 def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
                   command: Optional[str], tmp_parent: Path) -> Dict[str, Any]:
@@ -586,7 +311,7 @@ def evaluate(
     out = Path(checkpoint)
     if out.is_file():
         out = out.parent
-    config = _read_run_config(out)
+    config = read_run_config(out)
     info_cfg = config['ggam_layers']
     cfg = TrainConfig.from_dict(info_cfg['train_config'])
     overrides = {'device': device}
@@ -633,24 +358,24 @@ def evaluate(
 # --- training --------------------------------------------------------------------------------------------------------
 def _prepare_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path, Optional[Path]]:
     """Resolve the run directory, check overwrite / resume, and return (config, directory, checkpoint)."""
-    out = Path(broadcast_object(cfg.output or _default_output(cfg, '-plain' if cfg.plain else ''), info))
+    out = Path(broadcast_object(cfg.output or default_output(cfg, '-plain' if cfg.plain else ''), info))
     cfg = dataclasses.replace(cfg, output=str(out))
     ckpt = None
     if cfg.resume:
-        saved = TrainConfig.from_dict(_read_run_config(out)['ggam_layers']['train_config'])
-        diff = _config_differences(saved, cfg)
+        saved = TrainConfig.from_dict(read_run_config(out)['ggam_layers']['train_config'])
+        diff = config_differences(saved, cfg)
         if diff:
             raise ValueError(
                 f'resume: {", ".join(f"{k}={getattr(cfg, k)!r} (saved {getattr(saved, k)!r})" for k in diff)} '
                 f'differ from the run in {out}; only {sorted(RESUME_MUTABLE_FIELDS)} may change on resume')
         ckpt = latest_checkpoint(out)
-    elif _is_nonempty_dir(out) and not cfg.overwrite:
+    elif is_nonempty_dir(out) and not cfg.overwrite:
         raise FileExistsError(f'output directory {out} is not empty; pass --overwrite (overwrite=True) to replace '
                               'its run files, or --resume to continue it')
     barrier(info)  # every rank has checked before rank 0 touches the folder
     if info.is_main:
         if cfg.overwrite and not cfg.resume and out.is_dir():
-            _clear_run_dir(out)
+            clear_run_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         clean_partial(out)
     barrier(info)
@@ -893,7 +618,7 @@ def train_compare(
     t0 = time.perf_counter()
     info = init_distributed(cfg.device)
     try:
-        out = Path(broadcast_object(cfg.output or _default_output(cfg, '-compare'), info))
+        out = Path(broadcast_object(cfg.output or default_output(cfg, '-compare'), info))
         if train_dataset is None or eval_dataset is None:
             built = build_datasets(cfg)
             train_dataset = train_dataset if train_dataset is not None else built[0]
@@ -916,230 +641,6 @@ def train_compare(
 
 
 # --- command line ----------------------------------------------------------------------------------------------------
-def _preset_help(name: str, text: str) -> str:
-    default = {f.name: f.default for f in fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    if name not in default:
-        return text
-    paper = PRESETS['paper'].get(name, default[name])
-    if paper == default[name]:
-        return f'{text} (default {default[name]})'
-    return f'{text} (synthetic: {default[name]}; paper: {paper})'
-
-
-def _parse_kv(text: str) -> Tuple[str, Any]:
-    key, sep, value = text.partition('=')
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
-
-
-def _floats3(text: str) -> Tuple[float, float, float]:
-    vals = tuple(float(v) for v in text.replace(',', ' ').split())
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f'expected three numbers, got {text!r}')
-    return vals
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Add the `train` options; every default is SUPPRESS so that only explicit flags override the preset."""
-    h = _preset_help
-    p.add_argument('--preset', choices=tuple(PRESETS), default='synthetic',
-                   help='recipe to start from: synthetic (fast CPU run on the built-in data set, the default) or '
-                        "paper (the paper's CUB-200-2011 recipe); every option below overrides it")
-    p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
-                   help='train GGAM and then the plain backbone the same way and print both test accuracies '
-                        '(default: on when `train` gets no option at all)')
-    g = p.add_argument_group('data')
-    g.add_argument('--dataset', help=h('dataset', 'synthetic, cub, aircraft, cars, flowers, pets, folder or hfds/NAME'))
-    g.add_argument('--data-root', help='dataset folder (not needed for synthetic)')
-    g.add_argument('--train-split', help=h('train_split', 'split to train on'))
-    g.add_argument('--eval-split', help=h('eval_split', 'split to evaluate on'))
-    g.add_argument('--data-arg', dest='dataset_kwargs', action='append', type=_parse_kv, metavar='KEY=VALUE',
-                   help='extra dataset argument, repeatable (synthetic: samples_per_class=20, num_classes=10, ...)')
-    g.add_argument('--img-size', type=int, help=h('img_size', 'input size'))
-    g.add_argument('--crop-pct', type=float, help=h('crop_pct', 'evaluation crop fraction (paper aug: resize to '
-                                                    'img-size / crop-pct, then crop)'))
-    g.add_argument('--crop-mode', choices=('center', 'squash', 'border'), help=h('crop_mode', 'evaluation crop mode'))
-    g.add_argument('--train-aug', choices=TRAIN_AUGS, help=h('train_aug', 'training augmentation'))
-    g.add_argument('--hflip', type=float, help=h('hflip', 'horizontal flip probability'))
-    g.add_argument('--interpolation', help="resize interpolation (default: the backbone's)")
-    g.add_argument('--mean', type=_floats3, help="normalisation mean, three numbers (default: the backbone's)")
-    g.add_argument('--std', type=_floats3, help="normalisation std, three numbers (default: the backbone's)")
-    g = p.add_argument_group('model')
-    g.add_argument('--model', help=h('model', 'timm backbone'))
-    g.add_argument('--plain', action='store_true', help='train the plain timm backbone with cross-entropy (baseline)')
-    g.add_argument('--pretrained', action=argparse.BooleanOptionalAction,
-                   help=h('pretrained', "load the backbone's pretrained weights through timm"))
-    g.add_argument('--pretrained-file', metavar='PATH', help='local backbone weights (timm pretrained_cfg_overlay)')
-    g.add_argument('--no-channel-attn', dest='channel_attn', action='store_false',
-                   help='ablation: no channel attention')
-    g.add_argument('--no-spatial-attn', dest='spatial_attn', action='store_false',
-                   help='ablation: no spatial attention')
-    g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'),
-                   help=h('spatial_norm', 'normalisation of T'))
-    g.add_argument('--attn-temperature', type=float, help=h('attn_temperature', 'softmax temperature of S'))
-    g.add_argument('--pool-type', choices=('auto', 'avg', 'sum'), help=h('pool_type', 'pooling of D'))
-    g.add_argument('--cam-layer', choices=('features', 'attended'), help=h('cam_layer', 'Grad-CAM gradient at A or D'))
-    g.add_argument('--rd-ratio', type=float, help=h('rd_ratio', 'channel attention reduction ratio'))
-    g.add_argument('--drop-rate', type=float, help=h('drop_rate', 'dropout before the classifier'))
-    g.add_argument('--drop-path-rate', type=float, help='stochastic depth of the backbone')
-    g.add_argument('--model-arg', dest='model_kwargs', action='append', type=_parse_kv, metavar='KEY=VALUE',
-                   help='extra timm.create_model argument, repeatable')
-    g = p.add_argument_group('GGAM loss')
-    g.add_argument('--lam', type=float, help=h('lam', 'weight lambda of L_GGAM'))
-    g.add_argument('--no-ggam-loss', dest='lam', action='store_const', const=0.0, help='ablation: lambda = 0')
-    g.add_argument('--squash', choices=('sigmoid', 'softmax'), help=h('squash', 'squashing of beta'))
-    g.add_argument('--kl', choices=('symmetric', 'forward', 'reverse'), help=h('kl', 'KL direction'))
-    g.add_argument('--target-norm', choices=('none', 'standardize'), help=h('target_norm', 'normalisation of beta'))
-    g.add_argument('--cam-temperature', type=float, help=h('cam_temperature', 'beta is divided by it'))
-    g.add_argument('--cam-class', choices=CAM_CLASSES, help=h('cam_class', 'class explained by Grad-CAM'))
-    g.add_argument('--label-smoothing', type=float, help=h('label_smoothing', 'of the cross-entropy'))
-    g = p.add_argument_group('optimisation')
-    g.add_argument('--opt', choices=OPTIMIZERS, help=h('opt', 'optimizer'))
-    g.add_argument('--lr', type=float, help=h('lr', 'learning rate of the head'))
-    g.add_argument('--backbone-lr-scale', type=float, help=h('backbone_lr_scale', 'backbone lr / head lr'))
-    g.add_argument('--momentum', type=float, help=h('momentum', 'SGD momentum'))
-    g.add_argument('--weight-decay', type=float, help=h('weight_decay', 'weight decay'))
-    g.add_argument('--sched', choices=SCHEDULES, help=h('sched', 'learning rate schedule'))
-    g.add_argument('--warmup-epochs', type=float, help=h('warmup_epochs', 'linear warm-up epochs'))
-    g.add_argument('--min-lr-ratio', type=float, help=h('min_lr_ratio', 'final lr / base lr'))
-    g.add_argument('--epochs', type=int, help=h('epochs', 'epochs'))
-    g.add_argument('--batch-size', type=int, help=h('batch_size', 'global batch size (over all processes)'))
-    g.add_argument('--eval-batch-size', type=int, help=h('eval_batch_size', 'evaluation batch per process'))
-    g.add_argument('--grad-clip', type=float, help='clip the gradient norm')
-    g = p.add_argument_group('runtime')
-    g.add_argument('--amp', action=argparse.BooleanOptionalAction, help=h('amp', 'mixed precision'))
-    g.add_argument('--amp-dtype', choices=AMP_DTYPES, help=h('amp_dtype', 'autocast dtype'))
-    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, help=h('channels_last', 'NHWC memory'))
-    g.add_argument('--device', help=h('device', 'auto, cpu, cuda or cuda:N'))
-    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
-    g.add_argument('--deterministic', action='store_true', help='torch.use_deterministic_algorithms')
-    g.add_argument('--seed', type=int, help=h('seed', 'seed'))
-    g.add_argument('--workers', type=int, help=h('workers', 'DataLoader workers'))
-    g.add_argument('--threads', type=int, help='CPU threads per process (default: cores / processes per node)')
-    g = p.add_argument_group('output')
-    g.add_argument('--output', metavar='DIR', help='run directory (default: output/train/<time>-<dataset>-<model>)')
-    g.add_argument('--overwrite', action='store_true', help='replace the run files of a non-empty output directory')
-    g.add_argument('--resume', nargs='?', const=True, metavar='DIR',
-                   help='continue the run in DIR (or --output) from its newest checkpoint')
-    g.add_argument('--stop-after', type=int, metavar='N', help='stop after N epochs (the schedule keeps --epochs)')
-    g.add_argument('--eval-every', type=int, help=h('eval_every', 'evaluate every N epochs'))
-    g.add_argument('--keep-checkpoints', type=int, help=h('keep_checkpoints', 'checkpoints to keep'))
-    g.add_argument('--tensorboard', action='store_true', help='log to OUT/tensorboard')
-    g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars or epoch lines')
-
-
-def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bool]]:
-    """The `TrainConfig` of parsed `train` arguments and `--compare-plain` (None when not given).
-
-    Flags given on the command line override the preset; with `--resume` they override the saved run's config
-    (only `RESUME_MUTABLE_FIELDS` may change).
-    """
-    ns = dict(vars(args))
-    for key in ('command', 'func', '_argv'):
-        ns.pop(key, None)
-    preset = ns.pop('preset', 'synthetic')
-    compare = ns.pop('compare_plain', None)
-    for key in ('dataset_kwargs', 'model_kwargs'):
-        if key in ns:
-            ns[key] = dict(ns[key])
-    resume = ns.get('resume')
-    if isinstance(resume, str):
-        if ns.get('output') not in (None, resume):
-            raise ValueError(f'--resume {resume} and --output {ns["output"]} name different directories')
-        ns['output'], ns['resume'] = resume, True
-    if ns.get('plain') and compare:
-        raise ValueError('--plain and --compare-plain exclude each other (--compare-plain trains both)')
-    if ns.get('resume'):
-        out = Path(ns['output']) if ns.get('output') else None
-        if out is None:
-            raise ValueError('--resume needs the run directory: --resume DIR')
-        compare_run = not (out / CONFIG_NAME).is_file() and (out / 'ggam' / CONFIG_NAME).is_file()
-        saved_dir = out / 'ggam' if compare_run else out
-        saved = asdict(TrainConfig.from_dict(_read_run_config(saved_dir)['ggam_layers']['train_config']))
-        saved.update(stop_after=None, overwrite=False)  # settings of the interrupted invocation, not of the run
-        saved.update(ns)
-        if compare_run:
-            saved.update(plain=False, output=str(out))
-        cfg = TrainConfig.from_dict(saved)
-        return cfg, compare_run if compare is None else compare
-    cfg = TrainConfig.from_preset(preset, **ns)
-    return cfg, compare
-
-
-def compare_requested(flag: Optional[bool], train_argv: Optional[Sequence[str]]) -> bool:
-    """Whether `ggam-layers train` trains GGAM and the plain backbone: `--compare-plain`, or no option at all."""
-    if flag is not None:
-        return flag
-    return train_argv is not None and len(train_argv) == 0
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    cfg, compare = config_from_args(args)
-    argv = getattr(args, '_argv', None)
-    compare = compare_requested(compare, argv)
-    command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
-    if compare:
-        train_compare(cfg, command=command)
-        return 0
-    result = train(cfg, command=command)
-    if int(os.environ.get('RANK', '0')) == 0:
-        print(f'\n{result["label"]}: test top-1 {_fmt_pct(result["test_top1"])}, top-5 {_fmt_pct(result["test_top5"])}'
-              f' after {result["epochs_done"]}/{cfg.epochs} epochs ({result["train_time_s"]:.0f} s); '
-              f'run: {result["output"]}', flush=True)
-    return 0
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    res = evaluate(args.checkpoint, split=args.split, data_root=args.data_root, batch_size=args.batch_size,
-                   device=args.device, workers=args.workers, progress=args.progress)
-    if int(os.environ.get('RANK', '0')) == 0:
-        line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images]: top-1 {_fmt_pct(res["top1"])}, '
-                f'top-5 {_fmt_pct(res["top5"])}, loss {res["loss"]:.4f}')
-        if res['recorded_top1'] is not None:
-            same = 'the same' if res['matches_recorded'] else 'DIFFERENT'
-            line += f' ({same} as recorded at the end of training: {_fmt_pct(res["recorded_top1"])})'
-        print(line, flush=True)
-        if args.json:
-            atomic_write_json(args.json, res)
-    return 0
-
-
-def register_cli(subparsers: Any) -> List[argparse.ArgumentParser]:
-    """Add the `train` and `eval` subcommands to the `ggam-layers` command line.
-
-    Args:
-        subparsers: The object returned by `ArgumentParser.add_subparsers()`.
-
-    Returns:
-        The added parsers.
-    """
-    p = subparsers.add_parser(
-        'train', help='train GGAM (or the plain backbone) and evaluate it',
-        description='Train a GGAM model on a fine-grained dataset. Without any option: GGAM and the plain resnet10t '
-                    'from scratch on the built-in synthetic set, then both test accuracies side by side (a few '
-                    'minutes on a laptop CPU). Under torchrun it trains with DDP.',
-        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_train_args(p)
-    p.set_defaults(func=_run_train)
-    e = subparsers.add_parser(
-        'eval', help='evaluate a trained run directory',
-        description='Evaluate the model of a run directory with the preprocessing it was trained with; on the run\'s '
-                    'evaluation split this reproduces the test accuracy recorded at the end of training.')
-    e.add_argument('--checkpoint', required=True, metavar='DIR', help='run directory (config.json + model.safetensors)')
-    e.add_argument('--split', default=None, help="split to evaluate (default: the run's evaluation split)")
-    e.add_argument('--data-root', default=None, help='dataset folder, if it moved since training')
-    e.add_argument('--batch-size', type=int, default=None, help="batch size per process (default: the run's)")
-    e.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
-    e.add_argument('--workers', type=int, default=None, help="DataLoader workers (default: the run's)")
-    e.add_argument('--json', default=None, metavar='FILE', help='also write the result to FILE')
-    e.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
-    e.set_defaults(func=_run_eval)
-    return [p, e]
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m ggam_layers.train ...`, the same as `ggam-layers train ...`."""

@@ -1,0 +1,58 @@
+"""The run directory of `ggam-layers train`: its default name, the files a run owns, and its saved config."""
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .engine.checkpoint import CHECKPOINT_DIR, CONFIG_NAME, WEIGHTS_NAME, clean_partial
+from .train_config import RESUME_MUTABLE_FIELDS, TrainConfig
+
+__all__ = ['RESULTS_NAME', 'RUN_ARTEFACTS', 'default_output', 'is_nonempty_dir', 'clear_run_dir',
+           'config_differences', 'read_run_config']
+
+RESULTS_NAME = 'results.json'
+RUN_ARTEFACTS = (CONFIG_NAME, WEIGHTS_NAME, CHECKPOINT_DIR, 'metrics.csv', 'metrics.jsonl', RESULTS_NAME, 'tensorboard')
+
+
+def default_output(cfg: TrainConfig, suffix: str = '') -> str:
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    model = cfg.model.replace('/', '_').replace(':', '_')
+    dataset = cfg.dataset.replace('/', '_').replace(':', '_')
+    return str(Path('output') / 'train' / f'{stamp}-{dataset}-{model}{suffix}')
+
+
+def is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def clear_run_dir(path: Path) -> None:
+    """Remove the files a run writes (and leftovers of killed writes); anything else in the folder stays."""
+    for name in RUN_ARTEFACTS:
+        p = path / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    clean_partial(path)
+
+
+def config_differences(saved: TrainConfig, new: TrainConfig) -> List[str]:
+    a, b = asdict(saved), asdict(new)
+    return [k for k in a if k not in RESUME_MUTABLE_FIELDS and k != 'preset' and _norm(a[k]) != _norm(b[k])]
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v))
+
+
+def read_run_config(out: Path) -> Dict[str, Any]:
+    path = out / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} is missing: {out} is not a ggam-layers run directory')
+    config = json.loads(path.read_text(encoding='utf-8'))
+    info = config.get('ggam_layers') or {}
+    if 'train_config' not in info:
+        raise ValueError(f'{path} has no ggam_layers.train_config: it was not written by ggam-layers train')
+    return config

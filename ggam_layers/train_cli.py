@@ -1,0 +1,247 @@
+"""The `train` and `eval` subcommands of `ggam-layers`: their options and how they become a `TrainConfig`."""
+import argparse
+import ast
+import dataclasses
+import os
+import shlex
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from .engine.checkpoint import CONFIG_NAME, atomic_write_json
+from .engine.data import TRAIN_AUGS
+from .run_dir import read_run_config
+from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+
+__all__ = ['add_train_args', 'config_from_args', 'compare_requested', 'register_cli']
+
+
+def _fmt_pct(v: Optional[float]) -> str:
+    return '-' if v is None else f'{100 * v:.2f}%'
+
+
+def _preset_help(name: str, text: str) -> str:
+    default = {f.name: f.default for f in fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    if name not in default:
+        return text
+    paper = PRESETS['paper'].get(name, default[name])
+    if paper == default[name]:
+        return f'{text} (default {default[name]})'
+    return f'{text} (synthetic: {default[name]}; paper: {paper})'
+
+
+def _parse_kv(text: str) -> Tuple[str, Any]:
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f'expected KEY=VALUE, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _floats3(text: str) -> Tuple[float, float, float]:
+    vals = tuple(float(v) for v in text.replace(',', ' ').split())
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f'expected three numbers, got {text!r}')
+    return vals
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Add the `train` options; every default is SUPPRESS so that only explicit flags override the preset."""
+    h = _preset_help
+    p.add_argument('--preset', choices=tuple(PRESETS), default='synthetic',
+                   help='recipe to start from: synthetic (fast CPU run on the built-in data set, the default) or '
+                        "paper (the paper's CUB-200-2011 recipe); every option below overrides it")
+    p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
+                   help='train GGAM and then the plain backbone the same way and print both test accuracies '
+                        '(default: on when `train` gets no option at all)')
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset', help=h('dataset', 'synthetic, cub, aircraft, cars, flowers, pets, folder or hfds/NAME'))
+    g.add_argument('--data-root', help='dataset folder (not needed for synthetic)')
+    g.add_argument('--train-split', help=h('train_split', 'split to train on'))
+    g.add_argument('--eval-split', help=h('eval_split', 'split to evaluate on'))
+    g.add_argument('--data-arg', dest='dataset_kwargs', action='append', type=_parse_kv, metavar='KEY=VALUE',
+                   help='extra dataset argument, repeatable (synthetic: samples_per_class=20, num_classes=10, ...)')
+    g.add_argument('--img-size', type=int, help=h('img_size', 'input size'))
+    g.add_argument('--crop-pct', type=float, help=h('crop_pct', 'evaluation crop fraction (paper aug: resize to '
+                                                    'img-size / crop-pct, then crop)'))
+    g.add_argument('--crop-mode', choices=('center', 'squash', 'border'), help=h('crop_mode', 'evaluation crop mode'))
+    g.add_argument('--train-aug', choices=TRAIN_AUGS, help=h('train_aug', 'training augmentation'))
+    g.add_argument('--hflip', type=float, help=h('hflip', 'horizontal flip probability'))
+    g.add_argument('--interpolation', help="resize interpolation (default: the backbone's)")
+    g.add_argument('--mean', type=_floats3, help="normalisation mean, three numbers (default: the backbone's)")
+    g.add_argument('--std', type=_floats3, help="normalisation std, three numbers (default: the backbone's)")
+    g = p.add_argument_group('model')
+    g.add_argument('--model', help=h('model', 'timm backbone'))
+    g.add_argument('--plain', action='store_true', help='train the plain timm backbone with cross-entropy (baseline)')
+    g.add_argument('--pretrained', action=argparse.BooleanOptionalAction,
+                   help=h('pretrained', "load the backbone's pretrained weights through timm"))
+    g.add_argument('--pretrained-file', metavar='PATH', help='local backbone weights (timm pretrained_cfg_overlay)')
+    g.add_argument('--no-channel-attn', dest='channel_attn', action='store_false',
+                   help='ablation: no channel attention')
+    g.add_argument('--no-spatial-attn', dest='spatial_attn', action='store_false',
+                   help='ablation: no spatial attention')
+    g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'),
+                   help=h('spatial_norm', 'normalisation of T'))
+    g.add_argument('--attn-temperature', type=float, help=h('attn_temperature', 'softmax temperature of S'))
+    g.add_argument('--pool-type', choices=('auto', 'avg', 'sum'), help=h('pool_type', 'pooling of D'))
+    g.add_argument('--cam-layer', choices=('features', 'attended'), help=h('cam_layer', 'Grad-CAM gradient at A or D'))
+    g.add_argument('--rd-ratio', type=float, help=h('rd_ratio', 'channel attention reduction ratio'))
+    g.add_argument('--drop-rate', type=float, help=h('drop_rate', 'dropout before the classifier'))
+    g.add_argument('--drop-path-rate', type=float, help='stochastic depth of the backbone')
+    g.add_argument('--model-arg', dest='model_kwargs', action='append', type=_parse_kv, metavar='KEY=VALUE',
+                   help='extra timm.create_model argument, repeatable')
+    g = p.add_argument_group('GGAM loss')
+    g.add_argument('--lam', type=float, help=h('lam', 'weight lambda of L_GGAM'))
+    g.add_argument('--no-ggam-loss', dest='lam', action='store_const', const=0.0, help='ablation: lambda = 0')
+    g.add_argument('--squash', choices=('sigmoid', 'softmax'), help=h('squash', 'squashing of beta'))
+    g.add_argument('--kl', choices=('symmetric', 'forward', 'reverse'), help=h('kl', 'KL direction'))
+    g.add_argument('--target-norm', choices=('none', 'standardize'), help=h('target_norm', 'normalisation of beta'))
+    g.add_argument('--cam-temperature', type=float, help=h('cam_temperature', 'beta is divided by it'))
+    g.add_argument('--cam-class', choices=CAM_CLASSES, help=h('cam_class', 'class explained by Grad-CAM'))
+    g.add_argument('--label-smoothing', type=float, help=h('label_smoothing', 'of the cross-entropy'))
+    g = p.add_argument_group('optimisation')
+    g.add_argument('--opt', choices=OPTIMIZERS, help=h('opt', 'optimizer'))
+    g.add_argument('--lr', type=float, help=h('lr', 'learning rate of the head'))
+    g.add_argument('--backbone-lr-scale', type=float, help=h('backbone_lr_scale', 'backbone lr / head lr'))
+    g.add_argument('--momentum', type=float, help=h('momentum', 'SGD momentum'))
+    g.add_argument('--weight-decay', type=float, help=h('weight_decay', 'weight decay'))
+    g.add_argument('--sched', choices=SCHEDULES, help=h('sched', 'learning rate schedule'))
+    g.add_argument('--warmup-epochs', type=float, help=h('warmup_epochs', 'linear warm-up epochs'))
+    g.add_argument('--min-lr-ratio', type=float, help=h('min_lr_ratio', 'final lr / base lr'))
+    g.add_argument('--epochs', type=int, help=h('epochs', 'epochs'))
+    g.add_argument('--batch-size', type=int, help=h('batch_size', 'global batch size (over all processes)'))
+    g.add_argument('--eval-batch-size', type=int, help=h('eval_batch_size', 'evaluation batch per process'))
+    g.add_argument('--grad-clip', type=float, help='clip the gradient norm')
+    g = p.add_argument_group('runtime')
+    g.add_argument('--amp', action=argparse.BooleanOptionalAction, help=h('amp', 'mixed precision'))
+    g.add_argument('--amp-dtype', choices=AMP_DTYPES, help=h('amp_dtype', 'autocast dtype'))
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, help=h('channels_last', 'NHWC memory'))
+    g.add_argument('--device', help=h('device', 'auto, cpu, cuda or cuda:N'))
+    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
+    g.add_argument('--deterministic', action='store_true', help='torch.use_deterministic_algorithms')
+    g.add_argument('--seed', type=int, help=h('seed', 'seed'))
+    g.add_argument('--workers', type=int, help=h('workers', 'DataLoader workers'))
+    g.add_argument('--threads', type=int, help='CPU threads per process (default: cores / processes per node)')
+    g = p.add_argument_group('output')
+    g.add_argument('--output', metavar='DIR', help='run directory (default: output/train/<time>-<dataset>-<model>)')
+    g.add_argument('--overwrite', action='store_true', help='replace the run files of a non-empty output directory')
+    g.add_argument('--resume', nargs='?', const=True, metavar='DIR',
+                   help='continue the run in DIR (or --output) from its newest checkpoint')
+    g.add_argument('--stop-after', type=int, metavar='N', help='stop after N epochs (the schedule keeps --epochs)')
+    g.add_argument('--eval-every', type=int, help=h('eval_every', 'evaluate every N epochs'))
+    g.add_argument('--keep-checkpoints', type=int, help=h('keep_checkpoints', 'checkpoints to keep'))
+    g.add_argument('--tensorboard', action='store_true', help='log to OUT/tensorboard')
+    g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars or epoch lines')
+
+
+def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bool]]:
+    """The `TrainConfig` of parsed `train` arguments and `--compare-plain` (None when not given).
+
+    Flags given on the command line override the preset; with `--resume` they override the saved run's config
+    (only `RESUME_MUTABLE_FIELDS` may change).
+    """
+    ns = dict(vars(args))
+    for key in ('command', 'func', '_argv'):
+        ns.pop(key, None)
+    preset = ns.pop('preset', 'synthetic')
+    compare = ns.pop('compare_plain', None)
+    for key in ('dataset_kwargs', 'model_kwargs'):
+        if key in ns:
+            ns[key] = dict(ns[key])
+    resume = ns.get('resume')
+    if isinstance(resume, str):
+        if ns.get('output') not in (None, resume):
+            raise ValueError(f'--resume {resume} and --output {ns["output"]} name different directories')
+        ns['output'], ns['resume'] = resume, True
+    if ns.get('plain') and compare:
+        raise ValueError('--plain and --compare-plain exclude each other (--compare-plain trains both)')
+    if ns.get('resume'):
+        out = Path(ns['output']) if ns.get('output') else None
+        if out is None:
+            raise ValueError('--resume needs the run directory: --resume DIR')
+        compare_run = not (out / CONFIG_NAME).is_file() and (out / 'ggam' / CONFIG_NAME).is_file()
+        saved_dir = out / 'ggam' if compare_run else out
+        saved = asdict(TrainConfig.from_dict(read_run_config(saved_dir)['ggam_layers']['train_config']))
+        saved.update(stop_after=None, overwrite=False)  # settings of the interrupted invocation, not of the run
+        saved.update(ns)
+        if compare_run:
+            saved.update(plain=False, output=str(out))
+        cfg = TrainConfig.from_dict(saved)
+        return cfg, compare_run if compare is None else compare
+    cfg = TrainConfig.from_preset(preset, **ns)
+    return cfg, compare
+
+
+def compare_requested(flag: Optional[bool], train_argv: Optional[Sequence[str]]) -> bool:
+    """Whether `ggam-layers train` trains GGAM and the plain backbone: `--compare-plain`, or no option at all."""
+    if flag is not None:
+        return flag
+    return train_argv is not None and len(train_argv) == 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .train import train, train_compare
+    cfg, compare = config_from_args(args)
+    argv = getattr(args, '_argv', None)
+    compare = compare_requested(compare, argv)
+    command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
+    if compare:
+        train_compare(cfg, command=command)
+        return 0
+    result = train(cfg, command=command)
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f'\n{result["label"]}: test top-1 {_fmt_pct(result["test_top1"])}, top-5 {_fmt_pct(result["test_top5"])}'
+              f' after {result["epochs_done"]}/{cfg.epochs} epochs ({result["train_time_s"]:.0f} s); '
+              f'run: {result["output"]}', flush=True)
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate
+    res = evaluate(args.checkpoint, split=args.split, data_root=args.data_root, batch_size=args.batch_size,
+                   device=args.device, workers=args.workers, progress=args.progress)
+    if int(os.environ.get('RANK', '0')) == 0:
+        line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images]: top-1 {_fmt_pct(res["top1"])}, '
+                f'top-5 {_fmt_pct(res["top5"])}, loss {res["loss"]:.4f}')
+        if res['recorded_top1'] is not None:
+            same = 'the same' if res['matches_recorded'] else 'DIFFERENT'
+            line += f' ({same} as recorded at the end of training: {_fmt_pct(res["recorded_top1"])})'
+        print(line, flush=True)
+        if args.json:
+            atomic_write_json(args.json, res)
+    return 0
+
+
+def register_cli(subparsers: Any) -> List[argparse.ArgumentParser]:
+    """Add the `train` and `eval` subcommands to the `ggam-layers` command line.
+
+    Args:
+        subparsers: The object returned by `ArgumentParser.add_subparsers()`.
+
+    Returns:
+        The added parsers.
+    """
+    p = subparsers.add_parser(
+        'train', help='train GGAM (or the plain backbone) and evaluate it',
+        description='Train a GGAM model on a fine-grained dataset. Without any option: GGAM and the plain resnet10t '
+                    'from scratch on the built-in synthetic set, then both test accuracies side by side (a few '
+                    'minutes on a laptop CPU). Under torchrun it trains with DDP.',
+        argument_default=argparse.SUPPRESS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_args(p)
+    p.set_defaults(func=_run_train)
+    e = subparsers.add_parser(
+        'eval', help='evaluate a trained run directory',
+        description='Evaluate the model of a run directory with the preprocessing it was trained with; on the run\'s '
+                    'evaluation split this reproduces the test accuracy recorded at the end of training.')
+    e.add_argument('--checkpoint', required=True, metavar='DIR', help='run directory (config.json + model.safetensors)')
+    e.add_argument('--split', default=None, help="split to evaluate (default: the run's evaluation split)")
+    e.add_argument('--data-root', default=None, help='dataset folder, if it moved since training')
+    e.add_argument('--batch-size', type=int, default=None, help="batch size per process (default: the run's)")
+    e.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    e.add_argument('--workers', type=int, default=None, help="DataLoader workers (default: the run's)")
+    e.add_argument('--json', default=None, metavar='FILE', help='also write the result to FILE')
+    e.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
+    e.set_defaults(func=_run_eval)
+    return [p, e]
