@@ -5,8 +5,8 @@ with the same backbone, budget and seeds; between runs only the GGAM head option
 
 * `ablation`: the eight rows of the paper's Table 3 (spatial attention, channel attention, GGAM loss, each on or
   off), beside the paper's CUB-200-2011 numbers. Without channel attention S is the constant 1/C, so the GGAM loss
-  is a constant with no gradient (the package's documented behaviour): those rows are run all the same and train
-  exactly as their rows without the loss.
+  is a constant with no gradient (the package's documented behaviour): those rows train exactly as their rows
+  without the loss (the first study ran them and got identical numbers), so they show the no-loss runs.
 * `sweep`: lambda 1 to 9 for the full model (the paper's Fig. 4), against the channel-spatial model without the loss.
 * `target`: how the Grad-CAM target is made (DESIGN.md 2.3), each at several lambdas: the paper as written
   (sigmoid, symmetric KL), the authors' code (softmax, forward KL), informative targets (beta standardised per
@@ -153,6 +153,16 @@ class Budget:
 
 
 BUDGETS: Dict[str, Budget] = {
+    # a 7x7 final map on 2 CPU cores: test_resnet at output stride 16, 112 px, the full nuisance range (the plain
+    # backbone lands at about 67% test top-1, inside the 50-75% band that leaves room both ways); the study's regime
+    'map7': Budget(img_size=112, difficulty=1.0, epochs=12, ablation_target='standardize',
+                   lambdas=(1, 3, 5, 7, 9), target_lambdas=(1,),
+                   targets=('literal', 'authors', 'standardize', 'uniform')),
+    # the same study at 224 px on one GPU (resnet18, its own 7x7 map; the setting of DESIGN.md section 7)
+    'gpu224': Budget(backbone='resnet18', output_stride=None, img_size=224, difficulty=1.0, epochs=15,
+                     test_per_class=100, lr=2e-3, ablation_target='standardize', seeds=(0, 1, 2, 3, 4),
+                     targets=('literal', 'authors', 'standardize', 'uniform')),
+    # the 64 px study of the first release: a 4x4 map (kept to show why map size matters)
     'default': Budget(),
     # every code path, tiny: a 2x2 map, 4 classes, 32 training images, one epoch
     'quick': Budget(img_size=32, num_classes=4, train_per_class=8, test_per_class=4, epochs=1, batch_size=16,
@@ -208,7 +218,9 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'sweep_reference': reference,
                             'target_reference': reference}
     if 'ablation' in parts:
-        plan['ablation'] = [(s, c, loss, paper, _spec(s, c, budget.lam if loss else 0.0, budget.ablation_target))
+        # without channel attention the loss is a constant with no gradient: such a row trains exactly as its row
+        # without the loss (the first study ran both and got identical numbers), so it is not trained twice
+        plan['ablation'] = [(s, c, loss, paper, _spec(s, c, budget.lam if loss and c else 0.0, budget.ablation_target))
                             for s, c, loss, paper in PAPER_TABLE3]
     if 'sweep' in parts:
         plan['sweep'] = [(float(lam), _spec(True, True, lam, budget.ablation_target)) for lam in budget.lambdas]
@@ -227,16 +239,21 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     return plan
 
 
-def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads: int = 1):
-    """The `TrainConfig` of one run: the 'synthetic' preset with the budget and the configuration's options."""
+def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads: int = 1, device: str = 'cpu'):
+    """The `TrainConfig` of one run: the 'synthetic' preset with the budget and the configuration's options.
+
+    On CUDA the run uses bfloat16 autocast and channels-last, and the synthetic set takes the cached-tensor,
+    on-device augmentation path (the engine's `data_path='auto'`).
+    """
     from ggam_layers.train import TrainConfig
 
+    gpu = dict(amp=True, amp_dtype='bfloat16', channels_last=True) if device.startswith('cuda') else {}
     return TrainConfig.from_preset(
         'synthetic', model=budget.backbone, img_size=budget.img_size, epochs=budget.epochs,
         batch_size=budget.batch_size, lr=budget.lr, seed=seed, dataset_kwargs=budget.data_kwargs('train'),
         model_kwargs={'output_stride': budget.output_stride} if budget.output_stride else {},
         eval_every=budget.epochs, eval_batch_size=250, threads=threads, progress=False, output=output,
-        overwrite=True, **spec.options())
+        overwrite=True, device=device, **gpu, **spec.options())
 
 
 # --- analysis of a trained model ------------------------------------------------------------------------------------
@@ -302,7 +319,7 @@ def _datasets(budget: Budget) -> Tuple[SyntheticFineGrained, SyntheticFineGraine
 
 
 def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int = 1,
-            keep: bool = False) -> Dict[str, Any]:
+            keep: bool = False, device: str = 'cpu') -> Dict[str, Any]:
     """Train one configuration with one seed through `ggam_layers.train.train`, then measure the trained model.
 
     Args:
@@ -312,6 +329,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
         run_dir: The run's output folder (config.json, weights, metrics).
         threads: torch threads.
         keep: Keep the run's files (else only the row, `ablation_row.json`, stays).
+        device: 'cpu' or a CUDA device (training, then the measurements of the trained model, run there).
 
     Returns:
         One row: the configuration, the engine's final metrics and `channel_stats` / `localization` of the model.
@@ -323,15 +341,15 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
     t0, c0 = time.perf_counter(), time.process_time()
     train_ds, test_ds = _datasets(budget)
     t_data = time.process_time() - c0
-    cfg = train_config(spec, budget, seed, run_dir, threads)
+    cfg = train_config(spec, budget, seed, run_dir, threads, device)
     res = train(cfg, train_ds, test_ds)
     t_train = time.process_time() - c0 - t_data
     model, _ = load_checkpoint(run_dir)
-    model.eval()
+    model.eval().to(device)
     data_config = json.loads((Path(run_dir) / 'config.json').read_text())['ggam_layers']['data_config']
     transform = build_transform(data_config, is_training=False)
-    images = torch.stack([transform(test_ds[i][0]) for i in range(len(test_ds))])
-    labels = torch.tensor(test_ds.targets)
+    images = torch.stack([transform(test_ds[i][0]) for i in range(len(test_ds))]).to(device)
+    labels = torch.tensor(test_ds.targets, device=device)
     stats = channel_stats(model, images, labels, spec)
     loc = localization(model, test_ds)
     row = {
@@ -342,7 +360,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
         **stats,
         **{f'loc_{k}': v for k, v in loc.items() if k not in ('images', 'accuracy')},
         'cpu_s': time.process_time() - c0, 'train_cpu_s': t_train, 'data_cpu_s': t_data,
-        'wall_s': time.perf_counter() - t0, 'budget': _budget_id(budget),
+        'wall_s': time.perf_counter() - t0, 'budget': _budget_id(budget), 'device': _device_name(device),
     }
     if not keep:
         for p in Path(run_dir).iterdir():
@@ -351,8 +369,13 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
     return row
 
 
-def _worker(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int, keep: bool) -> Dict[str, Any]:
-    return run_one(spec, budget, seed, run_dir, threads, keep)
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith('cuda') else 'cpu'
+
+
+def _worker(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int, keep: bool,
+            device: str) -> Dict[str, Any]:
+    return run_one(spec, budget, seed, run_dir, threads, keep, device)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
@@ -496,8 +519,10 @@ def _loc_cells(r: Dict[str, Any]) -> List[str]:
     def pair(kind: str) -> str:
         return f'{pct(r.get(f"loc_T_{kind}"))} / {pct(r.get(f"loc_cam_{kind}"))}'
 
-    return [f'{pair("box_strict")} ({pct(r.get("loc_chance_box_strict"))}; {pct(r.get("loc_center_box_strict"))})',
-            f'{pair("parts_half_stride")} ({pct(r.get("loc_chance_parts_half_stride"))})']
+    def cell(kind: str) -> str:
+        return f'{pair(kind)} ({pct(r.get(f"loc_chance_{kind}"))}; {pct(r.get(f"loc_center_{kind}"))})'
+
+    return [cell('decisive_half_stride'), cell('box_strict')]
 
 
 def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dict[str, Any], budget: Budget,
@@ -524,16 +549,17 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              f'Cells: mean ± standard deviation over {n_seeds} seeds. Δ: paired difference to the reference row '
              'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): entropy of the '
              'channel attention over log C (1 = uniform).', '',
-             'Peaks (`benchmarks/localization.py`, % of test images). "In part box", T / CAM: the peak of the '
-             'spatial attention T / of the Grad-CAM map lies in the ground-truth box around all class-deciding parts '
-             '(beak, crest, eye ring, wing bar), strict; in brackets the rate of a uniformly drawn feature cell, then '
-             "that of a peak on the bird's body centre (a map that finds the bird but no part). \"On a part\": "
-             'inside one of the individual part boxes grown by half a feature cell (the cell of the peak touches a '
-             'part); in brackets the uniform-cell rate.', '']
+             'Peaks (`benchmarks/localization.py`, % of test images), T / CAM: the peak cell of the spatial '
+             'attention T / of the Grad-CAM map. "On a deciding part": the peak cell touches the wing bar or the eye '
+             'ring (their boxes grown by half a feature cell), the two parts whose colours decide the class. "In part '
+             'box": the peak lies in the box around all parts (beak, crest, eye ring, wing bar), strict. In brackets '
+             'the two controls: the rate of a uniformly drawn feature cell, then that of a map that always peaks on '
+             "the cell of the bird's body centre (it finds the bird but no part). A map guided to the parts beats "
+             'both.', '']
     if tables['ablation']:
         lines += ['## Table 3: ablation (test top-1, %)', '',
                   '| Spatial attention | Channel attention | GGAM loss | paper (CUB-200-2011, ResNet-50) | ours | '
-                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak in part box | peak on a part |',
+                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak on a deciding part | peak in part box |',
                   '|' + ' --- |' * 10]
         for r in tables['ablation']:
             lines.append('| ' + ' | '.join([
@@ -543,9 +569,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
                 *_loc_cells(r)]) + ' |')
         lines += ['', f'GGAM loss rows: λ = {budget.lam:g}, target `{budget.ablation_target}` '
                   f'({TARGET_TEXT[budget.ablation_target]}). Without channel attention S is the constant 1/C: the '
-                  'loss is then a constant without gradient, and those rows train exactly as the rows without it '
-                  '(the package documents this; the paper reports gains there, which its method as described cannot '
-                  'give).', '']
+                  'loss is then a constant without gradient, and those rows train exactly as the rows without it, so '
+                  'they show the same runs (the package documents this; the paper reports gains there, which its '
+                  'method as described cannot give).', '']
     if tables['sweep']:
         ref = tables['reference']
         ref_cell = _pct(ref['test_top1'], ref['test_top1_std'])
@@ -566,7 +592,8 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
         ref = tables['reference']
         lines += ['## Target scale (DESIGN.md 2.3)', '',
                   '| target | squash | KL | target norm | temperature | λ | top-1 | Δ vs no loss | '
-                  'Δ vs uniform control | H(S) | corr(S, β) | target spread | peak in part box | peak on a part |',
+                  'Δ vs uniform control | H(S) | corr(S, β) | target spread | peak on a deciding part | '
+                  'peak in part box |',
                   '|' + ' --- |' * 14,
                   '| none (no GGAM loss) | | | | | 0 | ' + ' | '.join([
                       _pct(ref['test_top1'], ref['test_top1_std']), '', '',
@@ -625,7 +652,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--lambdas', nargs='+', type=float, default=None, help='lambdas of the sweep (default 1..9)')
     p.add_argument('--target-lambdas', nargs='+', type=float, default=None, help='lambdas of the target part')
     p.add_argument('--targets', nargs='+', choices=tuple(TARGETS), default=None, help='targets of the target part')
-    p.add_argument('--jobs', type=int, default=None, help='runs in parallel (default: 2, 1 with --quick)')
+    p.add_argument('--budget', choices=tuple(BUDGETS), default=None,
+                   help='a named budget (default: "default", or "quick" with --quick); the options below override it')
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (bf16 autocast, on-device data path)")
+    p.add_argument('--jobs', '--parallel', dest='jobs', type=int, default=None,
+                   help='runs in parallel, side by side on the CPU cores or on one GPU (default: 2, 1 with --quick)')
     p.add_argument('--threads', type=int, default=1, help='torch threads per run')
     p.add_argument('--work-dir', default=None,
                    help='keep the runs here; finished runs found here are reused (default: a temporary folder)')
@@ -634,7 +665,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--name', default=None, help='result file stem (default ablation, or ablation_quick)')
     args = p.parse_args(argv)
 
-    budget = BUDGETS['quick' if args.quick else 'default']
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        p.error(f'--device {args.device}: no CUDA device is available')
+    budget = BUDGETS[args.budget or ('quick' if args.quick else 'default')]
     overrides = {k: getattr(args, k) for k in ('epochs', 'backbone', 'img_size', 'num_classes', 'train_per_class',
                                                'test_per_class', 'difficulty', 'lr', 'lam', 'ablation_target')
                  if getattr(args, k) is not None}
@@ -662,7 +695,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             done = run_dir / 'ablation_row.json'
             if args.work_dir and done.is_file():
                 row = json.loads(done.read_text())
-                if row.get('key') == spec.key and row.get('seed') == seed and row.get('budget') == _budget_id(budget):
+                if (row.get('key') == spec.key and row.get('seed') == seed and row.get('budget') == _budget_id(budget)
+                        and row.get('device', 'cpu') == _device_name(args.device)):
                     rows.append(row)
                     continue
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -682,11 +716,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if jobs <= 1:
             torch.set_num_threads(args.threads)
             for spec, seed, run_dir in tasks:
-                done_row(run_one(spec, budget, seed, run_dir, args.threads, args.keep_runs))
+                done_row(run_one(spec, budget, seed, run_dir, args.threads, args.keep_runs, args.device))
         else:
             ctx = mp.get_context('spawn')
             with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = [pool.submit(_worker, spec, budget, seed, run_dir, args.threads, args.keep_runs)
+                futures = [pool.submit(_worker, spec, budget, seed, run_dir, args.threads, args.keep_runs,
+                                       args.device)
                            for spec, seed, run_dir in tasks]
                 for fut in cf.as_completed(futures):
                     done_row(fut.result())

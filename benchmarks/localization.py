@@ -39,7 +39,10 @@ from ggam_layers.engine.loop import lr_factor  # noqa: E402
 from ggam_layers.model import GGAMModel  # noqa: E402
 from ggam_layers.viz import cam_maps, load_cam_model  # noqa: E402
 
-__all__ = ['VARIANTS', 'localization', 'train_variant', 'main']
+__all__ = ['DECISIVE_PARTS', 'VARIANTS', 'localization', 'train_variant', 'main']
+
+# the parts that decide the class (wing-bar colour x eye-ring colour); beak and crest only follow from the pair
+DECISIVE_PARTS = ('wing_bar', 'eye_ring')
 
 # the paper's ablation (Fig. 3): model options and whether the GGAM loss is on
 VARIANTS: Dict[str, Tuple[Dict[str, Any], bool]] = {
@@ -101,9 +104,9 @@ def localization(
     grid_hw = None
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        x = _normalise(model, _uint8_batch(ds, idx))
+        x = _normalise(model, _uint8_batch(ds, idx)).to(next(model.parameters()).device)  # on the model's device
         res = cam_maps(model, x)
-        correct += int((res.labels == torch.tensor([ds.targets[i] for i in idx])).sum())
+        correct += int((res.labels.cpu() == torch.tensor([ds.targets[i] for i in idx])).sum())
         grid_hw = tuple(res.cam.shape[-2:])
         stride_y, stride_x = size / grid_hw[0], size / grid_hw[1]
         tols = {'strict': 0.0, 'half_stride': 0.5 * max(stride_x, stride_y)}
@@ -116,17 +119,28 @@ def localization(
             coarse['T'] = res.spatial_weights.cpu()
         for j, i in enumerate(idx):
             part = ds.part_box(i)
-            parts = list(ds.part_boxes(i).values())
+            part_boxes = ds.part_boxes(i)
+            parts = list(part_boxes.values())
+            decisive = [part_boxes[k] for k in DECISIVE_PARTS]
             x0, y0, x1, y1 = (int(round(v)) for v in part)
             for tname, tol in tols.items():
                 box = _dilate(part, tol)
                 boxes = [_dilate(b, tol) for b in parts]
                 in_box = [[_inside(float(px), float(py), box) for px in cx] for py in cy]
+                dboxes = [_dilate(b, tol) for b in decisive]
                 in_parts = [[any(_inside(float(px), float(py), b) for b in boxes) for px in cx] for py in cy]
+                in_decisive = [[any(_inside(float(px), float(py), b) for b in dboxes) for px in cx] for py in cy]
                 stats.setdefault(f'chance_box_{tname}', []).append(float(np.mean(in_box)))
                 stats.setdefault(f'chance_parts_{tname}', []).append(float(np.mean(in_parts)))
-                ox, oy = ds.object_center(i)  # a peak on the bird's body centre: "finds the bird", no parts
-                stats.setdefault(f'center_box_{tname}', []).append(float(_inside(ox, oy, box)))
+                stats.setdefault(f'chance_decisive_{tname}', []).append(float(np.mean(in_decisive)))
+                # a map that always peaks on the body centre: "finds the bird", no parts (its peak cell's centre)
+                ox, oy = ds.object_center(i)
+                ocx = float(cx[min(int(ox / stride_x), grid_hw[1] - 1)])
+                ocy = float(cy[min(int(oy / stride_y), grid_hw[0] - 1)])
+                stats.setdefault(f'center_box_{tname}', []).append(float(_inside(ocx, ocy, box)))
+                stats.setdefault(f'center_parts_{tname}', []).append(float(any(_inside(ocx, ocy, b) for b in boxes)))
+                stats.setdefault(f'center_decisive_{tname}', []).append(
+                    float(any(_inside(ocx, ocy, b) for b in dboxes)))
                 for mname, m in coarse.items():
                     fm = m[j]
                     flat = bool(fm.max() <= fm.min())  # a constant map has no peak: a miss
@@ -137,6 +151,8 @@ def localization(
                     stats.setdefault(f'{mname}_box_{tname}', []).append(float(not flat and _inside(px, py, box)))
                     stats.setdefault(f'{mname}_parts_{tname}', []).append(
                         float(not flat and any(_inside(px, py, b) for b in boxes)))
+                    stats.setdefault(f'{mname}_decisive_{tname}', []).append(
+                        float(not flat and any(_inside(px, py, b) for b in dboxes)))
             stats.setdefault('box_area', []).append((x1 - x0) * (y1 - y0) / size ** 2)
             for mname, m in maps.items():
                 hm = m[j]
