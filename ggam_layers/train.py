@@ -59,6 +59,7 @@ from .engine.data import (
     build_transform,
     derive_seed,
 )
+from .engine.device_data import device_loaders, wants_device_data
 from .engine.distributed import (
     DistInfo,
     barrier,
@@ -459,9 +460,15 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     if len(train_set) < cfg.batch_size:
         raise ValueError(f'batch_size {cfg.batch_size} is larger than the training set ({len(train_set)} images)')
     sampler = EpochSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle=True)
-    train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler, num_workers=cfg.workers,
-                                drop_last=True, pin_memory=pin)
-    eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
+    if wants_device_data(cfg.data_path, device, train_ds, train_set.transform):
+        train_loader, eval_loader = device_loaders(
+            train_ds, eval_ds, train_set.transform, build_transform(data_config, False),
+            cfg.batch_size // info.world_size, cfg.eval_batch_size, sampler,
+            ShardSampler(len(eval_ds), info.rank, info.world_size), device, cfg.seed)
+    else:
+        train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler, num_workers=cfg.workers,
+                                    drop_last=True, pin_memory=pin)
+        eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
     steps_per_epoch = len(train_loader)
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
 

@@ -10,6 +10,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from .engine.checkpoint import CONFIG_NAME, atomic_write_json
 from .engine.data import TRAIN_AUGS
+from .engine.device_data import DATA_PATHS
 from .run_dir import read_run_config
 from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
@@ -123,6 +124,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--deterministic', action='store_true', help='torch.use_deterministic_algorithms')
     g.add_argument('--seed', type=int, help=h('seed', 'seed'))
     g.add_argument('--workers', type=int, help=h('workers', 'DataLoader workers'))
+    g.add_argument('--data-path', choices=DATA_PATHS,
+                   help=h('data_path', 'auto: on CUDA the synthetic set is a cached tensor augmented on the device'))
     g.add_argument('--threads', type=int, help='CPU threads per process (default: cores / processes per node)')
     g = p.add_argument_group('output')
     g.add_argument('--output', metavar='DIR', help='run directory (default: output/train/<time>-<dataset>-<model>)')

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .engine.data import TRAIN_AUGS
+from .engine.device_data import DATA_PATHS
 
 __all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES']
 
@@ -73,6 +74,8 @@ class TrainConfig:
         deterministic: `torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).
         seed: Seed of the model initialisation, the data order and the augmentation.
         workers: DataLoader worker processes.
+        data_path: 'auto' (on CUDA the synthetic set is cached as a uint8 tensor and augmented on the device,
+            `engine.device_data`; everything else takes the DataLoader), 'device' or 'loader' (force either).
         threads: CPU threads per process (None: the usable cores divided by the processes on this node).
 
     Output:
@@ -145,6 +148,7 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 0
     workers: int = 0
+    data_path: str = 'auto'
     threads: Optional[int] = None
     # output
     output: Optional[str] = None
@@ -197,6 +201,7 @@ class TrainConfig:
         choice('amp_dtype', AMP_DTYPES)
         choice('cam_class', CAM_CLASSES)
         choice('train_aug', TRAIN_AUGS)
+        choice('data_path', DATA_PATHS)
         for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints'):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f'{name} must be an int >= 1, got {getattr(self, name)!r}')
@@ -240,4 +245,4 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # fields that may differ when a run is resumed (they do not change the trained weights)
 RESUME_MUTABLE_FIELDS = frozenset({
     'output', 'overwrite', 'resume', 'stop_after', 'workers', 'threads', 'tensorboard', 'progress', 'data_root',
-    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device'})
+    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path'})

@@ -115,3 +115,28 @@ def test_damaged_cache_file_is_rebuilt(tmp_path):
     again, _ = synthetic_tensors(ds, None, cache_dir=tmp_path)
     assert torch.equal(images, again)
     assert os.path.getsize(path) > 100 and not list(tmp_path.glob('*.tmp'))
+
+
+def test_training_on_the_device_path_equals_the_dataloader_path(tmp_path, monkeypatch):
+    """`data_path='device'` (cached tensor, on-device flip) trains to the same weights as the DataLoader (CPU)."""
+    from safetensors.torch import load_file
+
+    from ggam_layers.train import TrainConfig, train
+
+    monkeypatch.setenv('GGAM_CACHE_DIR', str(tmp_path / 'cache'))
+    tiny = dict(model='test_resnet', dataset_kwargs={'num_classes': 4, 'samples_per_class': 6}, img_size=48,
+                epochs=2, batch_size=8, eval_batch_size=16, threads=1, progress=False, device='cpu')
+    res = {p: train(TrainConfig(**tiny, data_path=p, output=str(tmp_path / p))) for p in ('loader', 'device')}
+    assert res['device']['test_top1'] == res['loader']['test_top1']
+    assert res['device']['train_loss'] == pytest.approx(res['loader']['train_loss'], rel=1e-6)
+    wl, wd = (load_file(str(tmp_path / p / 'model.safetensors')) for p in ('loader', 'device'))
+    for k in wl:
+        torch.testing.assert_close(wd[k], wl[k], rtol=1e-5, atol=1e-6)
+    assert len(list((tmp_path / 'cache').iterdir())) == 2  # the training and the evaluation tensors
+
+
+def test_data_path_is_validated():
+    from ggam_layers.train import TrainConfig
+
+    with pytest.raises(ValueError, match='data_path must be one of'):
+        TrainConfig(data_path='gpu').validate()

@@ -16,7 +16,7 @@ from torch.utils.data import Sampler
 
 from .data import derive_seed
 
-__all__ = ['DeviceAugment', 'DeviceLoader', 'split_transform']
+__all__ = ['DATA_PATHS', 'DeviceAugment', 'DeviceLoader', 'device_loaders', 'split_transform', 'wants_device_data']
 
 _PRE_OPS = ('Resize', 'CenterCrop')
 _RANDOM_OPS = ('RandomCrop', 'RandomHorizontalFlip')
@@ -163,3 +163,52 @@ class DeviceLoader:
                       for i, e in pairs]
             idx = torch.tensor([i for i, _ in pairs], device=self.device)
             yield self.augment(self.images[idx], params), self.targets[idx]
+
+
+DATA_PATHS = ('auto', 'loader', 'device')
+
+
+def wants_device_data(data_path: str, device: torch.device, dataset: Any, train_transform: Callable) -> bool:
+    """Whether a run takes the cached-tensor, on-device path.
+
+    Args:
+        data_path: 'auto' (on CUDA, for the synthetic set, when its transform can be reproduced on the device),
+            'device' (always; an error where it cannot be) or 'loader' (never: the DataLoader path).
+        device: The run's device.
+        dataset: The training set.
+        train_transform: The run's training transform.
+    """
+    from ..data.synthetic import SyntheticFineGrained
+
+    if data_path not in DATA_PATHS:
+        raise ValueError(f'data_path must be one of {DATA_PATHS}, got {data_path!r}')
+    if data_path == 'loader':
+        return False
+    synthetic = isinstance(dataset, SyntheticFineGrained)
+    if data_path == 'device':
+        if not synthetic:
+            raise ValueError(f"data_path='device' needs the built-in synthetic dataset, got {type(dataset).__name__}")
+        split_transform(train_transform)  # raises, naming the transform it cannot reproduce
+        return True
+    if torch.device(device).type != 'cuda' or not synthetic:
+        return False
+    try:
+        split_transform(train_transform)
+    except ValueError:
+        return False
+    return True
+
+
+def device_loaders(train_ds: Any, eval_ds: Any, train_transform: Callable, eval_transform: Callable,
+                   batch_size: int, eval_batch_size: int, sampler: Sampler, eval_sampler: Sampler,
+                   device: torch.device, seed: int) -> Tuple[DeviceLoader, DeviceLoader]:
+    """Training and evaluation `DeviceLoader`s of the synthetic set (tensors from `data.tensor_cache`)."""
+    from ..data.tensor_cache import synthetic_tensors
+
+    pre, augment = split_transform(train_transform)
+    images, targets = synthetic_tensors(train_ds, pre)
+    train_loader = DeviceLoader(images, targets, batch_size, sampler, augment, device, seed=seed, drop_last=True)
+    pre, augment = split_transform(eval_transform)
+    images, targets = synthetic_tensors(eval_ds, pre)
+    eval_loader = DeviceLoader(images, targets, eval_batch_size, eval_sampler, augment, device, seeded=False)
+    return train_loader, eval_loader
