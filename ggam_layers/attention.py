@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from timm.layers import create_act_layer, make_divisible
 
+from ._trace import is_eager
+
 __all__ = ['AttentionResult', 'ChannelSpatialAttention', 'SPATIAL_NORMS', 'check_features']
 
 SPATIAL_NORMS = ('softmax', 'sum', 'sigmoid')
@@ -123,29 +125,30 @@ class ChannelSpatialAttention(nn.Module):
 
     def attend(self, x: torch.Tensor) -> AttentionResult:
         """Run eq. 1 to 3 and return S, T, D and the pre-normalisation logits."""
-        check_features(x, self.channels)
-        b, c, h, w = x.shape
+        if not torch.jit.is_scripting():
+            if is_eager():  # no checks on FX proxies or while tracing; timm-style shape asserts would not help there
+                check_features(x, self.channels)
+        z: Optional[torch.Tensor] = None
         if self.channel_attn:
             z = self.channel_logits(x)
             s = z.softmax(dim=1)
         else:
-            z = None
-            s = x.new_full((b, c), 1.0 / c)
+            s = torch.full_like(x[:, :, 0, 0], 1.0 / self.channels)  # uniform 1/C; no x.shape unpacking (FX)
         if not self.spatial_attn:
-            t = x.new_ones((b, h, w))
+            t = torch.ones_like(x[:, 0])
             return AttentionResult(s, t, x * s[:, :, None, None] if self.channel_attn else x, z)
 
         u = torch.einsum('bc,bchw->bhw', s, x)
-        fallback = None
+        fallback: Optional[torch.Tensor] = None
         if self.spatial_norm == 'softmax':
-            t = u.flatten(1).softmax(dim=1).view(b, h, w)
+            t = u.flatten(1).softmax(dim=1).view_as(u)
         elif self.spatial_norm == 'sigmoid':
             t = u.sigmoid()
         else:
             total = u.sum((1, 2), keepdim=True)
-            fallback = total.view(b) <= self.eps
+            fallback = total.flatten() <= self.eps
             safe_total = torch.where(total > self.eps, total, torch.ones_like(total))
-            t = torch.where(fallback[:, None, None], u.flatten(1).softmax(dim=1).view(b, h, w), u / safe_total)
+            t = torch.where(fallback[:, None, None], u.flatten(1).softmax(dim=1).view_as(u), u / safe_total)
         return AttentionResult(s, t, x * t[:, None], z, u, fallback)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

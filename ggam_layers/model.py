@@ -4,6 +4,11 @@
 to NCHW (dropping class, distillation and register tokens), then runs attention, pooling and the classifier, so the
 attention is never a no-op even for backbones that would pool a class token. `forward_ggam` returns logits, S and
 Grad-CAM beta in one pass for `GGAMLoss`.
+
+timm's model contract holds in full: `global_pool=''` with `num_classes=0` makes `forward` return the attended map D
+unpooled, in the backbone's layout; `forward_intermediates`, `prune_intermediate_layers` and therefore
+`features_only=True` delegate to the backbone; input checks step aside under torch.fx and TorchScript; `_model_args`
+records what `timm.models.save_for_hf` needs to rebuild the model.
 """
 import difflib
 import logging
@@ -15,11 +20,19 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_function
 from torch.func import functional_call
 
+from ._trace import is_eager
 from .head import GGAMHead, GGAMOutput
 
-__all__ = ['GGAMModel', 'FeatureLayout', 'UnsupportedBackboneError', 'wrap_timm_model', 'head_param_groups']
+__all__ = [
+    'GGAMModel', 'FeatureLayout', 'GLOBAL_POOLS', 'UnsupportedBackboneError', 'check_image_batch', 'tokens_to_nchw',
+    'wrap_timm_model', 'head_param_groups']
+
+# timm's `global_pool` values a GGAM model takes: '' (no pooling: forward returns the attended map D), or the GGAM
+# head's own pooling of D ('avg', 'sum', or 'auto' for the head's `pool_type` default)
+GLOBAL_POOLS = ('', 'avg', 'sum', 'auto')
 
 _logger = logging.getLogger(__name__)
 
@@ -193,11 +206,48 @@ def _prefix_pattern(pattern: Any, prefix: str) -> Any:
     return pattern
 
 
+@register_notrace_function
+def tokens_to_nchw(
+        x: torch.Tensor, num_prefix_tokens: int, grid_size: Optional[Tuple[int, int]] = None,
+) -> torch.Tensor:
+    """Patch tokens B x L x C (after `num_prefix_tokens` prefix tokens) to B x C x H x W; a square grid if None.
+
+    A leaf for torch.fx (registered with timm's notrace functions), so the token count is read on real tensors.
+    """
+    tokens = x[:, num_prefix_tokens:]
+    n = tokens.shape[1]
+    if grid_size is None:
+        side = int(math.sqrt(n) + 0.5)
+        if side * side != n:
+            raise ValueError(f'{n} patch tokens form no square grid: pass grid_size=(H, W) to forward_head')
+        grid_size = (side, side)
+    if grid_size[0] * grid_size[1] != n:
+        raise ValueError(f'grid_size {grid_size} does not match {n} patch tokens')
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid_size[0], grid_size[1])
+
+
+def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int, backbone: str) -> None:
+    """Raise a ValueError that says what to change unless `x` is a non-empty B x in_chans x H x W image batch."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f'x must be an image batch (B, {in_chans}, H, W), got {getattr(x, "shape", type(x).__name__)}')
+    if x.shape[1] != in_chans:
+        raise ValueError(f'x has {x.shape[1]} channels, but the model was built with in_chans={in_chans}; '
+                         'pass in_chans to the constructor or convert the images')
+    if x.shape[0] == 0:
+        raise ValueError('x is an empty batch; expected B >= 1')
+    h, w = x.shape[-2:]
+    if h < min_size or w < min_size:
+        raise ValueError(f'x is {h}x{w}, too small for backbone {backbone}, whose last stage has stride {min_size}: '
+                         'use images of at least that size')
+
+
 class GGAMModel(nn.Module):
     """A timm backbone with the GGAM head after its last stage, behaving like a timm model.
 
     `model(x)` returns logits; `model.forward_ggam(x)` returns a `GGAMOutput` (logits, channel_weights,
-    cam_weights, ...) for `GGAMLoss`.
+    cam_weights, ...) for `GGAMLoss`. With `num_classes=0, global_pool=''` (timm's way to ask for the unpooled map),
+    `model(x)` returns the attended map D = A * T in the layout of `forward_features`: B x C x H x W, B x H x W x C,
+    or B x L x C with the prefix tokens passed through unchanged and D at the patch tokens.
     """
 
     def __init__(
@@ -220,6 +270,7 @@ class GGAMModel(nn.Module):
             cam_layer: str = 'features',
             closed_form: bool = True,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            global_pool: Optional[str] = None,
             device=None,
             dtype=None,
             **kwargs,
@@ -244,10 +295,12 @@ class GGAMModel(nn.Module):
             cam_layer: See `GGAMHead`.
             closed_form: See `GGAMHead`.
             img_size: Input size for backbones that take one (ViT, Swin); also the probe's input size.
+            global_pool: timm's pooling argument: '' returns the attended map D unpooled (needs num_classes=0);
+                'avg' / 'sum' / 'auto' set the GGAM head's pooling of D (as `pool_type`); None keeps `pool_type`.
             **kwargs: Passed on to `timm.create_model` of the backbone (e.g. `drop_path_rate`).
         """
         super().__init__()
-        kwargs.pop('global_pool', None)  # timm may pass it from a pretrained cfg; the GGAM head does its own pooling
+        pool_type = _resolve_global_pool(global_pool, pool_type, num_classes)
         backbone_args = dict(backbone_args or {}, **kwargs)
         runtime = ('pretrained_cfg', 'pretrained_cfg_overlay', 'device', 'dtype')
         self.model_args = {'backbone': backbone if isinstance(backbone, str) else None, 'in_chans': in_chans}
@@ -296,13 +349,57 @@ class GGAMModel(nn.Module):
             cfg, architecture='ggam', num_classes=num_classes, classifier='head.fc',
             first_conv=_prefix_names(cfg.get('first_conv'), 'backbone.'))
         self.model_args['backbone'] = self.backbone_name
+        self._fmt = self.layout.fmt
+        self._num_prefix_tokens = self.layout.num_prefix_tokens
+        if self._fmt == 'NHWC':
+            self.output_fmt = 'NHWC'  # as the backbone declares it: timm's tests and feature tools read it
+        self.global_pool = ''
+        self._set_global_pool('' if global_pool == '' else self.head.pool_type)
+        self.head_pruned = False
+        # what timm.create_model records: timm.models.save_for_hf writes it to config.json as model_args
+        self._model_args = dict(self.model_args, **self._head_args(act_layer))
+
+    def _head_args(self, act_layer: Union[str, Type[nn.Module]]) -> Dict[str, Any]:
+        head, attn = self.head, self.head.attn
+        args = dict(
+            channel_attn=attn.channel_attn, spatial_attn=attn.spatial_attn, spatial_norm=attn.spatial_norm,
+            temperature=attn.temperature, pool_type=head.pool_type, cam_layer=head.cam_layer,
+            closed_form=head.closed_form)
+        if attn.channel_attn:
+            args.update(rd_channels=attn.rd_channels, act_layer=act_layer)
+        return args
+
+    def _set_global_pool(self, global_pool: str) -> None:
+        self.global_pool = global_pool
+        # timm's exporters read the pooling from `head.global_pool` first (timm.models._input._get_global_pool)
+        self.head.global_pool = global_pool
 
     # --- timm model contract -------------------------------------------------------------------------------------
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         return 'head.fc' if name_only else self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """A new classifier for `num_classes` (0 removes it); `global_pool` is ignored (the head pools D)."""
+        """A new classifier for `num_classes` (0 removes it).
+
+        Args:
+            num_classes: Classes of the new classifier; 0 for none (`forward` then returns pooled features).
+            global_pool: None keeps the pooling; '' removes it (needs `num_classes=0`: `forward` returns the
+                attended map D in the backbone's layout); 'avg', 'sum' or 'auto' set the head's pooling of D.
+        """
+        if self.head_pruned:
+            raise RuntimeError('prune_intermediate_layers(prune_head=True) removed the GGAM head; build a new model')
+        if global_pool is None:
+            if self.global_pool == '' and num_classes > 0:
+                raise ValueError(f'reset_classifier(num_classes={num_classes}) on an unpooled model needs a pooling: '
+                                 "pass global_pool='avg', 'sum' or 'auto'")
+        else:
+            pool_type = _resolve_global_pool(global_pool, 'auto', num_classes)
+            if pool_type == 'auto':
+                attn = self.head.attn
+                pool_type = 'sum' if attn.spatial_attn and attn.spatial_norm in ('softmax', 'sum') else 'avg'
+            self.head.pool_type = pool_type
+            self._set_global_pool('' if global_pool == '' else pool_type)
+            self._model_args['pool_type'] = pool_type
         self.num_classes = num_classes
         self.head.reset_classifier(num_classes)
         self.pretrained_cfg = self.default_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
@@ -330,23 +427,14 @@ class GGAMModel(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> Tuple[int, int]:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(
-                f'x must be an image batch (B, {self.in_chans}, H, W), got {getattr(x, "shape", type(x).__name__)}')
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f'x has {x.shape[1]} channels, but the model was built with in_chans={self.in_chans}; '
-                             'pass in_chans to the constructor or convert the images')
-        if x.shape[0] == 0:
-            raise ValueError('x is an empty batch; expected B >= 1')
-        h, w = x.shape[-2:]
-        if h < self.layout.reduction or w < self.layout.reduction:
-            raise ValueError(f'x is {h}x{w}, too small for backbone {self.backbone_name}, whose last stage has stride '
-                             f'{self.layout.reduction}: use images of at least that size')
-        return h, w
+        check_image_batch(x, self.in_chans, self.layout.reduction, self.backbone_name)
+        return x.shape[-2], x.shape[-1]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's features A in its native layout (timm contract)."""
-        self._check_input(x)
+        if not torch.jit.is_scripting():
+            if is_eager():  # clear errors in eager mode; FX proxies and traced graphs are not checked
+                self._check_input(x)
         return self.backbone.forward_features(x)
 
     def features_to_nchw(self, x: torch.Tensor, grid_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
@@ -356,36 +444,51 @@ class GGAMModel(nn.Module):
             x: Output of `forward_features`.
             grid_size: (H, W) of the patch grid, for token sequences of non-square inputs.
         """
-        fmt = self.layout.fmt
-        if fmt == 'NCHW':
+        if self._fmt == 'NCHW':
             return x
-        if fmt == 'NHWC':
+        if self._fmt == 'NHWC':
             return x.permute(0, 3, 1, 2)
-        tokens = x[:, self.layout.num_prefix_tokens:]
-        n = tokens.shape[1]
-        if grid_size is None:
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ValueError(f'{n} patch tokens form no square grid: pass grid_size=(H, W) to forward_head')
-            grid_size = (side, side)
-        if grid_size[0] * grid_size[1] != n:
-            raise ValueError(f'grid_size {tuple(grid_size)} does not match {n} patch tokens')
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid_size[0], grid_size[1])
+        return tokens_to_nchw(x, self._num_prefix_tokens, grid_size)
+
+    def nchw_to_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """A B x C x H x W map (such as D) back to the layout of `features`, the output of `forward_features`.
+
+        Token layouts get the prefix tokens of `features` back in front, unchanged.
+        """
+        if self._fmt == 'NCHW':
+            return x
+        if self._fmt == 'NHWC':
+            return x.permute(0, 2, 3, 1)
+        return torch.cat([features[:, :self._num_prefix_tokens], x.flatten(2).transpose(1, 2)], dim=1)
 
     def forward_head(
             self, x: torch.Tensor, pre_logits: bool = False, grid_size: Optional[Tuple[int, int]] = None,
     ) -> torch.Tensor:
-        return self.head(self.features_to_nchw(x, grid_size), pre_logits=pre_logits)
+        """Attention, pooling and classifier on `forward_features` output (timm contract).
+
+        With `global_pool=''` it returns the attended map D in the layout of `x`, pooled by no one.
+        """
+        if self.head_pruned:
+            return x
+        feats = self.features_to_nchw(x, grid_size)
+        if self.global_pool == '':
+            return self.nchw_to_features(self.head.attn(feats), x)
+        return self.head(feats, pre_logits=pre_logits)
 
     def grid_size(self, img_hw: Tuple[int, int]) -> Optional[Tuple[int, int]]:
         """(h, w) grid of the patch tokens for an input of `img_hw`; None for NCHW / NHWC backbones."""
         return _grid_size(self.backbone, self.layout, tuple(img_hw)) if self.layout.fmt == 'NLC' else None
 
     def _grid(self, x: torch.Tensor) -> Optional[Tuple[int, int]]:
-        return self.grid_size(tuple(x.shape[-2:]))
+        grid: Optional[Tuple[int, int]] = None
+        if not torch.jit.is_scripting():
+            if self._fmt == 'NLC' and is_eager():  # traced and scripted graphs infer a square grid
+                grid = self.grid_size((x.shape[-2], x.shape[-1]))
+        return grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), grid_size=self._grid(x))
+        grid = self._grid(x)
+        return self.forward_head(self.forward_features(x), grid_size=grid)
 
     def forward_ggam(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> GGAMOutput:
         """Logits, channel weights S, Grad-CAM weights beta (and T) in one forward pass.
@@ -394,8 +497,77 @@ class GGAMModel(nn.Module):
             x: Images, B x in_chans x H x W.
             classes: Class per sample for the Grad-CAM weights; the predicted class when None (paper).
         """
+        if self.head_pruned:
+            raise RuntimeError('forward_ggam needs the GGAM head, which prune_intermediate_layers removed')
         feats = self.features_to_nchw(self.forward_features(x), self._grid(x))
         return self.head.forward_ggam(feats, classes)
+
+    # --- feature extraction (timm API, delegated to the backbone) -------------------------------------------------
+    def _backbone_method(self, name: str) -> Any:
+        fn = getattr(self.backbone, name, None)
+        if fn is None:
+            raise NotImplementedError(
+                f'backbone {self.backbone_name} ({type(self.backbone).__name__}) has no {name}; a GGAM model\'s '
+                'forward_intermediates, prune_intermediate_layers and features_only=True delegate to the backbone')
+        return fn
+
+    @torch.jit.ignore
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+            **kwargs,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The backbone's `forward_intermediates`: its final features A and the maps at `indices` of `feature_info`.
+
+        Args:
+            x: Images, B x in_chans x H x W.
+            indices: Take the last n levels if an int, the listed levels if a sequence, all if None.
+            norm: Apply the backbone's final norm to every intermediate.
+            stop_early: Stop after the last level taken.
+            output_fmt: Layout of the intermediates, as the backbone supports ('NCHW', 'NHWC', ...).
+            intermediates_only: Return only the intermediates.
+            **kwargs: Further backbone options (e.g. `return_prefix_tokens` for ViTs).
+        """
+        fn = self._backbone_method('forward_intermediates')
+        if is_eager():
+            self._check_input(x)
+        return fn(x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+                  intermediates_only=intermediates_only, **kwargs)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True,
+    ) -> List[int]:
+        """Prune the backbone's layers after the last level of `indices` (timm API); `prune_head` also drops the
+        GGAM head (attention and classifier), as `features_only=True` does. Returns the kept indices."""
+        take = self._backbone_method('prune_intermediate_layers')(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if prune_head:
+            self.head = nn.Identity()
+            self.head_pruned = True
+            self.num_classes = 0
+            self.global_pool = ''
+        return take
+
+
+def _resolve_global_pool(global_pool: Optional[str], pool_type: str, num_classes: int) -> str:
+    """The head's `pool_type` for timm's `global_pool` argument (None keeps `pool_type`)."""
+    if global_pool is None:
+        return pool_type
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f'global_pool must be one of {GLOBAL_POOLS} or None, got {global_pool!r} (the GGAM head '
+                         "pools the attended map itself; '' returns it unpooled)")
+    if global_pool == '':
+        if num_classes:
+            raise ValueError(f"global_pool='' (no pooling) needs num_classes=0, got num_classes={num_classes}")
+        return pool_type
+    if global_pool != 'auto' and pool_type not in ('auto', global_pool):
+        raise ValueError(f'global_pool={global_pool!r} and pool_type={pool_type!r} disagree; pass one of them')
+    return pool_type if global_pool == 'auto' else global_pool
 
 
 def create_backbone(
