@@ -13,10 +13,10 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .data import derive_seed
 from .distributed import DistInfo, all_reduce_sum
+from .progress import progress as progress_bar
 
 __all__ = ['StepOptions', 'TrainForward', 'amp_dtype_for', 'autocast', 'evaluate_model', 'lr_factor',
            'train_one_epoch']
@@ -140,8 +140,7 @@ def train_one_epoch(
     torch.manual_seed(derive_seed(opts.seed, epoch, info.rank, 0xD0))
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, ggam (each x n), correct, n
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f'{label} epoch {epoch + 1}/{opts.epochs}'.strip(), disable=not show, leave=False,
-               dynamic_ncols=True)
+    bar = progress_bar(loader, desc=f'{label} epoch {epoch + 1}/{opts.epochs}'.strip(), disable=not show)
     for i, (x, y) in enumerate(bar):
         factor = lr_factor(epoch * steps + i, steps * opts.epochs, opts.warmup_steps, opts.sched, opts.min_lr_ratio)
         for g in optimizer.param_groups:
@@ -214,7 +213,7 @@ def evaluate_model(
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     try:
-        for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        for x, y in progress_bar(loader, desc=desc, disable=not progress):
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if channels_last:
