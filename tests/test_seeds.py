@@ -1,0 +1,58 @@
+"""`--seeds`: per-seed pairs, mean ± std, paired differences and the win count."""
+import json
+import math
+
+import pytest
+
+from ggam_layers.seeds import format_seed_summary, seed_summary, train_compare_seeds
+from ggam_layers.train import TrainConfig, train_compare
+
+
+def _res(top1):
+    return {'test_top1': top1, 'test_top5': 1.0, 'train_top1': 0.5}
+
+
+def test_seed_summary_by_hand():
+    results = {2: {'ggam': _res(0.60), 'plain': _res(0.50)}, 0: {'ggam': _res(0.70), 'plain': _res(0.75)},
+               1: {'ggam': _res(0.80), 'plain': _res(0.65)}}
+    s = seed_summary(results)
+    assert s['seeds'] == [0, 1, 2] and s['n'] == 3
+    assert [round(r['diff'], 10) for r in s['per_seed']] == [-0.05, 0.15, 0.1]
+    assert s['wins'] == 2 and s['ties'] == 0
+    assert s['ggam']['mean'] == pytest.approx(0.7) and s['plain']['mean'] == pytest.approx(0.6333333333)
+    assert s['ggam']['std'] == pytest.approx(0.1)  # sample std of 0.6, 0.7, 0.8
+    d = [-0.05, 0.15, 0.1]
+    m = sum(d) / 3
+    assert s['diff']['mean'] == pytest.approx(m)
+    assert s['diff']['std'] == pytest.approx(math.sqrt(sum((x - m) ** 2 for x in d) / 2))
+    text = format_seed_summary(s)
+    assert 'seed 1' in text and '+15.00' in text and 'GGAM ahead on 2 of 3 seeds' in text
+    assert '70.00 ± 10.00' in text
+
+
+def test_seed_summary_refuses_missing_results():
+    with pytest.raises(ValueError, match='seed 0: no test_top1 for plain'):
+        seed_summary({0: {'ggam': _res(0.5), 'plain': {'test_top1': None}}})
+    with pytest.raises(ValueError, match='at least one seed'):
+        seed_summary({})
+
+
+def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
+    """The aggregate is made of exactly the runs `train_compare` gives for each seed alone."""
+    tiny = dict(model='test_resnet', dataset_kwargs={'num_classes': 4, 'samples_per_class': 6}, img_size=32,
+                epochs=1, batch_size=8, eval_batch_size=16, threads=1, progress=False)
+    out = train_compare_seeds(TrainConfig(**tiny, output=str(tmp_path / 'seeds')), [0, 1])
+    alone = train_compare(TrainConfig(**tiny, seed=1, output=str(tmp_path / 'alone')))
+    for k in ('ggam', 'plain'):
+        assert out['results'][1][k]['test_top1'] == alone[k]['test_top1']
+        assert out['results'][1][k]['train_loss'] == alone[k]['train_loss']
+    assert out['results'][0]['ggam']['train_loss'] != out['results'][1]['ggam']['train_loss']  # seeds differ
+    s = out['summary']
+    assert [r['ggam'] for r in s['per_seed']] == [out['results'][i]['ggam']['test_top1'] for i in (0, 1)]
+    assert s['wins'] == sum(r['ggam'] > r['plain'] for r in s['per_seed'])
+    stored = json.loads((tmp_path / 'seeds' / 'seeds.json').read_text())
+    assert stored['summaries']['test_top1']['per_seed'] == s['per_seed']
+    assert (tmp_path / 'seeds' / 'seed0' / 'ggam' / 'model.safetensors').is_file()
+    assert 'GGAM ahead on' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='distinct'):
+        train_compare_seeds(TrainConfig(**tiny), [1, 1])
