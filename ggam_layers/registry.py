@@ -7,10 +7,16 @@ reloads through `hf-hub:` or `local-dir:`.
 
 `pretrained=True` on a named model's default tag loads the backbone's ImageNet weights from timm's Hub repository
 into the backbone (the attention and classifier start fresh); tags that name GGAM checkpoints load those.
+
+`features_only=True` gives timm's feature extractor over the backbone's `forward_intermediates` (`feature_cls='getter'`,
+the default) or over an FX graph (`feature_cls='fx'`); `feature_info` names the backbone's modules with the `backbone.`
+prefix. The default `out_indices` are all of the backbone's levels when it has at most 6 (CNNs, Swin), else its last
+3 (ViTs: one level per block, timm's own default for them).
 """
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Union
 
+import timm
 import torch
 from timm.models import (
     build_model_with_cfg,
@@ -73,8 +79,7 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
             backbone's own pretrained weights instead.
         **kwargs: `GGAMModel` arguments (`backbone` is fixed for named variants).
     """
-    if kwargs.get('features_only'):
-        raise ValueError(f'{variant} has no features_only mode: use timm.create_model on the backbone instead')
+    feature_cfg = _feature_cfg(kwargs) if kwargs.get('features_only') else None
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
         pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
@@ -82,8 +87,56 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
     if pretrained and not has_source:
         kwargs['backbone_pretrained'] = True
         pretrained = False
-    return build_model_with_cfg(
-        GGAMModel, variant, pretrained, pretrained_cfg=cfg, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    model = build_model_with_cfg(
+        GGAMModel, variant, pretrained, pretrained_cfg=cfg, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg, **kwargs)
+    if variant == 'ggam' and not has_source and feature_cfg is None:
+        # the generic entrypoint's data config is its backbone's (input size, pool size, mean, std, ...)
+        model.pretrained_cfg = model.default_cfg = dict(
+            _data_cfg(getattr(model.backbone, 'pretrained_cfg', None) or {}),
+            **{k: v for k, v in model.pretrained_cfg.items() if k in ('architecture', 'tag', 'license')},
+            num_classes=model.num_classes, classifier='head.fc')
+    return model
+
+
+_FEATURE_CLS = ('getter', 'fx')
+
+
+def _feature_cfg(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's `feature_cfg` for `features_only=True`, taking `out_indices`, `feature_cls` etc. out of `kwargs`."""
+    cfg = dict(kwargs.pop('feature_cfg', None) or {})
+    for key in ('out_indices', 'feature_cls', 'output_fmt', 'norm'):
+        if key in kwargs:
+            cfg[key] = kwargs.pop(key)
+    feature_cls = cfg.setdefault('feature_cls', 'getter')
+    if feature_cls not in _FEATURE_CLS:
+        raise ValueError(f'feature_cls must be one of {_FEATURE_CLS} for a GGAM model, got {feature_cls!r} (the '
+                         "backbone's forward_intermediates, or an FX graph of the wrapped model)")
+    if cfg.get('out_indices') is None:
+        cfg['out_indices'] = _default_out_indices(kwargs.get('backbone', 'resnet50'), kwargs.get('backbone_args'))
+    return cfg
+
+
+def _default_out_indices(backbone: str, backbone_args: Any = None) -> Union[int, tuple]:
+    """All levels of the backbone's `feature_info` if it has at most 6, else the last 3 (one level per block)."""
+    probe = timm.create_model(backbone, num_classes=0, device='meta', **dict(backbone_args or {}))
+    levels = len(probe.feature_info)
+    if not hasattr(probe, 'forward_intermediates'):
+        raise NotImplementedError(f'backbone {backbone} has no forward_intermediates, which features_only=True of a '
+                                  'GGAM model delegates to')
+    return tuple(range(levels)) if levels <= 6 else 3
+
+
+def _data_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """A backbone's pretrained cfg without its weights source, its classifier prefixed for the GGAM model."""
+    drop = ('architecture', 'tag', 'classifier', 'hf_hub_id', 'hf_hub_filename', 'url', 'file', 'state_dict',
+            'source', 'custom_load', 'label_names', 'label_descriptions', 'label_offset')
+    out = {k: v for k, v in cfg.items() if v is not None and k not in drop}
+    first_conv = out.get('first_conv')
+    if first_conv:
+        out['first_conv'] = [f'backbone.{n}' for n in first_conv] if isinstance(first_conv, (tuple, list)) else (
+            f'backbone.{first_conv}')
+    return out
 
 
 def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
