@@ -71,6 +71,7 @@ from .engine.distributed import (
 )
 from .engine.loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, lr_factor, train_one_epoch
 from .engine.metrics import METRIC_COLUMNS, MetricsWriter
+from .engine.progress import progress
 from .loss import GGAMLoss
 from .model import GGAMModel
 from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
@@ -224,7 +225,7 @@ def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
     """Generate an on-demand dataset (one with `generate(i)` and a `cache`) once, up front."""
     gen = getattr(ds, 'generate', None)
     if callable(gen) and getattr(ds, 'cache', False):
-        for i in tqdm(range(len(ds)), desc=desc, disable=not show, leave=False, dynamic_ncols=True):
+        for i in progress(range(len(ds)), desc=desc, disable=not show):
             gen(i)
 
 
