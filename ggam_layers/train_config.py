@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .engine.data import TRAIN_AUGS
 from .engine.device_data import DATA_PATHS
+from .engine.loop import AMP_DTYPE_ALIASES
 
 __all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES']
 
@@ -13,7 +14,7 @@ _logger = logging.getLogger('ggam_layers.train')
 
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('cosine', 'none')
-AMP_DTYPES = ('auto', 'bfloat16', 'float16')
+AMP_DTYPES = tuple(AMP_DTYPE_ALIASES)  # auto, bfloat16 / bf16, float16 / fp16 / half (amp_dtype_for normalises)
 CAM_CLASSES = ('pred', 'label')
 
 

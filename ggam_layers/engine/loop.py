@@ -18,8 +18,21 @@ from .data import derive_seed
 from .distributed import DistInfo, all_reduce_sum
 from .progress import progress as progress_bar
 
-__all__ = ['StepOptions', 'TrainForward', 'amp_dtype_for', 'autocast', 'evaluate_model', 'lr_factor',
-           'train_one_epoch']
+__all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'TrainForward', 'amp_dtype_for', 'autocast', 'evaluate_model',
+           'lr_factor', 'normalize_amp_dtype', 'train_one_epoch']
+
+# every spelling of the autocast dtype that timm and PyTorch users type, to its canonical name
+AMP_DTYPE_ALIASES = {
+    'auto': 'auto', 'bfloat16': 'bfloat16', 'bf16': 'bfloat16', 'float16': 'float16', 'fp16': 'float16',
+    'half': 'float16'}
+
+
+def normalize_amp_dtype(amp_dtype: str) -> str:
+    """'auto', 'bfloat16' or 'float16' for any accepted spelling ('bf16', 'fp16', 'half', any case)."""
+    key = str(amp_dtype).strip().lower()
+    if key not in AMP_DTYPE_ALIASES:
+        raise ValueError(f'amp_dtype must be one of {tuple(AMP_DTYPE_ALIASES)}, got {amp_dtype!r}')
+    return AMP_DTYPE_ALIASES[key]
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, sched: str = 'cosine', min_ratio: float = 0.) -> float:
@@ -44,6 +57,7 @@ def amp_dtype_for(amp: bool, amp_dtype: str, device: torch.device) -> Optional[t
     """The autocast dtype: None without AMP; bfloat16 on the CPU; on CUDA bfloat16 where supported for 'auto'."""
     if not amp:
         return None
+    amp_dtype = normalize_amp_dtype(amp_dtype)
     if device.type == 'cuda':
         if amp_dtype == 'float16' or (amp_dtype == 'auto' and not torch.cuda.is_bf16_supported()):
             return torch.float16
