@@ -16,6 +16,10 @@ that flows back through the channel-attention MLP:
 (sum_n r_n = 0 for the softmax norm). Without the spatial map, D = S A and beta_c = kappa w_c S_c + h_c / N with
 dS_c = kappa w_c sum_n A_{c,n}. Heads the closed form does not cover (an activation other than ReLU, dropout in
 train mode, a non-linear classifier) fall back to `grad_cam_weights`; both give the same numbers.
+
+On CUDA with Triton installed, `fused='auto'` runs the attention, pooling and beta as fused Triton kernels
+(`ggam_layers.kernels`: 5 reads of A forward, 2 reads and 1 write backward, no float32 copy of A); options it does
+not cover (`ggam_layers.kernels.FALLBACK`) take the PyTorch path below.
 """
 from typing import NamedTuple, Optional, Type, Union
 
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 
 from .attention import AttentionResult, ChannelSpatialAttention, check_features
 from .gradcam import grad_cam_weights, select_classes
+from .kernels.dispatch import fused_unsupported, load_ops
 
 __all__ = ['GGAMHead', 'GGAMOutput', 'POOL_TYPES', 'CAM_LAYERS', 'closed_form_cam_weights']
 
@@ -124,6 +129,7 @@ class GGAMHead(nn.Module):
             drop_rate: float = 0.,
             cam_layer: str = 'features',
             closed_form: bool = True,
+            fused: Union[bool, str] = 'auto',
             device=None,
             dtype=None,
     ):
@@ -145,6 +151,9 @@ class GGAMHead(nn.Module):
             drop_rate: Dropout before the classifier.
             cam_layer: Take the Grad-CAM gradient at 'features' A (paper) or 'attended' D (authors' code).
             closed_form: Use the closed form of beta where it applies; False always uses autograd.
+            fused: 'auto' runs the fused Triton kernels (`ggam_layers.kernels`) for CUDA features when Triton is
+                installed and the options are covered, else the PyTorch path; True always runs them (an error when
+                they cannot run: on the CPU they need TRITON_INTERPRET=1); False never.
         """
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -153,11 +162,14 @@ class GGAMHead(nn.Module):
             raise ValueError(f'cam_layer must be one of {CAM_LAYERS}, got {cam_layer!r}')
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+        if fused not in (True, False, 'auto'):
+            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
         dd = {'device': device, 'dtype': dtype}
         self.in_features = in_features
         self.num_classes = num_classes
         self.cam_layer = cam_layer
         self.closed_form = closed_form
+        self.fused = fused
         self.attn = ChannelSpatialAttention(
             in_features, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act_layer=act_layer,
             spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
@@ -184,7 +196,55 @@ class GGAMHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self._use_fused(x, ggam=False):
+            pooled = self._fused_attend(x)[0]
+            x = self.drop(pooled.to(self._fused_dtype(x)))
+            return x if pre_logits else self.fc(x)
         return self._classify(self.attn(x), pre_logits)
+
+    def fused_unsupported(self, x: torch.Tensor, ggam: bool = True) -> Optional[str]:
+        """Why the fused kernels cannot run this head on `x` (None when they can), whatever `fused` says.
+
+        Args:
+            x: Features, B x C x H x W.
+            ggam: For `forward_ggam` (True) or `forward` (False).
+        """
+        return fused_unsupported(self, x, ggam)
+
+    def uses_fused(self, x: torch.Tensor, ggam: bool = True) -> bool:
+        """Whether `forward_ggam` (or `forward`, with `ggam=False`) runs the fused kernels on `x`."""
+        if self.fused is False:
+            return False
+        if ggam and not self.uses_closed_form() and self.fused == 'auto':
+            return False
+        reason = self.fused_unsupported(x, ggam)
+        if self.fused == 'auto':
+            return reason is None and x.device.type == 'cuda'
+        if reason is not None:
+            raise ValueError(f'fused=True, but the fused GGAM kernels cannot run: {reason}')
+        return True
+
+    def _use_fused(self, x: torch.Tensor, ggam: bool) -> bool:
+        if self.fused is False:
+            return False
+        check_features(x, self.in_features)
+        return self.uses_fused(x, ggam)
+
+    @staticmethod
+    def _fused_dtype(x: torch.Tensor) -> torch.dtype:
+        """The dtype the PyTorch path gives pooled D, S and T: float32 under autocast, else that of x."""
+        return torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+    def _kappa(self, x: torch.Tensor) -> float:
+        return 1.0 / (x.shape[2] * x.shape[3]) if self.pool_type == 'avg' else 1.0
+
+    def _fused_attend(self, x: torch.Tensor):
+        attn = self.attn
+        on = attn.channel_attn
+        return load_ops().attend(
+            x, attn.fc1.weight if on else None, attn.fc1.bias if on else None, attn.fc2.weight if on else None,
+            attn.fc2.bias if on else None, float(attn.temperature), attn.spatial_norm, attn.spatial_attn,
+            self._kappa(x), float(attn.eps))
 
     def uses_closed_form(self) -> bool:
         """Whether `forward_ggam` computes beta in closed form (else by autograd on the head only)."""
@@ -205,6 +265,8 @@ class GGAMHead(nn.Module):
         if self.num_classes == 0:
             raise ValueError('forward_ggam needs a classifier; this head has num_classes=0 (call reset_classifier)')
         check_features(x, self.in_features)
+        if self._use_fused(x, ggam=True):
+            return self._fused_forward_ggam(x, classes)
         if self.uses_closed_form():
             res = self.attn.attend(x)
             logits = self._classify(res.output)
@@ -226,3 +288,16 @@ class GGAMHead(nn.Module):
             cam = grad_cam_weights(x, head, classes)
             res = results[-1]
         return GGAMOutput(cam.scores, res.channel_weights, cam.weights, res.spatial_weights, cam.classes)
+
+    def _fused_forward_ggam(self, x: torch.Tensor, classes: Optional[torch.Tensor]) -> GGAMOutput:
+        b, _, h, w = x.shape
+        attn = self.attn
+        pooled, s, t, m, u, z1 = self._fused_attend(x)
+        dtype = self._fused_dtype(x)
+        logits = self.fc(self.drop(pooled.to(dtype)))
+        classes = select_classes(logits, classes)
+        beta = load_ops().fused_cam_weights(
+            x, self.fc.weight[classes], s, t, m, u, z1, attn.fc1.weight if attn.channel_attn else None,
+            attn.fc2.weight if attn.channel_attn else None, float(attn.temperature), attn.spatial_norm,
+            attn.spatial_attn, self._kappa(x), float(attn.eps), self.cam_layer)
+        return GGAMOutput(logits, s.to(dtype), beta.to(x.dtype), t.view(b, h, w).to(dtype), classes)
