@@ -31,6 +31,7 @@ from huggingface_hub.errors import (
 from timm.layers import get_act_layer
 from timm.models import get_pretrained_cfg, is_model, parse_model_name, save_for_hf, split_model_name_tag
 
+from .engine.checkpoint import check_safetensors, load_weights
 from .model import GGAMModel
 
 __all__ = [
@@ -616,6 +617,8 @@ def load_model(
     """
     _registry()
     name, weights, where = _resolve(name_or_path, pretrained, cache_dir)
+    if weights is not None and weights.is_file():
+        check_safetensors(weights)  # empty, truncated or foreign: one error naming the file and the fix
     if cache_dir is not None:
         kwargs['cache_dir'] = cache_dir
     try:
@@ -693,10 +696,7 @@ def _load_epoch_checkpoint(path: Path) -> Tuple[GGAMModel, Dict[str, Any]]:
     if not weights.is_file():
         raise FileNotFoundError(f'{weights} is missing')
     model, save_kwargs = load_checkpoint(run)
-    try:
-        model.load_state_dict(safetensors.torch.load_file(str(weights)))
-    except RuntimeError as e:
-        raise ValueError(f'{weights} does not fit the model of {run / CONFIG_NAME}: {e}') from e
+    load_weights(model, weights, what=f'checkpoint weights (for the model of {run / CONFIG_NAME})')
     save_kwargs.pop('metrics', None)  # the run's final metrics; this epoch's come from metrics.jsonl
     match = re.fullmatch(r'epoch-(\d+)', path.name)
     log = run / 'metrics.jsonl'

@@ -51,7 +51,13 @@ def read_run_config(out: Path) -> Dict[str, Any]:
     path = out / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f'{path} is missing: {out} is not a ggam-layers run directory')
-    config = json.loads(path.read_text(encoding='utf-8'))
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{path} is damaged (not valid JSON: {e}); restore it from a copy (it is the run\'s settings '
+                         'and model config, written once when the run starts)') from e
+    if not isinstance(config, dict):
+        raise ValueError(f'{path} must hold a JSON object, got {type(config).__name__}: it is not a ggam-layers run')
     info = config.get('ggam_layers') or {}
     if 'train_config' not in info:
         raise ValueError(f'{path} has no ggam_layers.train_config: it was not written by ggam-layers train')

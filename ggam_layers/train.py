@@ -44,9 +44,12 @@ from .engine.checkpoint import (
     CONFIG_NAME,
     TMP_PREFIX,
     WEIGHTS_NAME,
+    CheckpointError,
+    CheckpointWriteError,
     atomic_write_json,
+    check_safetensors,
     clean_partial,
-    latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     load_weights,
     save_checkpoint,
@@ -72,6 +75,7 @@ from .engine.distributed import (
 from .engine.loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, lr_factor, train_one_epoch
 from .engine.metrics import METRIC_COLUMNS, MetricsWriter
 from .engine.progress import progress
+from .engine.signals import InterruptGuard, TrainingInterrupted
 from .loss import GGAMLoss
 from .model import GGAMModel
 from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
@@ -153,14 +157,23 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] =
     use_pretrained = (cfg.pretrained or bool(cfg.pretrained_file)) if pretrained is None else pretrained
     if use_pretrained and cfg.pretrained_file:
         kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
-    if cfg.plain:
-        return timm.create_model(cfg.model, pretrained=use_pretrained, num_classes=num_classes,
-                                 drop_rate=cfg.drop_rate, **kwargs)
-    return timm.create_model(
-        'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
-        channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
-        temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
-        drop_rate=cfg.drop_rate, **kwargs)
+    try:
+        if cfg.plain:
+            return timm.create_model(cfg.model, pretrained=use_pretrained, num_classes=num_classes,
+                                     drop_rate=cfg.drop_rate, **kwargs)
+        return timm.create_model(
+            'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
+            channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
+            temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
+            drop_rate=cfg.drop_rate, **kwargs)
+    except (KeyError, RuntimeError) as e:
+        if not (use_pretrained and cfg.pretrained_file):
+            raise
+        reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:400]
+        raise CheckpointError(
+            f'--pretrained-file {cfg.pretrained_file} does not fit backbone {cfg.model!r} ({reason}): pass the '
+            f'weights of {cfg.model} itself (a timm checkpoint of that backbone, or a ggam-layers model.safetensors '
+            'trained on it), or change --model to the backbone the file was saved from') from e
 
 
 def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
@@ -231,7 +244,7 @@ def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
 
 
 def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
-                  command: Optional[str], tmp_parent: Path) -> Dict[str, Any]:
+                  command: Optional[str], tmp_parent: Optional[Path] = None) -> Dict[str, Any]:
     """timm's config.json of the model (what `local-dir:` reads) with the run under the `ggam_layers` key."""
     from timm.models import save_for_hf
 
@@ -328,13 +341,17 @@ def evaluate(
     dist_info = init_distributed(cfg.device)
     try:
         torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist_info.local_world_size))
-        if eval_dataset is None:
-            eval_dataset = _create_dataset(cfg, split)
-        num_classes = config.get('num_classes') or _num_classes(eval_dataset)
-        model = build_model(cfg, num_classes, pretrained=False)
         weights = out / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f'{weights} is missing: the run has not finished an epoch yet')
+        check_safetensors(weights)  # a damaged file stops here, before the data is read
+        if eval_dataset is None:
+            eval_dataset = _create_dataset(cfg, split)
+        scanned, skipped = _scan_data(dataclasses.replace(cfg, eval_split=split), {'eval': eval_dataset}, dist_info,
+                                      progress and dist_info.is_main)
+        eval_dataset = scanned['eval']
+        num_classes = config.get('num_classes') or _num_classes(eval_dataset)
+        model = build_model(cfg, num_classes, pretrained=False)
         load_weights(model, weights)
         model.to(dist_info.device)
         if cfg.channels_last:
@@ -348,6 +365,8 @@ def evaluate(
     finally:
         cleanup_distributed(dist_info)
     res['split'] = split
+    res['skipped_images'] = skipped['eval']
+    res['skipped_files'] = skipped['files']
     recorded = None
     results_file = out / RESULTS_NAME
     if split == cfg.eval_split and results_file.is_file():
@@ -358,11 +377,10 @@ def evaluate(
 
 
 # --- training --------------------------------------------------------------------------------------------------------
-def _prepare_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path, Optional[Path]]:
-    """Resolve the run directory, check overwrite / resume, and return (config, directory, checkpoint)."""
+def _check_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path]:
+    """Resolve the run directory and check overwrite / resume; reads only, writes nothing."""
     out = Path(broadcast_object(cfg.output or default_output(cfg, '-plain' if cfg.plain else ''), info))
     cfg = dataclasses.replace(cfg, output=str(out))
-    ckpt = None
     if cfg.resume:
         saved = TrainConfig.from_dict(read_run_config(out)['ggam_layers']['train_config'])
         diff = config_differences(saved, cfg)
@@ -370,10 +388,14 @@ def _prepare_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path
             raise ValueError(
                 f'resume: {", ".join(f"{k}={getattr(cfg, k)!r} (saved {getattr(saved, k)!r})" for k in diff)} '
                 f'differ from the run in {out}; only {sorted(RESUME_MUTABLE_FIELDS)} may change on resume')
-        ckpt = latest_checkpoint(out)
     elif is_nonempty_dir(out) and not cfg.overwrite:
         raise FileExistsError(f'output directory {out} is not empty; pass --overwrite (overwrite=True) to replace '
                               'its run files, or --resume to continue it')
+    return cfg, out
+
+
+def _init_output(cfg: TrainConfig, out: Path, info: DistInfo) -> None:
+    """Create (or clear, with overwrite) the run directory: the first write of a run, after every check."""
     barrier(info)  # every rank has checked before rank 0 touches the folder
     if info.is_main:
         if cfg.overwrite and not cfg.resume and out.is_dir():
@@ -381,7 +403,70 @@ def _prepare_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path
         out.mkdir(parents=True, exist_ok=True)
         clean_partial(out)
     barrier(info)
-    return cfg, out, ckpt
+
+
+def _check_batch_size(cfg: TrainConfig, n: int, skipped: int = 0) -> None:
+    if n < cfg.batch_size:
+        extra = f' after skipping {skipped} unreadable images' if skipped else ''
+        raise ValueError(f'batch_size {cfg.batch_size} is larger than the training set ({n} images{extra}); pass '
+                         f'--batch-size {_pow2_floor(n)} or less')
+
+
+def _pow2_floor(n: int) -> int:
+    """The largest power of two not above n (a batch size to suggest)."""
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def _scan_data(cfg: TrainConfig, datasets: Dict[str, Any], info: DistInfo, show: bool) -> Tuple[Dict[str, Any],
+                                                                                                  Dict[str, Any]]:
+    """Check the image files of each split once (`data.integrity.scan_images`); returns the datasets without the
+    unreadable files and a report {'train': n, 'eval': n, 'files': [{'split', 'path', 'reason'}, ...]}."""
+    from .data.integrity import scan_images
+    report: Dict[str, Any] = {'files': []}
+    out = {}
+    for split, ds in datasets.items():
+        name = f'{cfg.dataset} {getattr(cfg, f"{split}_split")}'
+
+        def bar(indices, desc=f'checking {name} images'):
+            return tqdm(indices, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+        out[split], rep = scan_images(ds, strict=cfg.strict_data, max_bad_fraction=cfg.max_bad_fraction, name=name,
+                                      progress=bar, log=info.is_main)
+        report[split] = rep.skipped
+        report['files'] += [{'split': split, 'path': b.path, 'reason': b.reason} for b in rep.bad]
+    return out, report
+
+
+def _resume_state(out: Path, model: nn.Module, label: str, main: bool) -> Tuple[Optional[Path], Dict[str, Any]]:
+    """Load the newest intact checkpoint of `out` into `model`; a damaged newer one is reported and passed over."""
+    ckpts = list_checkpoints(out)
+    damaged = []
+    for ckpt in reversed(ckpts):
+        try:
+            state = load_checkpoint(ckpt, model, map_location='cpu')
+        except CheckpointError as e:
+            damaged.append(f'{ckpt.name}: {e}')
+            if main:
+                _logger.warning('[%s] checkpoint %s is damaged (%s); falling back to the previous one', label, ckpt, e)
+            continue
+        if state.get('format_version') != _STATE_VERSION:
+            raise ValueError(f'{ckpt}: training state format {state.get("format_version")} is not supported')
+        if damaged and main:
+            msg = (f'[{label}] resuming from {ckpt.name}, the newest intact checkpoint: '
+                   f'{", ".join(d.split(":")[0] for d in damaged)} damaged (see the warning above)')
+            print(msg, file=sys.stderr, flush=True)
+        return ckpt, state
+    if damaged:
+        raise CheckpointError(f'every checkpoint of {out} is damaged, nothing to resume from: ' + ' | '.join(damaged))
+    return None, {}
+
+
+def _stopped_message(out: Path, label: str, exc: BaseException) -> str:
+    last = list_checkpoints(out)
+    kept = (f'the last complete checkpoint is {last[-1]} (epoch {int(last[-1].name.split("-")[1])})' if last
+            else 'no epoch had finished, so there is no checkpoint yet')
+    why = f'interrupted by {exc.name}' if isinstance(exc, TrainingInterrupted) else f'stopped ({type(exc).__name__})'
+    return (f'[{label}] {why}: {kept}. Continue with: ggam-layers train --resume {out} (under torchrun, the same '
+            'torchrun command with --resume); it ends with the weights of an uninterrupted run')
 
 
 def train(
@@ -426,7 +511,9 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         torch.backends.cudnn.benchmark = False
     elif device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    cfg, out, ckpt = _prepare_output(cfg, info)
+    # every check first (settings, run directory, data layout, batch size, image files, model, checkpoint): a refused
+    # run writes nothing
+    cfg, out = _check_output(cfg, info)
     kind = 'plain' if cfg.plain else 'GGAM'
     label = f'{kind} {cfg.model}'
 
@@ -439,27 +526,51 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     if _num_classes(eval_ds) != num_classes:
         raise ValueError(f'the training split has {num_classes} classes but the evaluation split has '
                          f'{_num_classes(eval_ds)}')
-    _prepare_generated(train_ds, show, f'generating {cfg.train_split} images')
-    _prepare_generated(eval_ds, show, f'generating {cfg.eval_split} images')
+    _check_batch_size(cfg, len(train_ds))
+    scanned, skipped = _scan_data(cfg, {'train': train_ds, 'eval': eval_ds}, info, show)
+    train_ds, eval_ds = scanned['train'], scanned['eval']
+    _check_batch_size(cfg, len(train_ds), skipped['train'])
 
     # model
     torch.manual_seed(derive_seed(cfg.seed, 0x313D))
     model = build_model(cfg, num_classes)
     data_config = resolve_data_config(cfg, model)
+    config = None  # timm's config.json, made now (save_for_hf wants contiguous weights) and written with the run
     if main and (not cfg.resume or not (out / CONFIG_NAME).is_file()):
-        config = _model_config(model, cfg, data_config, _class_names(train_ds), num_classes, command, out)
-        atomic_write_json(out / CONFIG_NAME, config)
+        config = _model_config(model, cfg, data_config, _class_names(train_ds), num_classes, command, None)
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
 
+    optimizer = _optimizer(model, cfg)
+    amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
+    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    loss_fn = GGAMLoss(lam=cfg.lam, squash=cfg.squash, kl=cfg.kl, target_norm=cfg.target_norm,
+                       temperature=cfg.cam_temperature, label_smoothing=cfg.label_smoothing)
+
+    start_epoch, history = 0, []
+    ckpt, state = _resume_state(out, model, label, main) if cfg.resume else (None, {})
+    if ckpt is not None:
+        optimizer.load_state_dict(state['optimizer'])
+        if scaler is not None and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
+        _set_rng_state(state['rng'])
+        start_epoch, history = int(state['epoch']), list(state['history'])
+        if show:
+            tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}', file=sys.stdout)
+
+    # the run directory, then the data
+    _init_output(cfg, out, info)
+    if config is not None:
+        atomic_write_json(out / CONFIG_NAME, config)
+    _prepare_generated(train_ds, show, f'generating {cfg.train_split} images')
+    _prepare_generated(eval_ds, show, f'generating {cfg.eval_split} images')
+
     pin = device.type == 'cuda'
     train_set = SeededTransformDataset(
         train_ds, build_transform(data_config, True, cfg.train_aug, cfg.hflip), seed=cfg.seed, seeded=True)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(f'batch_size {cfg.batch_size} is larger than the training set ({len(train_set)} images)')
     sampler = EpochSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle=True)
     if wants_device_data(cfg.data_path, device, train_ds, train_set.transform):
         train_loader, eval_loader = device_loaders(
@@ -472,25 +583,6 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
     steps_per_epoch = len(train_loader)
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-
-    optimizer = _optimizer(model, cfg)
-    amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
-    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
-    loss_fn = GGAMLoss(lam=cfg.lam, squash=cfg.squash, kl=cfg.kl, target_norm=cfg.target_norm,
-                       temperature=cfg.cam_temperature, label_smoothing=cfg.label_smoothing)
-
-    start_epoch, history = 0, []
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, map_location='cpu')
-        if state.get('format_version') != _STATE_VERSION:
-            raise ValueError(f'{ckpt}: training state format {state.get("format_version")} is not supported')
-        optimizer.load_state_dict(state['optimizer'])
-        if scaler is not None and state.get('scaler'):
-            scaler.load_state_dict(state['scaler'])
-        _set_rng_state(state['rng'])
-        start_epoch, history = int(state['epoch']), list(state['history'])
-        if show:
-            tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}', file=sys.stdout)
 
     fwd = TrainForward(model, ggam=not cfg.plain)
     opts = StepOptions(
@@ -505,7 +597,9 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
 
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
     t_run = time.perf_counter()
+    guard = InterruptGuard()
     try:
+        guard.__enter__()
         for epoch in range(start_epoch, end_epoch):
             row = train_one_epoch(fwd, model, loss_fn, optimizer, scaler, train_loader, epoch, opts, info, show,
                                   f'[{label}]')
@@ -526,19 +620,27 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                     'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
                     'rng': _rng_state(), 'history': history, 'train_config': asdict(cfg),
                 }
-                save_checkpoint(out, epoch + 1, model, state, keep=cfg.keep_checkpoints)
-                metrics_writer.write(history)
+                with guard.critical():  # a signal now waits until the checkpoint is complete
+                    save_checkpoint(out, epoch + 1, model, state, keep=cfg.keep_checkpoints)
+                    metrics_writer.write(history)
             barrier(info)
             if show:
                 tqdm.write(_epoch_line(label, history[-1], cfg.epochs), file=sys.stdout)
             elif main:
                 _logger.info(_epoch_line(label, history[-1], cfg.epochs))
+    except (KeyboardInterrupt, RuntimeError) as e:  # a signal, or (DDP) a peer process that died
+        if main and not isinstance(e, CheckpointWriteError):
+            print(_stopped_message(out, label, e), file=sys.stderr, flush=True)
+        raise
     finally:
+        guard.__exit__(None, None, None)
         if metrics_writer is not None:
             metrics_writer.close()
 
     replica_diff = replica_max_abs_diff(model, info)
     result = _final_result(cfg, history, out, num_classes, info, time.perf_counter() - t_run, replica_diff, label)
+    result.update(skipped_train_images=skipped['train'], skipped_eval_images=skipped['eval'],
+                  skipped_files=skipped['files'])
     if main and history:
         atomic_write_json(out / RESULTS_NAME, {k: v for k, v in result.items() if k != 'history'})
         config = json.loads((out / CONFIG_NAME).read_text(encoding='utf-8'))

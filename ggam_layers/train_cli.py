@@ -4,13 +4,15 @@ import ast
 import dataclasses
 import os
 import shlex
+import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .engine.checkpoint import CONFIG_NAME, atomic_write_json
+from .engine.checkpoint import CONFIG_NAME, CheckpointWriteError, atomic_write_json
 from .engine.data import TRAIN_AUGS
 from .engine.device_data import DATA_PATHS
+from .engine.signals import TrainingInterrupted, exit_code
 from .run_dir import read_run_config
 from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
@@ -73,6 +75,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--interpolation', help="resize interpolation (default: the backbone's)")
     g.add_argument('--mean', type=_floats3, help="normalisation mean, three numbers (default: the backbone's)")
     g.add_argument('--std', type=_floats3, help="normalisation std, three numbers (default: the backbone's)")
+    g.add_argument('--strict-data', action='store_true',
+                   help='stop at the first unreadable image (default: skip it with a warning and count it)')
+    g.add_argument('--max-bad-fraction', type=float, metavar='F',
+                   help=h('max_bad_fraction', 'stop when more than this fraction of the images is unreadable'))
     g = p.add_argument_group('model')
     g.add_argument('--model', help=h('model', 'timm backbone'))
     g.add_argument('--plain', action='store_true', help='train the plain timm backbone with cross-entropy (baseline)')
@@ -134,7 +140,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help='continue the run in DIR (or --output) from its newest checkpoint')
     g.add_argument('--stop-after', type=int, metavar='N', help='stop after N epochs (the schedule keeps --epochs)')
     g.add_argument('--eval-every', type=int, help=h('eval_every', 'evaluate every N epochs'))
-    g.add_argument('--keep-checkpoints', type=int, help=h('keep_checkpoints', 'checkpoints to keep'))
+    g.add_argument('--keep-checkpoints', type=int,
+                   help=h('keep_checkpoints', 'checkpoints to keep (--resume falls back to an older one if the newest '
+                                              'is damaged)'))
     g.add_argument('--tensorboard', action='store_true', help='log to OUT/tensorboard')
     g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars or epoch lines')
 
@@ -190,15 +198,29 @@ def _run_train(args: argparse.Namespace) -> int:
     argv = getattr(args, '_argv', None)
     compare = compare_requested(compare, argv)
     command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
-    if compare:
-        train_compare(cfg, command=command)
-        return 0
-    result = train(cfg, command=command)
+    try:
+        if compare:
+            train_compare(cfg, command=command)
+            return 0
+        result = train(cfg, command=command)
+    except TrainingInterrupted as e:  # train() said where the run stands and how to resume
+        return exit_code(e)
+    except CheckpointWriteError as e:
+        print(f'ggam-layers train: error: {e}', file=sys.stderr, flush=True)
+        return 1
     if int(os.environ.get('RANK', '0')) == 0:
         print(f'\n{result["label"]}: test top-1 {_fmt_pct(result["test_top1"])}, top-5 {_fmt_pct(result["test_top5"])}'
               f' after {result["epochs_done"]}/{cfg.epochs} epochs ({result["train_time_s"]:.0f} s); '
-              f'run: {result["output"]}', flush=True)
+              f'run: {result["output"]}{_skipped_note(result)}', flush=True)
     return 0
+
+
+def _skipped_note(result: Dict[str, Any]) -> str:
+    n_train, n_eval = result.get('skipped_train_images') or 0, result.get('skipped_eval_images') or 0
+    if not n_train and not n_eval:
+        return ''
+    return (f'; skipped {n_train} unreadable training and {n_eval} evaluation images (listed in results.json, '
+            'skipped_files)')
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -208,6 +230,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     if int(os.environ.get('RANK', '0')) == 0:
         line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images]: top-1 {_fmt_pct(res["top1"])}, '
                 f'top-5 {_fmt_pct(res["top5"])}, loss {res["loss"]:.4f}')
+        if res.get('skipped_images'):
+            line += f' ({res["skipped_images"]} unreadable images skipped)'
         if res['recorded_top1'] is not None:
             same = 'the same' if res['matches_recorded'] else 'DIFFERENT'
             line += f' ({same} as recorded at the end of training: {_fmt_pct(res["recorded_top1"])})'

@@ -1,9 +1,11 @@
 """`TrainConfig`: every setting of a training run, its presets and its checks (`validate`)."""
+import difflib
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from .engine.checkpoint import check_safetensors
 from .engine.data import TRAIN_AUGS
 from .engine.device_data import DATA_PATHS
 from .engine.loop import AMP_DTYPE_ALIASES
@@ -35,6 +37,8 @@ class TrainConfig:
         train_aug: 'flip', 'paper', 'timm' or 'none' (see `engine.data.build_transform`).
         hflip: Horizontal flip probability.
         interpolation / mean / std: Override the backbone's data config.
+        strict_data: Stop at the first unreadable image file (default: skip it with a warning, and count it).
+        max_bad_fraction: Stop when more than this fraction of a split's image files is unreadable (a broken copy).
 
     Model:
         model: timm backbone name (`timm.list_models()`).
@@ -85,7 +89,7 @@ class TrainConfig:
         resume: Continue from the newest checkpoint in `output`.
         stop_after: End this invocation after this many epochs (the schedule still spans `epochs`); resume later.
         eval_every: Evaluate every N epochs (the last epoch is always evaluated).
-        keep_checkpoints: Checkpoints to keep.
+        keep_checkpoints: Checkpoints to keep (2: `resume` falls back to the previous one if the newest is damaged).
         tensorboard: Also log to OUT/tensorboard.
         progress: Show tqdm progress bars and a line per epoch.
         preset: The preset these values came from (recorded only).
@@ -104,6 +108,8 @@ class TrainConfig:
     interpolation: Optional[str] = None
     mean: Optional[Tuple[float, float, float]] = None
     std: Optional[Tuple[float, float, float]] = None
+    strict_data: bool = False
+    max_bad_fraction: float = 0.05
     # model
     model: str = 'resnet10t'
     plain: bool = False
@@ -157,7 +163,7 @@ class TrainConfig:
     resume: bool = False
     stop_after: Optional[int] = None
     eval_every: int = 1
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 2
     tensorboard: bool = False
     progress: bool = True
     preset: str = 'synthetic'
@@ -223,9 +229,26 @@ class TrainConfig:
             raise ValueError(f'workers must be >= 0, got {self.workers!r}')
         if self.resume and not self.output:
             raise ValueError('resume=True needs output, the run directory to resume')
-        if self.pretrained_file and not Path(self.pretrained_file).is_file():
-            raise ValueError(f'pretrained_file {self.pretrained_file!r} does not exist')
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f'max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}')
+        if self.pretrained_file:
+            if not Path(self.pretrained_file).is_file():
+                raise ValueError(f'pretrained_file {self.pretrained_file!r} does not exist')
+            check_safetensors(self.pretrained_file, what='--pretrained-file')
+        _check_model_name(self.model)
         return self
+
+
+def _check_model_name(name: str) -> None:
+    """Refuse a backbone name timm does not know, with the closest names, before any data is touched."""
+    import timm
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'model must be a timm backbone name, got {name!r}')
+    if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5)
+    raise ValueError(f'model {name!r} is not a timm backbone' + (f'; did you mean one of {close}?' if close else '')
+                     + ' (timm.list_models() lists them all)')
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -246,4 +269,4 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # fields that may differ when a run is resumed (they do not change the trained weights)
 RESUME_MUTABLE_FIELDS = frozenset({
     'output', 'overwrite', 'resume', 'stop_after', 'workers', 'threads', 'tensorboard', 'progress', 'data_root',
-    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path'})
+    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path', 'strict_data', 'max_bad_fraction'})

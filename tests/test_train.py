@@ -73,7 +73,7 @@ def test_train_writes_run_directory(trained):
     assert result['train_ggam'] is not None and result['train_loss'] > 0
     for name in ('config.json', WEIGHTS_NAME, 'metrics.csv', 'metrics.jsonl', 'results.json'):
         assert (out / name).is_file(), name
-    assert [p.name for p in list_checkpoints(out)] == ['epoch-0002']  # keep_checkpoints=1
+    assert [p.name for p in list_checkpoints(out)] == ['epoch-0001', 'epoch-0002']  # keep_checkpoints=2
     assert not [p for p in _files(out) if p.name.startswith(TMP_PREFIX)]
     # training state: tensors and plain Python only
     state = torch.load(latest_checkpoint(out) / STATE_NAME, weights_only=True)

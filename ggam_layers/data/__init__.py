@@ -2,10 +2,17 @@
 
 from .builder import DATASET_LAYOUTS, ClassInfoDataset, create_dataset, list_datasets
 from .cub import CUB_LAYOUT, Cub2011
+from .integrity import BadSample, ScanReport, SkipBadSamples, check_image, sample_paths, scan_images
 from .synthetic import BEAK_SHAPES, PART_COLORS, SYNTHETIC_SPLITS, SyntheticFineGrained
 
 __all__ = [
     'BEAK_SHAPES',
+    'BadSample',
+    'ScanReport',
+    'SkipBadSamples',
+    'check_image',
+    'sample_paths',
+    'scan_images',
     'CUB_LAYOUT',
     'ClassInfoDataset',
     'Cub2011',

@@ -174,6 +174,36 @@ def _image_folder(name: str, root: str, split: Optional[str], transform: Optiona
     return _attach(ds, ds.classes)
 
 
+def _utf8_lines(path: str) -> List[Tuple[int, str]]:
+    with open(path, 'rb') as f:
+        raw = f.read()
+    out = []
+    for lineno, data in enumerate(raw.split(b'\n'), 1):
+        try:
+            out.append((lineno, data.decode('utf-8').rstrip('\r')))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"'{path}', line {lineno}: not UTF-8 text ({e.reason} at byte {e.start}); the file is "
+                             'damaged: restore it from the dataset archive') from None
+    return out
+
+
+def _check_aircraft_list(list_file: str, classes_file: str, images: str) -> None:
+    """Check an FGVC-Aircraft list ('<image_id> <class name>' per line) before torchvision reads it, so that a bad line
+    is named by file and line number."""
+    classes = {line.strip() for _, line in _utf8_lines(classes_file) if line.strip()}
+    for lineno, line in _utf8_lines(list_file):
+        if not line.strip():
+            continue
+        image_id, sep, label = line.strip().partition(' ')
+        if not sep or not label.strip():
+            raise ValueError(f"'{list_file}', line {lineno}: expected '<image_id> <class name>', got {line!r}")
+        if label.strip() not in classes:
+            raise ValueError(f"'{list_file}', line {lineno}: class {label.strip()!r} is not listed in '{classes_file}'")
+        if os.sep in image_id or '/' in image_id or not os.path.isfile(os.path.join(images, f'{image_id}.jpg')):
+            raise FileNotFoundError(f"'{list_file}', line {lineno}: image '{os.path.join(images, image_id)}.jpg' is "
+                                    'missing')
+
+
 def create_dataset(
     name: str = 'synthetic',
     root: Optional[PathLike] = None,
@@ -251,6 +281,8 @@ def create_dataset(
                 os.path.join(data, 'images'),
             ],
         )
+        _check_aircraft_list(os.path.join(data, f'images_{level}_{split}.txt'), os.path.join(data, levels[level]),
+                             os.path.join(data, 'images'))
         ds = _torchvision_call(
             name,
             lambda: FGVCAircraft(

@@ -18,18 +18,43 @@ CUB_LAYOUT = """CUB-200-2011 layout expected under root (root may also be the fo
 _REQUIRED = ('images.txt', 'image_class_labels.txt', 'train_test_split.txt', 'classes.txt', 'images')
 
 
-def _read_pairs(path: str) -> List[Tuple[str, str]]:
-    pairs = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise ValueError(f"Malformed line {lineno} in '{path}': expected '<id> <value>', got {line!r}")
-            pairs.append((parts[0], parts[1]))
+def _read_lines(path: str) -> List[Tuple[int, str]]:
+    """(line number, stripped text) of the non-empty lines of a UTF-8 index file; undecodable bytes name the line."""
+    with open(path, 'rb') as f:
+        raw = f.read()
+    out = []
+    for lineno, data in enumerate(raw.split(b'\n'), 1):
+        try:
+            line = data.decode('utf-8').strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"'{path}', line {lineno}: not UTF-8 text ({e.reason} at byte {e.start}); the file is "
+                             'damaged: restore it from the dataset archive') from None
+        if line:
+            out.append((lineno, line))
+    return out
+
+
+def _read_pairs(path: str, value: str = 'value') -> Dict[str, Tuple[str, int]]:
+    """'<id> <value>' lines as {id: (value, line number)}; ids must be positive integers, each listed once."""
+    pairs: Dict[str, Tuple[str, int]] = {}
+    for lineno, line in _read_lines(path):
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise ValueError(f"'{path}', line {lineno}: expected '<id> <{value}>', got {line!r}")
+        key, val = parts
+        if not key.isdigit() or not key.isascii():
+            raise ValueError(f"'{path}', line {lineno}: the id must be a positive integer, got {key!r} in {line!r}")
+        if key in pairs:
+            raise ValueError(f"'{path}', line {lineno}: id {key} is listed twice (first on line {pairs[key][1]})")
+        pairs[key] = (val, lineno)
     return pairs
+
+
+def _int_value(path: str, pair: Tuple[str, int], what: str) -> int:
+    val, lineno = pair
+    if not val.isdigit() or not val.isascii():
+        raise ValueError(f"'{path}', line {lineno}: {what} must be an integer, got {val!r}")
+    return int(val)
 
 
 def _find_root(root: str) -> str:
@@ -80,38 +105,46 @@ class Cub2011(torch.utils.data.Dataset):
         self.target_transform = target_transform
         self.loader = loader or _pil_loader
 
-        class_rows = _read_pairs(os.path.join(self.root, 'classes.txt'))
-        class_ids = [int(i) for i, _ in class_rows]
-        if sorted(class_ids) != list(range(1, len(class_ids) + 1)):
-            raise ValueError(
-                f"classes.txt in '{self.root}' must number classes 1..N, got ids {sorted(class_ids)[:5]}..."
-            )
-        names = dict((int(i), n) for i, n in class_rows)
-        self.classes: List[str] = [names[i] for i in range(1, len(class_ids) + 1)]
+        classes_file = os.path.join(self.root, 'classes.txt')
+        class_rows = _read_pairs(classes_file, 'class name')
+        class_ids = sorted(int(i) for i in class_rows)
+        if class_ids != list(range(1, len(class_ids) + 1)):
+            raise ValueError(f"'{classes_file}' must number classes 1..N, got ids {class_ids[:5]}...")
+        self.classes: List[str] = [class_rows[str(i)][0] for i in class_ids]
         self.class_to_idx: Dict[str, int] = {n: i for i, n in enumerate(self.classes)}
 
-        paths = dict(_read_pairs(os.path.join(self.root, 'images.txt')))
-        labels = dict(_read_pairs(os.path.join(self.root, 'image_class_labels.txt')))
-        is_train = dict(_read_pairs(os.path.join(self.root, 'train_test_split.txt')))
+        images_file = os.path.join(self.root, 'images.txt')
+        labels_file = os.path.join(self.root, 'image_class_labels.txt')
+        split_file = os.path.join(self.root, 'train_test_split.txt')
+        paths = _read_pairs(images_file, 'relative/path.jpg')
+        labels = _read_pairs(labels_file, 'class id')
+        is_train = _read_pairs(split_file, '1 or 0')
+        for image_id, pair in is_train.items():
+            if pair[0] not in ('0', '1'):
+                raise ValueError(f"'{split_file}', line {pair[1]}: the split of image {image_id} must be 1 (train) or "
+                                 f'0 (test), got {pair[0]!r}')
         want = '1' if split == 'train' else '0'
         self.samples: List[Tuple[str, int]] = []
-        for image_id, rel_path in paths.items():
+        lines: List[int] = []
+        for image_id, (rel_path, lineno) in paths.items():
             if image_id not in labels or image_id not in is_train:
-                missing = 'image_class_labels.txt' if image_id not in labels else 'train_test_split.txt'
-                raise ValueError(f'CUB-200-2011: image id {image_id} of images.txt has no entry in {missing}')
-            if is_train[image_id].strip() != want:
+                missing = labels_file if image_id not in labels else split_file
+                raise ValueError(f"'{images_file}', line {lineno}: image id {image_id} has no entry in '{missing}'")
+            if is_train[image_id][0] != want:
                 continue
-            label = int(labels[image_id]) - 1
+            label = _int_value(labels_file, labels[image_id], f'the class of image {image_id}') - 1
             if not 0 <= label < len(self.classes):
-                raise ValueError(f'CUB-200-2011: image id {image_id} has class {label + 1}, not in classes.txt')
+                raise ValueError(f"'{labels_file}', line {labels[image_id][1]}: image {image_id} has class "
+                                 f'{label + 1}, not in classes.txt (1..{len(self.classes)})')
             self.samples.append((os.path.join(self.root, 'images', rel_path), label))
+            lines.append(lineno)
         self.targets: List[int] = [t for _, t in self.samples]
         if check_files:
-            for path, _ in self.samples:
+            for (path, _), lineno in zip(self.samples, lines):
                 if not os.path.isfile(path):
                     raise FileNotFoundError(
-                        f"CUB-200-2011: image '{path}' listed in images.txt is missing.\n{CUB_LAYOUT}"
-                    )
+                        f"CUB-200-2011: image '{path}' listed in '{images_file}', line {lineno}, is missing."
+                        f'\n{CUB_LAYOUT}')
 
     @property
     def num_classes(self) -> int:

@@ -10,23 +10,30 @@ Every file is written to a temporary name in its final directory, flushed and fs
 `os.replace`, and a checkpoint directory is assembled under a temporary name and renamed in one step, so a kill at
 any moment leaves either the old or the new checkpoint, never a partial one. `training_state.pt` holds only tensors
 and plain Python values and is read with `torch.load(weights_only=True)`.
+
+Reading checks the file before trusting it: an empty, truncated, pickled or otherwise foreign file, or weights of
+another architecture, raise `CheckpointError` (a ValueError) naming the file, what is wrong and what to do.
 """
 import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = [
     'TMP_PREFIX', 'atomic_write', 'atomic_write_json', 'atomic_write_text', 'save_weights', 'load_weights',
     'save_checkpoint', 'load_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'clean_partial',
-    'WEIGHTS_NAME', 'STATE_NAME', 'CONFIG_NAME', 'CHECKPOINT_DIR',
+    'WEIGHTS_NAME', 'STATE_NAME', 'CONFIG_NAME', 'CHECKPOINT_DIR', 'CheckpointError', 'CheckpointWriteError',
+    'check_safetensors',
+    'PICKLE_SUFFIXES', 'CONVERT_HINT', 'DAMAGED_HINT',
 ]
 
 TMP_PREFIX = '.tmp-'
@@ -35,6 +42,14 @@ STATE_NAME = 'training_state.pt'
 CONFIG_NAME = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 _EPOCH_RE = re.compile(r'^epoch-(\d+)$')
+PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.tar', '.pkl', '.pickle')
+CONVERT_HINT = (
+    "convert it once, in a process you trust: `import torch, safetensors.torch; sd = torch.load(PATH, "
+    "map_location='cpu', weights_only=True); safetensors.torch.save_file(sd.get('state_dict', sd), "
+    "'model.safetensors')`")
+DAMAGED_HINT = ('restore it from a good copy, or retrain: `ggam-layers train --resume RUN` starts again from the '
+                'newest intact checkpoint in RUN/checkpoints/')
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses larger headers too
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -113,9 +128,113 @@ def save_weights(model: nn.Module, path: PathLike, metadata: Optional[Dict[str, 
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {'format': 'pt'}))
 
 
-def load_weights(model: nn.Module, path: PathLike, strict: bool = True) -> nn.Module:
-    """Load a safetensors state dict into `model` (in place; memory formats of the parameters are kept)."""
-    state = load_file(str(path), device='cpu')
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be used: missing, empty, truncated, of another format, or holding the
+    weights of another architecture. The message names the file, what is wrong and the fix."""
+
+
+def _foreign_format(head: bytes) -> Optional[str]:
+    if head.startswith(b'PK\x03\x04'):
+        return 'a torch.save file (zip archive of pickles)'
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
+        return 'a pickle file'
+    if head.startswith(b'\x89HDF'):
+        return 'an HDF5 (Keras) file'
+    if head.lstrip()[:1] in (b'{', b'['):
+        return 'a JSON text file'
+    return None
+
+
+def check_safetensors(path: PathLike, what: str = 'weights file') -> Dict[str, Any]:
+    """Check that `path` is a complete safetensors file without reading its tensors; returns its header.
+
+    Args:
+        path: The file.
+        what: How errors name it ('weights file', '--pretrained-file', ...).
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file is empty, truncated, a pickle or another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{what} {path} does not exist')
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f'{what} {path} is empty (0 bytes): it was never written completely; {DAMAGED_HINT}')
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        foreign = _foreign_format(head)
+        if foreign is not None or path.suffix in PICKLE_SUFFIXES:
+            kind = foreign or f'a {path.suffix} file'
+            raise CheckpointError(f'{what} {path} is {kind}, not safetensors: ggam_layers reads safetensors only (a '
+                                  f'pickle can run code when loaded); {CONVERT_HINT.replace("PATH", repr(str(path)))}')
+        if size < 8:
+            raise CheckpointError(f'{what} {path} is truncated: {size} bytes, shorter than the 8-byte safetensors '
+                                  f'header length; {DAMAGED_HINT}')
+        (n,) = struct.unpack('<Q', head)
+        if n > _MAX_HEADER:
+            raise CheckpointError(f'{what} {path} is not a safetensors file (its first 8 bytes give a header of {n} '
+                                  f'bytes); pass a model.safetensors written by ggam-layers or timm')
+        if 8 + n > size:
+            raise CheckpointError(f'{what} {path} is truncated: {size} bytes, but its header alone needs {8 + n}; '
+                                  f'{DAMAGED_HINT}')
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f'{what} {path} is not a safetensors file (its header is not a JSON object); pass a '
+                              'model.safetensors written by ggam-layers or timm')
+    try:
+        end = max((int(v['data_offsets'][1]) for k, v in header.items() if k != '__metadata__'), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CheckpointError(f'{what} {path} has a damaged safetensors header (a tensor without data_offsets); '
+                              f'{DAMAGED_HINT}') from None
+    if 8 + n + end > size:
+        raise CheckpointError(f'{what} {path} is truncated: {size} bytes on disk, its header describes '
+                              f'{8 + n + end} (cut off while copying or writing?); {DAMAGED_HINT}')
+    return header
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a quota, a read-only folder); the previous checkpoint is intact."""
+
+
+def _shape_report(own: Dict[str, Any], got: Dict[str, Any]) -> str:
+    def first(items: List[str]) -> str:
+        return ', '.join(items[:3]) + (f' (+{len(items) - 3} more)' if len(items) > 3 else '')
+    wrong = [f'{k} (file {tuple(got[k].shape)}, model {tuple(own[k].shape)})' for k in own
+             if k in got and tuple(got[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in got]
+    extra = [k for k in got if k not in own]
+    parts = ([f'{len(wrong)} shapes differ: {first(wrong)}'] if wrong else []) + (
+        [f'{len(missing)} keys missing: {first(missing)}'] if missing else []) + (
+        [f'{len(extra)} unexpected keys: {first(extra)}'] if extra else [])
+    return '; '.join(parts)
+
+
+def load_weights(model: nn.Module, path: PathLike, strict: bool = True, what: str = 'weights file') -> nn.Module:
+    """Load a safetensors state dict into `model` (in place; memory formats of the parameters are kept).
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file is damaged or foreign, or (strict) its keys or shapes do not fit `model`; the model
+            is left unchanged then.
+    """
+    check_safetensors(path, what)
+    try:
+        state = load_file(str(path), device='cpu')
+    except SafetensorError as e:
+        raise CheckpointError(f'{what} {path} is damaged ({e}); {DAMAGED_HINT}') from e
+    own = model.state_dict()
+    report = _shape_report(own, state) if strict else _shape_report(
+        {k: v for k, v in own.items() if k in state}, {k: v for k, v in state.items() if k in own})
+    if report:
+        raise CheckpointError(
+            f'{what} {path} holds the weights of another architecture than {type(model).__name__} ({report}): load '
+            'it with the model it was saved from (the run directory\'s config.json names it: --model and the head '
+            'options must match)')
     model.load_state_dict(state, strict=strict)
     return model
 
@@ -189,21 +308,30 @@ def save_checkpoint(
     root = Path(out_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f'epoch-{epoch:04d}'
-    tmp = Path(tempfile.mkdtemp(prefix=f'{TMP_PREFIX}epoch-{epoch:04d}.', dir=root))
-    os.chmod(tmp, 0o777 & ~_UMASK)
+    previous = latest_checkpoint(out_dir)
     try:
-        save_weights(model, tmp / WEIGHTS_NAME, metadata={'format': 'pt', 'epoch': str(epoch)})
-        atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
-        _fsync_dir(tmp)
-        if final.exists():  # a checkpoint of the same epoch from an earlier attempt: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(root)
-    if export:
-        _link_or_copy(final / WEIGHTS_NAME, Path(out_dir) / WEIGHTS_NAME)
+        tmp = Path(tempfile.mkdtemp(prefix=f'{TMP_PREFIX}epoch-{epoch:04d}.', dir=root))
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        try:
+            save_weights(model, tmp / WEIGHTS_NAME, metadata={'format': 'pt', 'epoch': str(epoch)})
+            atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
+            _fsync_dir(tmp)
+            if final.exists():  # a checkpoint of the same epoch from an earlier attempt: replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(root)
+        if export:
+            _link_or_copy(final / WEIGHTS_NAME, Path(out_dir) / WEIGHTS_NAME)
+    except (OSError, SafetensorError) as e:
+        reason = getattr(e, 'strerror', None) or str(e)
+        kept = f'the previous checkpoint {previous} is intact' if previous else 'no earlier checkpoint exists'
+        raise CheckpointWriteError(
+            f'could not write checkpoint {final} ({reason}): {kept}, and nothing was left half-written. Free disk '
+            'space (or fix the folder\'s permissions), then continue with `ggam-layers train --resume '
+            f'{out_dir}`') from e
     for old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -224,5 +352,16 @@ def load_checkpoint(path: PathLike, model: Optional[nn.Module] = None, map_locat
             raise FileNotFoundError(f'no complete checkpoint in {path} (expected {CHECKPOINT_DIR}/epoch-NNNN/)')
         path = ckpt
     if model is not None:
-        load_weights(model, path / WEIGHTS_NAME)
-    return torch.load(path / STATE_NAME, map_location=map_location, weights_only=True)
+        load_weights(model, path / WEIGHTS_NAME, what='checkpoint weights')
+    state_file = path / STATE_NAME
+    if state_file.stat().st_size == 0:
+        raise CheckpointError(f'training state {state_file} is empty (0 bytes); {DAMAGED_HINT}')
+    try:
+        state = torch.load(state_file, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for a damaged file
+        raise CheckpointError(f'training state {state_file} is damaged or not a ggam-layers training state '
+                              f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); {DAMAGED_HINT}') from e
+    if not isinstance(state, dict) or 'epoch' not in state:
+        raise CheckpointError(f'training state {state_file} is not a ggam-layers training state (no epoch); '
+                              f'{DAMAGED_HINT}')
+    return state
