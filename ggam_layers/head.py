@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._trace import is_eager
 from .attention import AttentionResult, ChannelSpatialAttention, check_features
 from .gradcam import grad_cam_weights, select_classes
 from .kernels.dispatch import fused_unsupported, load_ops
@@ -196,10 +197,11 @@ class GGAMHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self._use_fused(x, ggam=False):
-            pooled = self._fused_attend(x)[0]
-            x = self.drop(pooled.to(self._fused_dtype(x)))
-            return x if pre_logits else self.fc(x)
+        if not torch.jit.is_scripting():  # fused kernels run eagerly (and compiled), not in FX or TorchScript graphs
+            if is_eager() and self._use_fused(x, ggam=False):
+                pooled = self._fused_attend(x)[0]
+                x = self.drop(pooled.to(self._fused_dtype(x)))
+                return x if pre_logits else self.fc(x)
         return self._classify(self.attn(x), pre_logits)
 
     def fused_unsupported(self, x: torch.Tensor, ggam: bool = True) -> Optional[str]:
