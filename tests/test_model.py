@@ -201,8 +201,8 @@ def test_create_model_registry():
     assert generic.backbone_name == 'test_convnext' and generic.head.attn.spatial_norm == 'sigmoid'
     with pytest.raises(ValueError, match='fixed to backbone'):
         timm.create_model('ggam_test_resnet', backbone='test_vit')
-    with pytest.raises(ValueError, match='features_only'):
-        timm.create_model('ggam_test_resnet', features_only=True)
+    with pytest.raises(ValueError, match='feature_cls'):
+        timm.create_model('ggam_test_resnet', features_only=True, feature_cls='dict')
 
 
 def test_backbone_checkpoint_loads_into_ggam_with_fresh_head(tmp_path):
