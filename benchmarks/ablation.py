@@ -239,7 +239,8 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     return plan
 
 
-def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads: int = 1, device: str = 'cpu'):
+def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads: int = 1, device: str = 'cpu',
+                 data_path: str = 'auto'):
     """The `TrainConfig` of one run: the 'synthetic' preset with the budget and the configuration's options.
 
     On CUDA the run uses bfloat16 autocast and channels-last, and the synthetic set takes the cached-tensor,
@@ -253,7 +254,7 @@ def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads:
         batch_size=budget.batch_size, lr=budget.lr, seed=seed, dataset_kwargs=budget.data_kwargs('train'),
         model_kwargs={'output_stride': budget.output_stride} if budget.output_stride else {},
         eval_every=budget.epochs, eval_batch_size=250, threads=threads, progress=False, output=output,
-        overwrite=True, device=device, **gpu, **spec.options())
+        overwrite=True, device=device, data_path=data_path, **gpu, **spec.options())
 
 
 # --- analysis of a trained model ------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def _datasets(budget: Budget) -> Tuple[SyntheticFineGrained, SyntheticFineGraine
 
 
 def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int = 1,
-            keep: bool = False, device: str = 'cpu') -> Dict[str, Any]:
+            keep: bool = False, device: str = 'cpu', data_path: str = 'auto') -> Dict[str, Any]:
     """Train one configuration with one seed through `ggam_layers.train.train`, then measure the trained model.
 
     Args:
@@ -330,6 +331,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
         threads: torch threads.
         keep: Keep the run's files (else only the row, `ablation_row.json`, stays).
         device: 'cpu' or a CUDA device (training, then the measurements of the trained model, run there).
+        data_path: The engine's data path ('auto': the on-device path on CUDA; 'device' forces it, also on the CPU).
 
     Returns:
         One row: the configuration, the engine's final metrics and `channel_stats` / `localization` of the model.
@@ -341,7 +343,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
     t0, c0 = time.perf_counter(), time.process_time()
     train_ds, test_ds = _datasets(budget)
     t_data = time.process_time() - c0
-    cfg = train_config(spec, budget, seed, run_dir, threads, device)
+    cfg = train_config(spec, budget, seed, run_dir, threads, device, data_path)
     res = train(cfg, train_ds, test_ds)
     t_train = time.process_time() - c0 - t_data
     model, _ = load_checkpoint(run_dir)
@@ -374,8 +376,8 @@ def _device_name(device: str) -> str:
 
 
 def _worker(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int, keep: bool,
-            device: str) -> Dict[str, Any]:
-    return run_one(spec, budget, seed, run_dir, threads, keep, device)
+            device: str, data_path: str) -> Dict[str, Any]:
+    return run_one(spec, budget, seed, run_dir, threads, keep, device, data_path)
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
@@ -472,7 +474,7 @@ def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[s
     return tables
 
 
-def plot_sweep(tables: Dict[str, Any], path: Path, title: str) -> Optional[Path]:
+def plot_sweep(tables: Dict[str, Any], path: Path, title: str, target: str = 'literal') -> Optional[Path]:
     """Fig. 4: test top-1 against lambda, the no-loss model as a line (mean) and band (± std)."""
     if not tables['sweep']:
         return None
@@ -480,26 +482,30 @@ def plot_sweep(tables: Dict[str, Any], path: Path, title: str) -> Optional[Path]
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    lams = [r['lam'] for r in tables['sweep']]
-    mean = [100 * r['test_top1'] for r in tables['sweep']]
-    std = [100 * (r['test_top1_std'] or 0.0) for r in tables['sweep']]
+    done = [r for r in tables['sweep'] if r['test_top1'] is not None]  # a report of a stopped study has gaps
+    if not done:
+        return None
+    lams = [r['lam'] for r in done]
+    mean = [100 * r['test_top1'] for r in done]
+    std = [100 * (r['test_top1_std'] or 0.0) for r in done]
     fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=120)
     ref = tables.get('reference')
     if ref and ref['test_top1'] is not None:
         m, s = 100 * ref['test_top1'], 100 * (ref['test_top1_std'] or 0.0)
         ax.axhline(m, color='tab:gray', ls='--', label='channel-spatial attention, no GGAM loss')
         ax.axhspan(m - s, m + s, color='tab:gray', alpha=0.15, lw=0)
-    ax.errorbar(lams, mean, yerr=std, marker='o', capsize=3, color='tab:red', label='GGAM (literal target)')
-    uni = [r for r in tables['target'] if r['target_name'] == 'uniform']
+    ax.errorbar(lams, mean, yerr=std, marker='o', capsize=3, color='tab:red', label=f'GGAM ({target} target)')
+    uni = [r for r in tables['target'] if r['target_name'] == 'uniform' and r['test_top1'] is not None]
     if uni:
         ax.errorbar([r['lam'] for r in uni], [100 * r['test_top1'] for r in uni],
                     yerr=[100 * (r['test_top1_std'] or 0.0) for r in uni], marker='s', ls='none', capsize=3,
                     color='tab:blue', label='control: KL to uniform, no Grad-CAM')
-    std_rows = [r for r in tables['target'] if r['target_name'] == 'standardize']
+    other = 'standardize' if target == 'literal' else 'literal'  # the other Grad-CAM target, beside the sweep
+    std_rows = [r for r in tables['target'] if r['target_name'] == other and r['test_top1'] is not None]
     if std_rows:
         ax.errorbar([r['lam'] + 0.12 for r in std_rows], [100 * r['test_top1'] for r in std_rows],
                     yerr=[100 * (r['test_top1_std'] or 0.0) for r in std_rows], marker='^', ls='none', capsize=3,
-                    color='tab:green', label='standardised Grad-CAM target')
+                    color='tab:green', label=f'{other} Grad-CAM target')
     ax.set_xlabel('λ')
     ax.set_ylabel('test top-1 (%)')
     ax.set_xticks(lams)
@@ -531,7 +537,8 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(rows, plan)
     png = plot_sweep(tables, out_dir / f'{name}_lambda.png',
-                     f'λ sensitivity on the synthetic set ({budget.backbone}, {len(budget.seeds)} seeds, mean ± std)')
+                     f'λ sensitivity on the synthetic set ({budget.backbone}, {budget.img_size} px, '
+                     f'{len(budget.seeds)} seeds, mean ± std)', budget.ablation_target)
     json_path = out_dir / f'{name}.json'
     json_path.write_text(json.dumps({'meta': meta, 'budget': dataclasses.asdict(budget), 'tables': tables,
                                      'runs': rows}, indent=1, default=str) + '\n')
@@ -655,15 +662,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--budget', choices=tuple(BUDGETS), default=None,
                    help='a named budget (default: "default", or "quick" with --quick); the options below override it')
     p.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (bf16 autocast, on-device data path)")
+    p.add_argument('--data-path', choices=('auto', 'loader', 'device'), default='auto',
+                   help="the engine's data path ('device' runs the GPU path's data code on the CPU: a dry run)")
     p.add_argument('--jobs', '--parallel', dest='jobs', type=int, default=None,
                    help='runs in parallel, side by side on the CPU cores or on one GPU (default: 2, 1 with --quick)')
     p.add_argument('--threads', type=int, default=1, help='torch threads per run')
     p.add_argument('--work-dir', default=None,
                    help='keep the runs here; finished runs found here are reused (default: a temporary folder)')
     p.add_argument('--keep-runs', action='store_true', help='keep weights and metrics of every run in --work-dir')
+    p.add_argument('--report-only', action='store_true',
+                   help='train nothing: report the runs finished in --work-dir (e.g. after a time limit stopped it)')
     p.add_argument('--out-dir', default='benchmarks/results')
     p.add_argument('--name', default=None, help='result file stem (default ablation, or ablation_quick)')
     args = p.parse_args(argv)
+    if args.report_only and not args.work_dir:
+        p.error('--report-only needs --work-dir, the folder of the finished runs')
 
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         p.error(f'--device {args.device}: no CUDA device is available')
@@ -699,6 +712,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         and row.get('device', 'cpu') == _device_name(args.device)):
                     rows.append(row)
                     continue
+            if args.report_only:
+                continue
             run_dir.mkdir(parents=True, exist_ok=True)
             tasks.append((spec, seed, str(run_dir)))
     reused = len(rows)
@@ -716,12 +731,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if jobs <= 1:
             torch.set_num_threads(args.threads)
             for spec, seed, run_dir in tasks:
-                done_row(run_one(spec, budget, seed, run_dir, args.threads, args.keep_runs, args.device))
+                done_row(run_one(spec, budget, seed, run_dir, args.threads, args.keep_runs, args.device,
+                                 args.data_path))
         else:
             ctx = mp.get_context('spawn')
             with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
                 futures = [pool.submit(_worker, spec, budget, seed, run_dir, args.threads, args.keep_runs,
-                                       args.device)
+                                       args.device, args.data_path)
                            for spec, seed, run_dir in tasks]
                 for fut in cf.as_completed(futures):
                     done_row(fut.result())

@@ -96,11 +96,10 @@ def test_quick_tables(quick_report):
             assert r['entropy_S'] == pytest.approx(1.0) and r['corr_S_beta'] is None
         if not r['spatial_attn']:
             assert 'loc_T_box_strict' not in r
-    by = {(r['key'], r['seed']): r for r in runs}
-    for r in runs:  # without channel attention the GGAM loss is a constant: the same training as without it
-        if not r['channel_attn'] and r['lam'] > 0:
-            twin = by[(r['key'].replace(f'lam{r["lam"]:g}-{r["target"]}', 'lam0-none'), r['seed'])]
-            assert r['test_top1'] == twin['test_top1'] and r['test_loss'] == twin['test_loss']
+    for with_loss, without in ((4, 0), (5, 1)):  # no channel attention: the loss is a constant, the same runs
+        assert tables['ablation'][with_loss]['key'] == tables['ablation'][without]['key']
+        assert tables['ablation'][with_loss]['test_top1'] == tables['ablation'][without]['test_top1']
+    assert not any(not r['channel_attn'] and r['lam'] > 0 for r in runs)
     uniform = [r for r in tables['target'] if r['target_name'] == 'uniform']
     assert uniform and all(r['target_spread'] == 0 for r in uniform)
     assert [r['lam'] for r in tables['sweep']] == data['budget']['lambdas']
@@ -148,3 +147,20 @@ def test_channel_stats_matches_a_direct_computation():
     plain = timm.create_model('ggam', backbone='test_resnet', num_classes=5, channel_attn=False).eval()
     got = abl.channel_stats(plain, x, labels, abl.RunSpec(True, False, 0.0, 'none'))
     assert got['entropy_S'] == pytest.approx(1.0, abs=1e-12) and got['corr_S_beta'] is None
+
+
+@pytest.mark.slow
+def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu_ablation.sh on the CPU with the on-device data path: phases, resume and the final report."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), PYTHON=sys.executable, DEVICE='cpu',
+               PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'))
+    proc = subprocess.run(
+        ['bash', str(ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'quick', '--data-path', 'device',
+         '--parts', 'ablation', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / 'out' / 'ablation_gpu224.json').read_text())
+    assert len(data['runs']) == 6 and data['meta']['runs_trained'] == 0  # the report trains nothing
+    assert all(r['device'] == 'cpu' for r in data['runs'])
+    assert 'runs to train, 6 reused' in proc.stdout  # phase 2 reused what phase 1 trained
+    assert len(list((tmp_path / 'cache').glob('*.safetensors'))) == 2  # the tensor cache of both splits

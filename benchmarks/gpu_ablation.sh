@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The evidence study at 224 px on one GPU (resnet18 from scratch, a 7x7 map), at most 8 minutes on an H200-class GPU.
+#
+# benchmarks/ablation.py --budget gpu224 --device cuda --parallel N: N trainings side by side on the GPU, each with
+# bf16 autocast and channels-last; the synthetic images are rendered once into a uint8 tensor (cached on disk, keyed
+# by every generator parameter and the generator's md5) and cropped, flipped and normalised on the device, so a step
+# is bound by the GPU and not by PIL. Two phases share one --work-dir (a finished run is never trained twice):
+#   1. Table 3 and the target study (the control without Grad-CAM included), 5 seeds;
+#   2. the lambda sweep, with the time that is left;
+# then a report of whatever finished -> benchmarks/results/ablation_gpu224.{json,md} and ablation_gpu224_lambda.png.
+#
+# Usage (from anywhere; extra arguments go to ablation.py and win over the defaults):
+#   bash benchmarks/gpu_ablation.sh
+#   DEVICE=cpu bash benchmarks/gpu_ablation.sh --budget quick --data-path device --out-dir /tmp/dryrun  # CPU dry run
+# Environment: PYTHON (default .venv/bin/python if present, else python3), DEVICE (cuda), PARALLEL (8), THREADS (2),
+# BUDGET_S (470: the whole script), WORK (the runs' folder, default ${TMPDIR:-/tmp}/ggam_gpu_ablation).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+DEVICE=${DEVICE:-cuda}
+BUDGET_S=${BUDGET_S:-470}
+WORK=${WORK:-${TMPDIR:-/tmp}/ggam_gpu_ablation}
+if [[ "$DEVICE" == cuda* ]]; then
+    "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device: DEVICE=cpu for a dry run")'
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+fi
+common=(--budget gpu224 --device "$DEVICE" --parallel "${PARALLEL:-8}" --threads "${THREADS:-2}" --work-dir "$WORK"
+        --name ablation_gpu224)
+start=$SECONDS
+left() { echo $((BUDGET_S - 30 - (SECONDS - start))); }
+
+timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target "$@" \
+    || echo "gpu_ablation: phase 1 stopped (exit $?) after $((SECONDS - start)) s; finished runs are kept"
+if [[ $(left) -gt 60 ]]; then
+    timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target sweep "$@" \
+        || echo "gpu_ablation: phase 2 stopped (exit $?) after $((SECONDS - start)) s; finished runs are kept"
+fi
+"$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target sweep --report-only "$@"
+echo "gpu_ablation: done in $((SECONDS - start)) s"
