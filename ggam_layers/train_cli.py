@@ -59,6 +59,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
                    help='train GGAM and then the plain backbone the same way and print both test accuracies '
                         '(default: on when `train` gets no option at all)')
+    p.add_argument('--seeds', nargs='+', type=int, metavar='S',
+                   help='with --compare-plain (implied): train both models once per seed into OUT/seed<S>/ and print '
+                        'each pair, mean ± std and the paired difference with the seeds where GGAM wins')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', help=h('dataset', 'synthetic, cub, aircraft, cars, flowers, pets, folder or hfds/NAME'))
     g.add_argument('--data-root', help='dataset folder (not needed for synthetic)')
@@ -154,7 +157,7 @@ def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bo
     (only `RESUME_MUTABLE_FIELDS` may change).
     """
     ns = dict(vars(args))
-    for key in ('command', 'func', '_argv'):
+    for key in ('command', 'func', '_argv', 'seeds'):
         ns.pop(key, None)
     preset = ns.pop('preset', 'synthetic')
     compare = ns.pop('compare_plain', None)
@@ -196,9 +199,21 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train import train, train_compare
     cfg, compare = config_from_args(args)
     argv = getattr(args, '_argv', None)
+    seeds = getattr(args, 'seeds', None)
+    if seeds is not None:
+        if compare is False or cfg.plain:
+            raise ValueError('--seeds compares GGAM with the plain backbone: drop --plain / --no-compare-plain')
+        if cfg.resume:
+            raise ValueError('--seeds cannot resume a run; rerun the command with a new --output (or resume one seed '
+                             'with --resume OUT/seed<S>)')
+        compare = True
     compare = compare_requested(compare, argv)
     command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
     try:
+        if seeds is not None:
+            from .seeds import train_compare_seeds
+            train_compare_seeds(cfg, seeds, command=command)
+            return 0
         if compare:
             train_compare(cfg, command=command)
             return 0

@@ -41,7 +41,14 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
     """The aggregate is made of exactly the runs `train_compare` gives for each seed alone."""
     tiny = dict(model='test_resnet', dataset_kwargs={'num_classes': 4, 'samples_per_class': 6}, img_size=32,
                 epochs=1, batch_size=8, eval_batch_size=16, threads=1, progress=False)
-    out = train_compare_seeds(TrainConfig(**tiny, output=str(tmp_path / 'seeds')), [0, 1])
+    from ggam_layers.cli import main
+
+    assert main(['train', '--seeds', '0', '1', '--model', 'test_resnet', '--data-arg', 'num_classes=4', '--data-arg',
+                 'samples_per_class=6', '--img-size', '32', '--epochs', '1', '--batch-size', '8', '--eval-batch-size',
+                 '16', '--threads', '1', '--no-progress', '--output', str(tmp_path / 'seeds')]) == 0
+    stored = json.loads((tmp_path / 'seeds' / 'seeds.json').read_text())
+    out = {'summary': stored['summaries']['test_top1'],
+           'results': {int(k): v for k, v in stored['results'].items()}}
     alone = train_compare(TrainConfig(**tiny, seed=1, output=str(tmp_path / 'alone')))
     for k in ('ggam', 'plain'):
         assert out['results'][1][k]['test_top1'] == alone[k]['test_top1']
@@ -50,9 +57,18 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
     s = out['summary']
     assert [r['ggam'] for r in s['per_seed']] == [out['results'][i]['ggam']['test_top1'] for i in (0, 1)]
     assert s['wins'] == sum(r['ggam'] > r['plain'] for r in s['per_seed'])
-    stored = json.loads((tmp_path / 'seeds' / 'seeds.json').read_text())
-    assert stored['summaries']['test_top1']['per_seed'] == s['per_seed']
+    assert stored['command'].startswith('ggam-layers train --seeds 0 1')
     assert (tmp_path / 'seeds' / 'seed0' / 'ggam' / 'model.safetensors').is_file()
     assert 'GGAM ahead on' in capsys.readouterr().out
     with pytest.raises(ValueError, match='distinct'):
         train_compare_seeds(TrainConfig(**tiny), [1, 1])
+
+
+def test_seeds_refuses_a_single_model(tmp_path, capsys):
+    from ggam_layers.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(['train', '--seeds', '0', '1', '--plain', '--output', str(tmp_path / 'x')])
+    assert exc.value.code == 2
+    assert '--seeds compares GGAM with the plain backbone' in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()
