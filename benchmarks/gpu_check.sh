@@ -2,17 +2,20 @@
 # GPU check of the single-pass GGAM training step, at most 5 minutes on one CUDA GPU.
 #
 # At the paper's setting (resnet50, 448 px, batch 32), bf16 autocast, channels_last:
-#   1. step time and peak memory (torch.cuda.max_memory_allocated) of plain fine-tuning, GGAM (closed form),
-#      GGAM (autograd beta) and the authors' two-backward step; inference; head + loss alone; the gradient check;
-#      and torch.cuda.set_sync_debug_mode('error') around the GGAM loss and around the whole GGAM step, which
-#      raises on any host sync (the result is recorded in the JSON) -> benchmarks/results/step_time_gpu.{json,md}
-#   2. the same for plain and GGAM under torch.compile, with whatever time is left
-#      -> benchmarks/results/step_time_gpu_compiled.{json,md}
+#   1. step time and peak memory (torch.cuda.max_memory_allocated) of plain fine-tuning, GGAM (closed form, the
+#      fused Triton head), GGAM unfused (the PyTorch head), GGAM (autograd beta) and the authors' two-backward step;
+#      inference (fused and unfused); head + loss alone, fused and unfused (HEAD_COMPILE=1: compiled too); each kernel
+#      alone with the bytes of A it moves and the bandwidth achieved; the gradient check; and
+#      torch.cuda.set_sync_debug_mode('error') around the GGAM loss and around the whole GGAM step, which raises on
+#      any host sync (the result is recorded in the JSON) -> benchmarks/results/step_time_gpu.{json,md}
+#   2. plain, GGAM (fused) and, when at least 150 s are left, GGAM unfused under torch.compile, with whatever time
+#      is left -> benchmarks/results/step_time_gpu_compiled.{json,md}
 #
 # Usage (from anywhere; extra arguments go to step_time.py and win over the defaults):
 #   bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh --device cpu --quick     # dry run of the Python side on a CPU (writes to /tmp)
-# Environment: PYTHON (default .venv/bin/python if present, else python), BUDGET_S (default 290).
+#   TRITON_INTERPRET=1 bash benchmarks/gpu_check.sh --device cpu --quick --force-fused  # ... with the fused head
+# Environment: PYTHON (default .venv/bin/python if present, else python), BUDGET_S (default 290), HEAD_COMPILE (0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -47,15 +50,20 @@ fi
 
 start=$SECONDS
 # 1. eager: everything that must come back, with a hard limit that leaves room for part 2
-timeout $((BUDGET_S * 65 / 100)) "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check --head --compile-methods \
+head=(--head)
+[[ "${HEAD_COMPILE:-0}" == 1 ]] && head+=(--head-compile)
+timeout $((BUDGET_S * 65 / 100)) "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check "${head[@]}" \
+    --compile-methods \
     --name "step_time_gpu$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@"
 left=$((BUDGET_S - (SECONDS - start)))
 echo "gpu_check: eager part done in $((SECONDS - start)) s, ${left} s left"
 
 # 2. compiled plain and GGAM (compilation takes most of it); skipped when too little time is left
+compiled=(plain ggam)
+[[ $left -gt 150 ]] && compiled+=(ggam_unfused)
 if [[ $quick -eq 0 && $left -gt 60 ]]; then
-    timeout "$left" "$PYTHON" benchmarks/step_time.py "${common[@]}" --methods plain ggam \
-        --compile-methods plain ggam --memory off --no-grad-check --no-inference --warmup 2 --repeats 10 \
+    timeout "$left" "$PYTHON" benchmarks/step_time.py "${common[@]}" --methods "${compiled[@]}" \
+        --compile-methods "${compiled[@]}" --memory off --no-grad-check --no-inference --warmup 2 --repeats 10 \
         --name "step_time_gpu_compiled$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@" \
         || echo "gpu_check: compiled part stopped (exit $?), eager results are in place"
 else
