@@ -464,7 +464,10 @@ def _stopped_message(out: Path, label: str, exc: BaseException) -> str:
     last = list_checkpoints(out)
     kept = (f'the last complete checkpoint is {last[-1]} (epoch {int(last[-1].name.split("-")[1])})' if last
             else 'no epoch had finished, so there is no checkpoint yet')
-    why = f'interrupted by {exc.name}' if isinstance(exc, TrainingInterrupted) else f'stopped ({type(exc).__name__})'
+    if isinstance(exc, TrainingInterrupted):
+        why = f'interrupted by {exc.name}'
+    else:  # under DDP, typically another process of the job died
+        why = f'stopped by {type(exc).__name__} ({" ".join(str(exc).split())[:160]})'
     return (f'[{label}] {why}: {kept}. Continue with: ggam-layers train --resume {out} (under torchrun, the same '
             'torchrun command with --resume); it ends with the weights of an uninterrupted run')
 

@@ -191,14 +191,15 @@ def _check_aircraft_list(list_file: str, classes_file: str, images: str) -> None
     """Check an FGVC-Aircraft list ('<image_id> <class name>' per line) before torchvision reads it, so that a bad line
     is named by file and line number."""
     classes = {line.strip() for _, line in _utf8_lines(classes_file) if line.strip()}
-    for lineno, line in _utf8_lines(list_file):
-        if not line.strip():
-            continue
-        image_id, sep, label = line.strip().partition(' ')
-        if not sep or not label.strip():
+    lines = _utf8_lines(list_file)
+    if lines and not lines[-1][1]:
+        lines = lines[:-1]  # the end of the last line
+    for lineno, line in lines:
+        image_id, sep, label = line.strip().partition(' ')  # as torchvision splits it
+        if not sep or not label:
             raise ValueError(f"'{list_file}', line {lineno}: expected '<image_id> <class name>', got {line!r}")
-        if label.strip() not in classes:
-            raise ValueError(f"'{list_file}', line {lineno}: class {label.strip()!r} is not listed in '{classes_file}'")
+        if label not in classes:
+            raise ValueError(f"'{list_file}', line {lineno}: class {label!r} is not listed in '{classes_file}'")
         if os.sep in image_id or '/' in image_id or not os.path.isfile(os.path.join(images, f'{image_id}.jpg')):
             raise FileNotFoundError(f"'{list_file}', line {lineno}: image '{os.path.join(images, image_id)}.jpg' is "
                                     'missing')
