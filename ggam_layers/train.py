@@ -165,7 +165,7 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] =
             'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
             channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
             temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
-            drop_rate=cfg.drop_rate, **kwargs)
+            drop_rate=cfg.drop_rate, **({'channel_rescale': True} if cfg.channel_rescale else {}), **kwargs)
     except (KeyError, RuntimeError) as e:
         if not (use_pretrained and cfg.pretrained_file):
             raise
@@ -736,6 +736,9 @@ def train_compare(
             built = build_datasets(cfg)
             train_dataset = train_dataset if train_dataset is not None else built[0]
             eval_dataset = eval_dataset if eval_dataset is not None else built[1]
+        scanned, _ = _scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
+                                cfg.progress and info.is_main)  # once: both models skip the same files
+        train_dataset, eval_dataset = scanned['train'], scanned['eval']
         results = {}
         for name, plain in (('ggam', False), ('plain', True)):
             sub = dataclasses.replace(cfg, plain=plain, output=str(out / name))

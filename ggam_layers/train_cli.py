@@ -2,6 +2,7 @@
 import argparse
 import ast
 import dataclasses
+import errno
 import os
 import shlex
 import sys
@@ -92,6 +93,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help='ablation: no channel attention')
     g.add_argument('--no-spatial-attn', dest='spatial_attn', action='store_false',
                    help='ablation: no spatial attention')
+    g.add_argument('--channel-rescale', action='store_true',
+                   help='with --no-spatial-attn: C * S * A instead of eq. 1\'s S * A (ours)')
     g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'),
                    help=h('spatial_norm', 'normalisation of T'))
     g.add_argument('--attn-temperature', type=float, help=h('attn_temperature', 'softmax temperature of S'))
@@ -222,6 +225,14 @@ def _run_train(args: argparse.Namespace) -> int:
         return exit_code(e)
     except CheckpointWriteError as e:
         print(f'ggam-layers train: error: {e}', file=sys.stderr, flush=True)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = cfg.output or 'the run directory'
+        print(f'ggam-layers train: error: could not write {e.filename or "a run file"} ({e.strerror}): every '
+              f'checkpoint written before is intact; free disk space, then continue with `ggam-layers train --resume '
+              f'{where}`', file=sys.stderr, flush=True)
         return 1
     if int(os.environ.get('RANK', '0')) == 0:
         print(f'\n{result["label"]}: test top-1 {_fmt_pct(result["test_top1"])}, top-5 {_fmt_pct(result["test_top5"])}'

@@ -695,3 +695,15 @@ def test_aircraft_list_garbage_names_the_file_and_line(index_roots, line, garbag
         assert _is_named(str(e), ('images_variant_train.txt',)), str(e)
     finally:
         path.write_bytes(original)
+
+
+def test_compare_scans_once_and_both_models_report_the_skipped_file(tmp_path, caplog):
+    from ggam_layers.train import train_compare
+    root = _folder(tmp_path / 'ds', n_train=6)
+    bad = _break(root / 'train' / 'a' / 'bad.jpg', 'text')
+    with caplog.at_level('WARNING'):
+        results = train_compare(TrainConfig(**TINY, dataset='folder', data_root=str(root), max_bad_fraction=0.1,
+                                            output=str(tmp_path / 'cmp')))
+    assert caplog.text.count(f'skipping unreadable image {bad}') == 1
+    for r in results.values():
+        assert r['skipped_train_images'] == 1 and r['skipped_files'][0]['path'] == str(bad)

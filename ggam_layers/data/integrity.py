@@ -43,6 +43,8 @@ class ScanReport:
 
 def sample_paths(dataset: Any) -> Optional[List[str]]:
     """The image file of every sample of a dataset built by `create_dataset`, in index order, or None (no files)."""
+    if isinstance(dataset, SkipBadSamples):
+        return [dataset.paths[i] for i in dataset.keep]
     ds = dataset
     attrs = ('samples', '_samples', '_image_files', '_images')
     while not any(hasattr(ds, a) for a in attrs) and hasattr(ds, 'dataset'):
@@ -142,6 +144,8 @@ def scan_images(
     """
     if not 0 <= max_bad_fraction <= 1:
         raise ValueError(f'max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}')
+    if isinstance(dataset, SkipBadSamples):  # scanned already (train_compare scans once for both models)
+        return dataset, dataset.report
     paths = sample_paths(dataset)
     report = ScanReport(total=0 if paths is None else len(paths))
     if not paths:
