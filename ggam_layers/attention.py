@@ -75,6 +75,7 @@ class ChannelSpatialAttention(nn.Module):
             spatial_attn: bool = True,
             temperature: float = 1.0,
             eps: float = 1e-6,
+            channel_rescale: bool = False,
             device=None,
             dtype=None,
     ):
@@ -92,6 +93,10 @@ class ChannelSpatialAttention(nn.Module):
                 channel attention is off too.
             temperature: Divides the logits of S before the softmax (1.0 is the paper).
             eps: Guard of the 'sum' denominator.
+            channel_rescale: With `spatial_attn=False`, hand the classifier C * S * A instead of eq. 1's S * A (an
+                SE-like gain: a uniform S then passes A through unchanged, where eq. 1 divides it by C). Ours, off by
+                default; it has no meaning with the spatial map (S only shapes T there), so it needs
+                `spatial_attn=False`.
         """
         super().__init__()
         if channels < 1:
@@ -100,6 +105,9 @@ class ChannelSpatialAttention(nn.Module):
             raise ValueError(f'spatial_norm must be one of {SPATIAL_NORMS}, got {spatial_norm!r}')
         if not temperature > 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
+        if channel_rescale and spatial_attn:
+            raise ValueError('channel_rescale=True scales eq. 1 (B = S * A) by C and needs spatial_attn=False; with '
+                             'the spatial map S only shapes T')
         dd = {'device': device, 'dtype': dtype}
         self.channels = channels
         self.spatial_norm = spatial_norm
@@ -107,6 +115,7 @@ class ChannelSpatialAttention(nn.Module):
         self.spatial_attn = spatial_attn
         self.temperature = temperature
         self.eps = eps
+        self.channel_rescale = channel_rescale
         if channel_attn:
             if not rd_channels:
                 rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
@@ -136,7 +145,10 @@ class ChannelSpatialAttention(nn.Module):
             s = torch.full_like(x[:, :, 0, 0], 1.0 / self.channels)  # uniform 1/C; no x.shape unpacking (FX)
         if not self.spatial_attn:
             t = torch.ones_like(x[:, 0])
-            return AttentionResult(s, t, x * s[:, :, None, None] if self.channel_attn else x, z)
+            if not self.channel_attn:
+                return AttentionResult(s, t, x, z)
+            gain = s * self.channels if self.channel_rescale else s
+            return AttentionResult(s, t, x * gain[:, :, None, None], z)
 
         u = torch.einsum('bc,bchw->bhw', s, x)
         fallback: Optional[torch.Tensor] = None
@@ -158,5 +170,6 @@ class ChannelSpatialAttention(nn.Module):
         return (
             f'channels={self.channels}, rd_channels={self.rd_channels}, spatial_norm={self.spatial_norm!r}, '
             f'channel_attn={self.channel_attn}, spatial_attn={self.spatial_attn}, temperature={self.temperature}'
+            + (', channel_rescale=True' if self.channel_rescale else '')
         )
 

@@ -97,8 +97,9 @@ def closed_form_cam_weights(
             beta = (kappa / n) * w * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
             grad_s = torch.einsum('bn,bcn->bc', r, a)
         else:
-            beta = kappa * w * s if attn.channel_attn else kappa * w
-            grad_s = kappa * w * a.sum(2)
+            k = kappa * a.shape[1] if attn.channel_attn and attn.channel_rescale else kappa  # D = C * S * A
+            beta = k * w * s if attn.channel_attn else kappa * w
+            grad_s = k * w * a.sum(2)
         if attn.channel_attn:
             grad_z = s * (grad_s - (s * grad_s).sum(1, keepdim=True)) / attn.temperature
             w1, b1 = attn.fc1.weight.detach().to(dtype), attn.fc1.bias.detach().to(dtype)
@@ -131,6 +132,7 @@ class GGAMHead(nn.Module):
             cam_layer: str = 'features',
             closed_form: bool = True,
             fused: Union[bool, str] = 'auto',
+            channel_rescale: bool = False,
             device=None,
             dtype=None,
     ):
@@ -155,6 +157,7 @@ class GGAMHead(nn.Module):
             fused: 'auto' runs the fused Triton kernels (`ggam_layers.kernels`) for CUDA features when Triton is
                 installed and the options are covered, else the PyTorch path; True always runs them (an error when
                 they cannot run: on the CPU they need TRITON_INTERPRET=1); False never.
+            channel_rescale: See `ChannelSpatialAttention` (C * S * A for the channel-only head; ours).
         """
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -174,7 +177,7 @@ class GGAMHead(nn.Module):
         self.attn = ChannelSpatialAttention(
             in_features, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act_layer=act_layer,
             spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
-            temperature=temperature, **dd)
+            temperature=temperature, channel_rescale=channel_rescale, **dd)
         if pool_type == 'auto':
             pool_type = 'sum' if spatial_attn and spatial_norm in ('softmax', 'sum') else 'avg'
         self.pool_type = pool_type

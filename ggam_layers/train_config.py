@@ -47,6 +47,7 @@ class TrainConfig:
         pretrained_file: Local weights file for the backbone (`pretrained_cfg_overlay=dict(file=...)`).
         channel_attn / spatial_attn / spatial_norm / attn_temperature / pool_type / cam_layer / rd_ratio: GGAM head
             options (`GGAMModel`; attn_temperature is its `temperature`, the softmax temperature of S).
+        channel_rescale: With spatial_attn=False, hand the classifier C * S * A instead of eq. 1's S * A.
         drop_rate / drop_path_rate: Dropout before the classifier, stochastic depth of the backbone.
         model_kwargs: Extra `timm.create_model` arguments.
 
@@ -117,6 +118,7 @@ class TrainConfig:
     pretrained_file: Optional[str] = None
     channel_attn: bool = True
     spatial_attn: bool = True
+    channel_rescale: bool = False
     spatial_norm: str = 'softmax'
     attn_temperature: float = 1.0
     pool_type: str = 'auto'
@@ -209,6 +211,9 @@ class TrainConfig:
         choice('cam_class', CAM_CLASSES)
         choice('train_aug', TRAIN_AUGS)
         choice('data_path', DATA_PATHS)
+        if self.channel_rescale and self.spatial_attn:
+            raise ValueError('channel_rescale=True (--channel-rescale) scales eq. 1 and needs spatial_attn=False '
+                             '(--no-spatial-attn)')
         for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints'):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f'{name} must be an int >= 1, got {getattr(self, name)!r}')

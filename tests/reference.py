@@ -15,8 +15,12 @@ def _softmax(v: torch.Tensor) -> torch.Tensor:
     return e / e.sum()
 
 
-def ref_attention(a, w1, b1, w2, b2, spatial_norm='softmax', channel_attn=True, spatial_attn=True, tau=1.0, eps=1e-6):
-    """Eq. 1 to 3 for one sample a (C x H x W). Returns S (C), T (H x W), D (C x H x W)."""
+def ref_attention(a, w1, b1, w2, b2, spatial_norm='softmax', channel_attn=True, spatial_attn=True, tau=1.0, eps=1e-6,
+                  rescale=False):
+    """Eq. 1 to 3 for one sample a (C x H x W). Returns S (C), T (H x W), D (C x H x W).
+
+    `rescale`: the channel-only head hands the classifier C * S * A (ours) instead of eq. 1's S * A.
+    """
     c, h, w = a.shape
     n = h * w
     if channel_attn:
@@ -26,7 +30,8 @@ def ref_attention(a, w1, b1, w2, b2, spatial_norm='softmax', channel_attn=True, 
     else:
         s = torch.full((c,), 1.0 / c, dtype=a.dtype)
     if not spatial_attn:
-        out = torch.stack([s[i] * a[i] for i in range(c)]) if channel_attn else a.clone()   # eq. 1
+        gain = c if rescale else 1
+        out = torch.stack([gain * s[i] * a[i] for i in range(c)]) if channel_attn else a.clone()   # eq. 1
         return s, torch.ones(h, w, dtype=a.dtype), out
     b = torch.stack([s[i] * a[i] for i in range(c)])                         # eq. 1: b_c = s_c a_c
     u = sum(b[i] for i in range(c))                                          # channel-wise summation

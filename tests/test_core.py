@@ -86,6 +86,33 @@ def test_closed_form_beta_matches_reference_and_autograd(norm, switches, pool, c
         torch.testing.assert_close(out.cam_weights[i] / scale, beta / scale, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize('pool,cam_layer', list(itertools.product(('avg', 'sum'), ('features', 'attended'))))
+def test_channel_rescale_matches_reference_and_autograd(pool, cam_layer):
+    """The channel-only head with the C * S gain: D = C * S * A; beta in closed form = autograd = reference."""
+    torch.manual_seed(0)
+    head = GGAMHead(32, 7, rd_ratio=0.25, spatial_attn=False, channel_rescale=True, pool_type=pool,
+                    cam_layer=cam_layer).double()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(3.0)
+    x = _features()
+    res = head.attn.attend(x)
+    torch.testing.assert_close(res.output, 32 * res.channel_weights[:, :, None, None] * x, rtol=1e-12, atol=0)
+    out = head.forward_ggam(x)
+    head.closed_form = False
+    generic = head.forward_ggam(x.clone().requires_grad_(True))
+    scale = generic.cam_weights.abs().max()
+    torch.testing.assert_close(out.cam_weights / scale, generic.cam_weights / scale, rtol=0, atol=1e-10)
+    for i in range(x.shape[0]):
+        s, _, d = ref_attention(x[i], *_attn_weights(head.attn), spatial_attn=False, rescale=True)
+        torch.testing.assert_close(res.output[i], d, rtol=1e-10, atol=1e-12)
+        beta = ref_beta(x[i], int(out.classes[i]), _attn_weights(head.attn), head.fc.weight, head.fc.bias, pool=pool,
+                        cam_layer=cam_layer, spatial_attn=False, rescale=True)
+        torch.testing.assert_close(out.cam_weights[i] / scale, beta / scale, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match='channel_rescale=True .* needs spatial_attn=False'):
+        ChannelSpatialAttention(8, channel_rescale=True)
+
+
 def test_beta_for_given_classes():
     head = _head('softmax', True, True)
     x = _features()
@@ -227,3 +254,16 @@ def test_gradcheck_loss():
 
         assert fn(logits, z).dtype == torch.float64
         assert torch.autograd.gradcheck(fn, (logits, z))
+
+
+def test_channel_rescale_round_trips_through_save_pretrained(tmp_path):
+    from ggam_layers import wrap_timm_model
+    from ggam_layers.hub import load_model, save_pretrained
+
+    torch.manual_seed(0)
+    model = wrap_timm_model('test_resnet', num_classes=3, spatial_attn=False, channel_rescale=True).eval()
+    save_pretrained(model, tmp_path / 'm')
+    loaded = load_model(str(tmp_path / 'm')).eval()
+    assert loaded.head.attn.channel_rescale and not loaded.head.attn.spatial_attn
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))

@@ -38,6 +38,7 @@ FALLBACK = (
     'float64 features (the kernels accumulate in float32)',
     'a device other than CUDA (the CPU only with fused=True under TRITON_INTERPRET=1)',
     'Triton not installed, or torch older than 2.4',
+    'channel_rescale=True (the C * S gain of the channel-only head)',
     'torch.jit tracing or scripting, ONNX export',
 )
 
@@ -72,6 +73,8 @@ def fused_unsupported(head: Any, x: torch.Tensor, ggam: bool) -> Optional[str]:
         ggam: For `forward_ggam` (beta in closed form needed) rather than `forward`.
     """
     attn = head.attn
+    if getattr(attn, 'channel_rescale', False) and attn.channel_attn:
+        return 'channel_rescale=True (the C * S gain of the channel-only head)'
     if attn.channel_attn and not isinstance(attn.act, nn.ReLU):
         return f'act_layer {type(attn.act).__name__} is not ReLU'
     if ggam:
