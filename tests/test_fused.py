@@ -281,19 +281,24 @@ def test_compile_fullgraph_no_graph_breaks():
 
 @needs_kernels
 def test_opcheck_custom_ops():
-    """torch.library.opcheck: schema, fake (meta) implementation and autograd registration of the fused ops."""
+    """torch.library.opcheck: schema, fake implementation, autograd registration and AOT tracing of the fused ops."""
     from ggam_layers.kernels import load_ops
     ops = load_ops()
     head = _head()
     attn = head.attn
     x = _features((2, C, 3, 4)).requires_grad_(True)
     args = (x, attn.fc1.weight, attn.fc1.bias, attn.fc2.weight, attn.fc2.bias, 1.0, 'softmax', True, 1.0, 1e-6)
-    torch.library.opcheck(ops.attend, args, test_utils=('test_schema', 'test_autograd_registration',
-                                                        'test_faketensor'))
+    torch.library.opcheck(ops.attend, args)  # schema, autograd registration, fake tensor, AOT dispatch (dynamic)
     a3 = x.detach().flatten(2)
     v = torch.rand(2, C, device=DEVICE)
     torch.library.opcheck(ops.channel_contract, (a3, v, 0.5), test_utils=('test_schema', 'test_faketensor'))
     torch.library.opcheck(ops.position_contract, (a3, None, 0.5), test_utils=('test_schema', 'test_faketensor'))
+    q = torch.rand(2, 12, device=DEVICE)
+    xl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(ops.input_grad, (xl, v, q, v, q, v), test_utils=('test_schema', 'test_faketensor'))
+    da = ops.input_grad(xl, v, q, None, None, v)
+    assert da.is_contiguous(memory_format=torch.channels_last) and da.dtype == xl.dtype
+    _close(da, v[:, :, None, None] * q.view(2, 1, 3, 4) + v[:, :, None, None], 1e-6, 'input_grad')
 
 
 @pytest.mark.skipif(INTERPRETED, reason='checked once, in the parent process')
