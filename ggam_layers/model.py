@@ -188,6 +188,39 @@ def probe_backbone(backbone: nn.Module, in_chans: int, img_size: Tuple[int, int]
         '(class tokens only, or a pooled or encoder-only output)')
 
 
+def drop_unused_modules(
+        backbone: nn.Module, unused: Set[str], layout: FeatureLayout, in_chans: int, img_size: Tuple[int, int],
+) -> List[str]:
+    """Replace each outermost module whose parameters `forward_features` never uses by `nn.Identity`.
+
+    A second probe checks that the layout is unchanged and nothing else became unused; otherwise the modules are put
+    back. Returns the names of the modules replaced.
+    """
+    dropped: Dict[str, nn.Module] = {}
+    for name, module in list(backbone.named_modules()):
+        if not name or any(name.startswith(d + '.') for d in dropped):
+            continue
+        params = [f'{name}.{n}' for n, _ in module.named_parameters()]
+        if params and all(p in unused for p in params):
+            parent, _, attr = name.rpartition('.')
+            dropped[name] = module
+            setattr(backbone.get_submodule(parent), attr, nn.Identity())
+    if not dropped:
+        return []
+    try:
+        left = unused & {n for n, _ in backbone.named_parameters()}
+        ok = probe_backbone(backbone, in_chans, img_size) == (layout, left)
+    except Exception as e:  # noqa: BLE001  (any failure means the module was needed)
+        _logger.debug('dropping %s broke %s (%s)', sorted(dropped), type(backbone).__name__, e)
+        ok = False
+    if not ok:
+        for name, module in dropped.items():
+            parent, _, attr = name.rpartition('.')
+            setattr(backbone.get_submodule(parent), attr, module)
+        return []
+    return sorted(dropped)
+
+
 def _prefix_names(names: Any, prefix: str) -> Any:
     if isinstance(names, str):
         return prefix + names
@@ -331,10 +364,13 @@ class GGAMModel(nn.Module):
         if img_size is not None:
             probe_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.layout, unused = probe_backbone(backbone, in_chans, probe_size)
+        self.unused_backbone_params = sorted(unused)
+        # whole modules that forward_features never uses (a ConvNeXt head norm, VGG's pre-logits MLP) go, so that
+        # every parameter gets a gradient (timm's tests, DDP); what is left unused inside used modules is frozen
+        self.dropped_backbone_modules = drop_unused_modules(backbone, unused, self.layout, in_chans, probe_size)
         for n, p in backbone.named_parameters():
             if n in unused:
                 p.requires_grad_(False)
-        self.unused_backbone_params = sorted(unused)
         self.num_features = self.head_hidden_size = backbone.num_features
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -549,7 +585,9 @@ class GGAMModel(nn.Module):
     ) -> List[int]:
         """Prune the backbone's layers after the last level of `indices` (timm API); `prune_head` also drops the
         GGAM head (attention and classifier), as `features_only=True` does. Returns the kept indices."""
-        take = self._backbone_method('prune_intermediate_layers')(indices, prune_norm=prune_norm, prune_head=prune_head)
+        prune = self._backbone_method('prune_intermediate_layers')
+        # a backbone whose head modules were dropped at construction cannot reset them again
+        take = prune(indices, prune_norm=prune_norm, prune_head=prune_head and not self.dropped_backbone_modules)
         if prune_head:
             self.head = nn.Identity()
             self.head_pruned = True

@@ -54,7 +54,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GGAMModel) 
     if 'state_dict' in state_dict:
         state_dict = state_dict['state_dict']
     if any(k.startswith('backbone.') for k in state_dict):
-        return state_dict
+        # backbone modules the model dropped as unused (GGAMModel.dropped_backbone_modules) have no place to load
+        dropped = tuple(f'backbone.{m}.' for m in getattr(model, 'dropped_backbone_modules', ()))
+        return {k: v for k, v in state_dict.items() if not (dropped and k.startswith(dropped))}
     own = model.state_dict()
     out = {}
     for k, v in state_dict.items():
