@@ -96,7 +96,7 @@ TARGET_TEXT = {
     'standardize_softmax': 'beta standardised per sample, then softmax, symmetric KL',
     'uniform': 'control, no Grad-CAM: symmetric KL towards the uniform 1/C',
 }
-PARTS = ('ablation', 'sweep', 'target')
+PARTS = ('ablation', 'sweep', 'target', 'rescale')
 
 
 @dataclass(frozen=True)
@@ -179,20 +179,24 @@ class RunSpec:
         spatial_attn / channel_attn: GGAM head options.
         lam: Weight of the GGAM loss (0: cross-entropy only).
         target: Key of `TARGETS` ('none' when lam is 0).
+        channel_rescale: The channel-only head hands the classifier C * S * A (`--channel-rescale`).
     """
     spatial_attn: bool = True
     channel_attn: bool = True
     lam: float = 0.0
     target: str = 'none'
+    channel_rescale: bool = False
 
     @property
     def key(self) -> str:
         attn = ('S' if self.spatial_attn else '') + ('C' if self.channel_attn else '') or 'plain'
-        return f'{attn}-lam{self.lam:g}-{self.target}'
+        return f'{attn}{"x" if self.channel_rescale else ""}-lam{self.lam:g}-{self.target}'
 
     def options(self) -> Dict[str, Any]:
         """`TrainConfig` overrides of this configuration."""
         opts: Dict[str, Any] = dict(spatial_attn=self.spatial_attn, channel_attn=self.channel_attn, lam=self.lam)
+        if self.channel_rescale:
+            opts['channel_rescale'] = True
         opts.update(TARGETS['literal' if self.target == 'none' else self.target])
         return opts
 
@@ -206,7 +210,8 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
 
     Returns:
         {'ablation': [(spatial, channel, loss, paper, spec)], 'sweep': [(lam, spec)], 'sweep_reference': spec,
-        'target': [(target, lam, spec)], 'target_reference': spec, 'specs': [distinct specs in order]}
+        'target': [(target, lam, spec)], 'target_reference': spec, 'rescale': [(loss, spec)] (the channel-only
+        head with the C * S gain, without and with the loss), 'specs': [distinct specs in order]}
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -215,7 +220,7 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
         if name not in TARGETS:
             raise ValueError(f'target {name!r} is not one of {tuple(TARGETS)}')
     reference = _spec(True, True, 0.0)
-    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'sweep_reference': reference,
+    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'sweep_reference': reference,
                             'target_reference': reference}
     if 'ablation' in parts:
         # without channel attention the loss is a constant with no gradient: such a row trains exactly as its row
@@ -227,8 +232,12 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     if 'target' in parts:
         plan['target'] = [(t, float(lam), _spec(True, True, lam, t)) for t in budget.targets
                           for lam in budget.target_lambdas]
+    if 'rescale' in parts:
+        plan['rescale'] = [(loss, dataclasses.replace(_spec(False, True, budget.lam if loss else 0.0,
+                                                             budget.ablation_target), channel_rescale=True))
+                           for loss in (False, True)]
     specs: List[RunSpec] = []
-    wanted = [row[-1] for row in plan['ablation']]
+    wanted = [row[-1] for row in plan['ablation']] + [row[-1] for row in plan['rescale']]
     if plan['sweep'] or plan['target']:
         wanted.append(reference)
     wanted += [row[-1] for row in plan['sweep']] + [row[-1] for row in plan['target']]
@@ -450,7 +459,12 @@ def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[s
     """The three result tables (lists of dicts) from the per-run rows."""
     ref = plan['sweep_reference'].key
     base = _spec(False, False, 0.0).key
-    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': []}
+    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': []}
+    for loss, spec in plan.get('rescale', []):
+        unscaled = dataclasses.replace(spec, channel_rescale=False).key
+        tables['rescale'].append({'ggam_loss': loss, **summarise(rows, spec.key),
+                                  'vs_baseline': paired_difference(rows, spec.key, base),
+                                  'vs_unscaled': paired_difference(rows, spec.key, unscaled)})
     for s, c, loss, paper, spec in plan['ablation']:
         summ = summarise(rows, spec.key)
         no_loss = _spec(s, c, 0.0).key
@@ -579,6 +593,18 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
                   'loss is then a constant without gradient, and those rows train exactly as the rows without it, so '
                   'they show the same runs (the package documents this; the paper reports gains there, which its '
                   'method as described cannot give).', '']
+    if tables['rescale']:
+        lines += ['## The channel-only collapse and the C * S rescale (test top-1, %)', '',
+                  'Without the spatial map, eq. 1 hands the classifier S * A: with a softmax S that is A at 1/C '
+                  'scale on average. `channel_rescale` hands it C * S * A instead (an SE-like gain: a uniform S '
+                  'passes A unchanged).', '',
+                  '| GGAM loss | C * S * A | Δ vs baseline | Δ vs S * A (same loss) | H(S) |',
+                  '| --- | --- | --- | --- | --- |']
+        for r in tables['rescale']:
+            lines.append('| ' + ' | '.join([
+                _mark(r['ggam_loss']), _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_baseline']),
+                _diff_cell(r['vs_unscaled']), _num(r['entropy_S'], r['entropy_S_std'], 4)]) + ' |')
+        lines.append('')
     if tables['sweep']:
         ref = tables['reference']
         ref_cell = _pct(ref['test_top1'], ref['test_top1_std'])

@@ -5,7 +5,8 @@
 # bf16 autocast and channels-last; the synthetic images are rendered once into a uint8 tensor (cached on disk, keyed
 # by every generator parameter and the generator's md5) and cropped, flipped and normalised on the device, so a step
 # is bound by the GPU and not by PIL. Two phases share one --work-dir (a finished run is never trained twice):
-#   1. Table 3 and the target study (the control without Grad-CAM included), 5 seeds;
+#   1. Table 3, the C * S rescale of the channel-only head and the target study (with the control without
+#      Grad-CAM), 5 seeds;
 #   2. the lambda sweep, with the time that is left;
 # then a report of whatever finished -> benchmarks/results/ablation_gpu224.{json,md} and ablation_gpu224_lambda.png.
 #
@@ -32,11 +33,11 @@ common=(--budget gpu224 --device "$DEVICE" --parallel "${PARALLEL:-8}" --threads
 start=$SECONDS
 left() { echo $((BUDGET_S - 30 - (SECONDS - start))); }
 
-timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target "$@" \
+timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target rescale "$@" \
     || echo "gpu_ablation: phase 1 stopped (exit $?) after $((SECONDS - start)) s; finished runs are kept"
 if [[ $(left) -gt 60 ]]; then
-    timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target sweep "$@" \
+    timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target rescale sweep "$@" \
         || echo "gpu_ablation: phase 2 stopped (exit $?) after $((SECONDS - start)) s; finished runs are kept"
 fi
-"$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target sweep --report-only "$@"
+"$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target rescale sweep --report-only "$@"
 echo "gpu_ablation: done in $((SECONDS - start)) s"

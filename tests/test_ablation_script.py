@@ -104,7 +104,10 @@ def test_quick_tables(quick_report):
     assert uniform and all(r['target_spread'] == 0 for r in uniform)
     assert [r['lam'] for r in tables['sweep']] == data['budget']['lambdas']
     assert data['meta']['cpu_s'] > 0 and data['meta']['runs_trained'] == data['meta']['runs'] == len(runs)
-    for heading in ('## Table 3', '## Fig. 4', '## Target scale', '88.45', 'uniform'):
+    assert [r['ggam_loss'] for r in tables['rescale']] == [False, True]
+    assert all(r['n'] == len(seeds) and r['key'].startswith('Cx-') for r in tables['rescale'])
+    assert all(r['channel_rescale'] for r in runs if r['key'].startswith('Cx-'))
+    for heading in ('## Table 3', '## Fig. 4', '## Target scale', '## The channel-only collapse', '88.45', 'uniform'):
         assert heading in md
     assert (out / 'ablation_quick_lambda.png').stat().st_size > 1000
 
