@@ -59,19 +59,25 @@ def _(a: Tensor, v: Tensor, scale: float) -> Tensor:
     return a.new_empty(a.shape[0], a.shape[2], dtype=torch.float32)
 
 
+def _empty_grad(a: Tensor) -> Tensor:
+    last = a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+    return torch.empty_like(a, memory_format=torch.channels_last if last else torch.contiguous_format)
+
+
 @torch.library.custom_op('ggam_layers::input_grad', mutates_args=())
 def input_grad(
         a: Tensor, x1: Tensor, y1: Tensor, x2: Optional[Tensor], y2: Optional[Tensor], x3: Optional[Tensor],
 ) -> Tensor:
-    """dA = x1 (x) y1 + x2 (x) y2 + x3 (broadcast over positions), shaped, typed and laid out like a (B x C x H x W)."""
-    out = torch.empty_like(a)
+    """dA = x1 (x) y1 + x2 (x) y2 + x3 (broadcast over positions), shaped and typed like a (B x C x H x W), in a's
+    memory format when a is channels_last, else contiguous (either way its B x C x N view is no copy)."""
+    out = _empty_grad(a)
     tk.outer_write(out.flatten(2), x1, y1, x2, y2, x3)
     return out
 
 
 @input_grad.register_fake
 def _(a: Tensor, x1: Tensor, y1: Tensor, x2: Optional[Tensor], y2: Optional[Tensor], x3: Optional[Tensor]) -> Tensor:
-    return torch.empty_like(a)
+    return _empty_grad(a)
 
 
 def spatial_normalize(u: Tensor, spatial_norm: str, eps: float) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
