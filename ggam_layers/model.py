@@ -188,10 +188,21 @@ def probe_backbone(backbone: nn.Module, in_chans: int, img_size: Tuple[int, int]
         '(class tokens only, or a pooled or encoder-only output)')
 
 
+class DroppedModule(nn.Module):
+    """Stands in for a backbone module that `forward_features` never uses: no parameters, returns its input.
+
+    Takes `pre_logits` so that the backbone's own `forward_head` (e.g. ConvNeXt's `self.head(x, pre_logits=True)`)
+    still compiles under TorchScript, which scripts every submodule's `forward`.
+    """
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x
+
+
 def drop_unused_modules(
         backbone: nn.Module, unused: Set[str], layout: FeatureLayout, in_chans: int, img_size: Tuple[int, int],
 ) -> List[str]:
-    """Replace each outermost module whose parameters `forward_features` never uses by `nn.Identity`.
+    """Replace each outermost module whose parameters `forward_features` never uses by a `DroppedModule`.
 
     A second probe checks that the layout is unchanged and nothing else became unused; otherwise the modules are put
     back. Returns the names of the modules replaced.
@@ -204,7 +215,7 @@ def drop_unused_modules(
         if params and all(p in unused for p in params):
             parent, _, attr = name.rpartition('.')
             dropped[name] = module
-            setattr(backbone.get_submodule(parent), attr, nn.Identity())
+            setattr(backbone.get_submodule(parent), attr, DroppedModule())
     if not dropped:
         return []
     try:
