@@ -70,6 +70,11 @@ def input_grad(
 ) -> Tensor:
     """dA = x1 (x) y1 + x2 (x) y2 + x3 (broadcast over positions), shaped and typed like a (B x C x H x W), in a's
     memory format when a is channels_last, else contiguous (either way its B x C x N view is no copy)."""
+    return _input_grad(a, x1, y1, x2, y2, x3)
+
+
+def _input_grad(a: Tensor, x1: Tensor, y1: Tensor, x2: Optional[Tensor], y2: Optional[Tensor],
+                x3: Optional[Tensor]) -> Tensor:
     out = _empty_grad(a)
     tk.outer_write(out.flatten(2), x1, y1, x2, y2, x3)
     return out
@@ -78,6 +83,15 @@ def input_grad(
 @input_grad.register_fake
 def _(a: Tensor, x1: Tensor, y1: Tensor, x2: Optional[Tensor], y2: Optional[Tensor], x3: Optional[Tensor]) -> Tensor:
     return _empty_grad(a)
+
+
+def _kernels(a: Tensor):
+    """(channel_contract, position_contract, input_grad): the custom ops while tracing (torch.compile, AOT, fake
+    tensors), the kernels' launchers themselves in plain eager, which skips the custom ops' dispatch (about 10 us a
+    call on a CPU host; the backward and beta make five such calls)."""
+    if torch.compiler.is_compiling() or type(a) is not torch.Tensor or torch._C._len_torch_dispatch_stack() > 0:
+        return channel_contract, position_contract, input_grad
+    return tk.channel_contract, tk.position_contract, _input_grad
 
 
 def spatial_normalize(u: Tensor, spatial_norm: str, eps: float) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -163,11 +177,12 @@ def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
     d_pooled = d_pooled.float() if d_pooled is not None else s.new_zeros(b, c)
     d_s = d_s.float() if d_s is not None else s.new_zeros(b, c)
     a3 = a.flatten(2)
+    chan, pos, grad_input = _kernels(a)
     if spatial_attn:
         dt = d_t.float() if d_t is not None else t.new_zeros(b, n)
-        dt = dt + channel_contract(a3, d_pooled, kappa)                 # read 1
+        dt = dt + chan(a3, d_pooled, kappa)                              # read 1
         du = _normalize_vjp(u, t, dt, spatial_norm, eps)
-        d_s = d_s + position_contract(a3, du, 1.0)                       # read 2
+        d_s = d_s + pos(a3, du, 1.0)                                     # read 2
         x1, y1, x2, y2, x3 = kappa * d_pooled, t, s, du, None
     else:
         d_s = d_s + (kappa * n) * m * d_pooled
@@ -187,7 +202,7 @@ def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
             x3 = dm / n
         else:
             x1 = x1 + dm / n
-    da = input_grad(a, x1, y1, x2, y2, x3)                               # write 1
+    da = grad_input(a, x1, y1, x2, y2, x3)                               # write 1
     return (da, *grads, None, None, None, None, None)
 
 
@@ -207,10 +222,11 @@ def fused_cam_weights(
         if cam_layer == 'attended':
             return kappa * wk
         a3 = a.detach().flatten(2)
+        chan, pos, _ = _kernels(a3)
         s, t, m, u, z1 = s.detach(), t.detach(), m.detach(), u.detach(), z1.detach()
         channel = fc1_w is not None
         if spatial_attn:
-            g = channel_contract(a3, wk, kappa)                          # read 1
+            g = chan(a3, wk, kappa)                                      # read 1
             gbar = (t * g).sum(1, keepdim=True)
             if spatial_norm == 'softmax':
                 r = t * (g - gbar)
@@ -220,7 +236,7 @@ def fused_cam_weights(
                 _, total, fallback = spatial_normalize(u, spatial_norm, eps)
                 r = torch.where(fallback, t * (g - gbar), (g - gbar) / total)
             beta = (kappa / n) * wk * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
-            grad_s = position_contract(a3, r, 1.0)                       # read 2
+            grad_s = pos(a3, r, 1.0)                                     # read 2
         else:
             beta = kappa * wk * s if channel else kappa * wk
             grad_s = (kappa * n) * wk * m  # no spatial map: sum_n A_{c,n} = N GAP_c, no pass over A
