@@ -208,6 +208,28 @@ def test_fused_auto_uses_kernels_only_on_cuda():
     assert head.uses_fused(x) is (x.device.type == 'cuda')
 
 
+@needs_kernels
+def test_frozen_features_skip_the_input_gradient(monkeypatch):
+    """Features that need no gradient (a frozen backbone): no dA write, the same parameter gradients."""
+    from ggam_layers.kernels import load_ops
+    tk = load_ops().tk
+    writes = []
+    outer_write = tk.outer_write
+    monkeypatch.setattr(tk, 'outer_write', lambda *args: writes.append(1) or outer_write(*args))
+    head = _head()
+    x = _features((2, C, 3, 4))
+    y = torch.tensor([0, 3], device=DEVICE)
+    grads = []
+    for fused in (True, False):
+        h = copy.deepcopy(head)
+        h.fused = fused
+        GGAMLoss()(h.forward_ggam(x), y).backward()
+        grads.append([p.grad for p in h.parameters()])
+    assert not writes
+    for got, want in zip(*grads):
+        _close(got, want, 2e-5, 'parameter gradient with frozen features')
+
+
 # options outside the fused path: (id, head options, feature dtype, train mode); see ggam_layers.kernels.FALLBACK
 FALLBACK_CASES = [
     ('gelu', {'act_layer': 'gelu'}, torch.float32, False, 'not ReLU'),

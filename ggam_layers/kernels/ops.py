@@ -202,7 +202,8 @@ def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
             x3 = dm / n
         else:
             x1 = x1 + dm / n
-    da = grad_input(a, x1, y1, x2, y2, x3)                               # write 1
+    needs = getattr(ctx, 'needs_input_grad', None)
+    da = grad_input(a, x1, y1, x2, y2, x3) if needs is None or needs[0] else None  # write 1 (none: A is frozen)
     return (da, *grads, None, None, None, None, None)
 
 
