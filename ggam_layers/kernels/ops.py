@@ -19,9 +19,11 @@ Passes over A (B x C x H x W; a pass reads or writes A once; default head: chann
 | `fused_cam_weights` (beta) | 2 reads | g = kappa w_k . A (needs k, so after the logits); dS = A r (needs gbar) |
 | `attend` backward | 2 reads + 1 write | dT += kappa dP . A; dS = A du (needs du, so after); dA written once |
 
-That is 7 reads and 1 write of A per training step, against 15 or more full-size tensors (float32 copies of A, D,
-and their gradients) on the PyTorch path. Without channel attention the GAP pass is skipped (2 + 2 + 2 reads);
-without spatial attention pooled, beta and dS follow from the GAP (1 read forward, 0 for beta, 1 write backward).
+That is 7 reads and 1 write of A per training step (no write when A needs no gradient), against roughly 15
+full-size reads and writes on the PyTorch path by a count of its operations, several of them in float32 (the copy
+of A in the closed form, D, dD). Not counted: B x C and B x N vectors, under 1% of A's bytes. Without channel
+attention the GAP pass is skipped (2 + 2 + 2 reads); without spatial attention pooled, beta and dS follow from the
+GAP (1 read forward, 0 for beta, 1 write backward).
 The dependency chain GAP -> S -> u -> T -> pooled -> logits -> k -> g -> r -> dS is why the forward needs five
 reads: each arrow across A is a full reduction that the next one needs.
 """
