@@ -22,8 +22,8 @@ Passes over A (B x C x H x W; a pass reads or writes A once; default head: chann
 That is 7 reads and 1 write of A per training step (no write when A needs no gradient), against roughly 15
 full-size reads and writes on the PyTorch path by a count of its operations, several of them in float32 (the copy
 of A in the closed form, D, dD). Not counted: B x C and B x N vectors, under 1% of A's bytes. Without channel
-attention the GAP pass is skipped (2 + 2 + 2 reads); without spatial attention pooled, beta and dS follow from the
-GAP (1 read forward, 0 for beta, 1 write backward).
+attention the GAP pass and both dS passes are skipped (2 + 1 reads forward, 1 read + 1 write backward); without
+spatial attention pooled, beta and dS follow from the GAP (1 read forward, 0 for beta, 1 write backward).
 The dependency chain GAP -> S -> u -> T -> pooled -> logits -> k -> g -> r -> dS is why the forward needs five
 reads: each arrow across A is a full reduction that the next one needs.
 """
@@ -184,7 +184,8 @@ def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
         dt = d_t.float() if d_t is not None else t.new_zeros(b, n)
         dt = dt + chan(a3, d_pooled, kappa)                              # read 1
         du = _normalize_vjp(u, t, dt, spatial_norm, eps)
-        d_s = d_s + pos(a3, du, 1.0)                                     # read 2
+        if channel:  # S is a constant without channel attention: no dS
+            d_s = d_s + pos(a3, du, 1.0)                                 # read 2
         x1, y1, x2, y2, x3 = kappa * d_pooled, t, s, du, None
     else:
         d_s = d_s + (kappa * n) * m * d_pooled
@@ -239,7 +240,7 @@ def fused_cam_weights(
                 _, total, fallback = spatial_normalize(u, spatial_norm, eps)
                 r = torch.where(fallback, t * (g - gbar), (g - gbar) / total)
             beta = (kappa / n) * wk * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
-            grad_s = pos(a3, r, 1.0)                                     # read 2
+            grad_s = pos(a3, r, 1.0) if channel else None                # read 2 (only S has parameters)
         else:
             beta = kappa * wk * s if channel else kappa * wk
             grad_s = (kappa * n) * wk * m  # no spatial map: sum_n A_{c,n} = N GAP_c, no pass over A
