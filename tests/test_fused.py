@@ -230,6 +230,27 @@ def test_frozen_features_skip_the_input_gradient(monkeypatch):
         _close(got, want, 2e-5, 'parameter gradient with frozen features')
 
 
+@needs_kernels
+@pytest.mark.parametrize('name', ['test_resnet', 'test_mambaout'])
+def test_fused_in_a_timm_model(name):
+    """A whole GGAM model (NCHW backbone, and NHWC whose permuted features are read in place): same loss and grads."""
+    from ggam_layers import wrap_timm_model
+    torch.manual_seed(0)
+    model = wrap_timm_model(name, num_classes=5).to(DEVICE)
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    y = torch.tensor([1, 3], device=DEVICE)
+    grads = []
+    for fused in (True, False):
+        m = copy.deepcopy(model)
+        m.head.fused = fused
+        loss = GGAMLoss()(m.forward_ggam(x), y)
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad for p in m.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1])
+    for got, want in zip(*grads):
+        _close(got, want, 1e-4, f'{name} fused vs PyTorch')
+
+
 # options outside the fused path: (id, head options, feature dtype, train mode); see ggam_layers.kernels.FALLBACK
 FALLBACK_CASES = [
     ('gelu', {'act_layer': 'gelu'}, torch.float32, False, 'not ReLU'),
