@@ -217,10 +217,11 @@ class GGAMHead(nn.Module):
         return fused_unsupported(self, x, ggam)
 
     def uses_fused(self, x: torch.Tensor, ggam: bool = True) -> bool:
-        """Whether `forward_ggam` (or `forward`, with `ggam=False`) runs the fused kernels on `x`."""
+        """Whether `forward_ggam` (or `forward`, with `ggam=False`) runs the fused kernels on `x`.
+
+        Raises ValueError with the reason when `fused=True` and the kernels cannot run.
+        """
         if self.fused is False:
-            return False
-        if ggam and not self.uses_closed_form() and self.fused == 'auto':
             return False
         reason = self.fused_unsupported(x, ggam)
         if self.fused == 'auto':
