@@ -468,7 +468,10 @@ def _stopped_message(out: Path, label: str, exc: BaseException) -> str:
         why = f'interrupted by {exc.name}'
     else:  # under DDP, typically another process of the job died
         why = f'stopped by {type(exc).__name__} ({" ".join(str(exc).split())[:160]})'
-    return (f'[{label}] {why}: {kept}. Continue with: ggam-layers train --resume {out} (under torchrun, the same '
+    run = out
+    if out.name in ('ggam', 'plain') and (out.parent / 'ggam').is_dir() and not (out.parent / CONFIG_NAME).is_file():
+        run = out.parent  # a --compare-plain run: resuming the parent continues both models
+    return (f'[{label}] {why}: {kept}. Continue with: ggam-layers train --resume {run} (under torchrun, the same '
             'torchrun command with --resume); it ends with the weights of an uninterrupted run')
 
 
