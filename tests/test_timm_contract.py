@@ -195,6 +195,29 @@ def test_timm_save_for_hf_round_trip(route, tmp_path, monkeypatch):
         assert torch.equal(reloaded(x), model(x))
 
 
+def test_wrapped_vit_reloads_through_hf_hub_offline(tmp_path, monkeypatch):
+    """The issue's case: a wrapped test_vit exported by timm reloaded as a ResNet; through `hf-hub:` it is the ViT."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    torch.manual_seed(0)
+    model = wrap_timm_model('test_vit', num_classes=3).eval()
+    timm.models.save_for_hf(model, tmp_path / 'export', safe_serialization=True)
+    revision = 'a' * 40
+    repo = tmp_path / 'cache' / 'models--org--ggam_vit'
+    (repo / 'snapshots').mkdir(parents=True)
+    shutil.copytree(tmp_path / 'export', repo / 'snapshots' / revision)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(revision)  # no trailing newline, as huggingface_hub writes it
+    reloaded = timm.create_model('hf-hub:org/ggam_vit', pretrained=True, cache_dir=tmp_path / 'cache').eval()
+    assert reloaded.backbone_name == 'test_vit' and reloaded.layout == model.layout
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
+
+
 def test_ggam_save_pretrained_and_timm_export_agree(tmp_path):
     from ggam_layers.hub import save_pretrained
 
