@@ -67,9 +67,11 @@ def _break(path: Path, kind: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == 'text':
         path.write_text('<html>404 Not Found</html>')
-    elif kind == 'truncated':
-        data = _image(path, seed=99).read_bytes()
-        path.write_bytes(data[:len(data) // 2])
+    elif kind == 'truncated':  # cut inside the compressed data: the header is intact, Image.open succeeds
+        data = _image(path, seed=99, size=(128, 128)).read_bytes()
+        path.write_bytes(data[:len(data) * 2 // 3])
+        with Image.open(path) as img:
+            assert img.size == (128, 128)
     elif kind == 'empty':
         path.write_bytes(b'')
     else:
