@@ -661,6 +661,7 @@ def index_roots(tmp_path_factory):
     root = tmp_path_factory.mktemp('index')
     _cub(root / 'cub')
     _aircraft(root / 'aircraft')
+    _pets(root / 'pets')
     return root
 
 
@@ -695,6 +696,22 @@ def test_aircraft_list_garbage_names_the_file_and_line(index_roots, line, garbag
         create_dataset('aircraft', root=index_roots / 'aircraft', split='train')
     except (ValueError, FileNotFoundError) as e:
         assert _is_named(str(e), ('images_variant_train.txt',)), str(e)
+    finally:
+        path.write_bytes(original)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.integers(0, 3), garbage=GARBAGE)
+def test_pets_list_garbage_names_the_file_and_line(index_roots, line, garbage):
+    path = index_roots / 'pets' / 'oxford-iiit-pet' / 'annotations' / 'trainval.txt'
+    original = path.read_bytes()
+    lines = original.split(b'\n')
+    lines[line] = garbage
+    path.write_bytes(b'\n'.join(lines))
+    try:
+        create_dataset('pets', root=index_roots / 'pets', split='trainval')
+    except (ValueError, FileNotFoundError) as e:
+        assert _is_named(str(e), ('trainval.txt',)), str(e)
     finally:
         path.write_bytes(original)
 

@@ -205,6 +205,19 @@ def _check_aircraft_list(list_file: str, classes_file: str, images: str) -> None
                                     'missing')
 
 
+def _check_pets_list(list_file: str) -> None:
+    """Check an Oxford-IIIT Pet list ('<image_id> <class_id> <species> <breed_id>' per line) the way torchvision
+    parses it, so that a bad line is named by file and line number."""
+    lines = _utf8_lines(list_file)
+    if lines and not lines[-1][1]:
+        lines = lines[:-1]  # the end of the last line
+    for lineno, line in lines:
+        fields = line.split()
+        if len(fields) != 4 or not all(f.isascii() and f.isdigit() and int(f) >= 1 for f in fields[1:3]):
+            raise ValueError(f"'{list_file}', line {lineno}: expected '<image_id> <class_id> <species 1|2> "
+                             f"<breed_id>' with ids >= 1, got {line!r}")
+
+
 def create_dataset(
     name: str = 'synthetic',
     root: Optional[PathLike] = None,
@@ -333,10 +346,12 @@ def create_dataset(
     root = _strip_base(root, 'oxford-iiit-pet')
     base = os.path.join(root, 'oxford-iiit-pet')
     _check_paths(name, [os.path.join(base, 'images'), os.path.join(base, 'annotations', f'{split}.txt')])
+    _check_pets_list(os.path.join(base, 'annotations', f'{split}.txt'))
     ds = _torchvision_call(
         name, lambda: OxfordIIITPet(root, split=split, transform=transform, download=False, **kwargs), root
     )
-    missing = next((str(f) for f in ds._images if not os.path.isfile(f)), None)
-    if missing is not None:
-        raise FileNotFoundError(f"{name}: image '{missing}' listed in annotations/{split}.txt is missing")
+    missing = next(((i, str(f)) for i, f in enumerate(ds._images) if not os.path.isfile(f)), None)
+    if missing is not None:  # every line is an image (_check_pets_list refused blank ones)
+        raise FileNotFoundError(f"{name}: image '{missing[1]}' listed in annotations/{split}.txt, line "
+                                f'{missing[0] + 1}, is missing')
     return _attach(ds, ds.classes, max(len(ds.classes), max(ds._labels, default=-1) + 1))
