@@ -2,6 +2,7 @@
 # GPU check of the single-pass GGAM training step, at most 5 minutes on one CUDA GPU.
 #
 # At the paper's setting (resnet50, 448 px, batch 32), bf16 autocast, channels_last:
+#   0. first, tests/test_fused.py on the GPU (at most 60 s; FUSED_TESTS=0 skips it) -> results/fused_tests_gpu.txt
 #   1. step time and peak memory (torch.cuda.max_memory_allocated) of plain fine-tuning, GGAM (closed form, the
 #      fused Triton head), GGAM unfused (the PyTorch head), GGAM (autograd beta) and the authors' two-backward step;
 #      inference (fused and unfused); head + loss alone, fused and unfused (HEAD_COMPILE=1: compiled too); each kernel
@@ -15,7 +16,8 @@
 #   bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh --device cpu --quick     # dry run of the Python side on a CPU (writes to /tmp)
 #   TRITON_INTERPRET=1 bash benchmarks/gpu_check.sh --device cpu --quick --force-fused  # ... with the fused head
-# Environment: PYTHON (default .venv/bin/python if present, else python), BUDGET_S (default 290), HEAD_COMPILE (0).
+# Environment: PYTHON (default .venv/bin/python if present, else python), BUDGET_S (default 290), HEAD_COMPILE (0),
+# FUSED_TESTS (1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -49,10 +51,17 @@ if [[ $quick -eq 0 ]]; then
 fi
 
 start=$SECONDS
+# 0. on CUDA: the fused kernels' tests (tests/test_fused.py, full size included), at most 60 s; the result is kept
+if [[ "$device" == "cuda" && "${FUSED_TESTS:-1}" == 1 ]]; then
+    mkdir -p benchmarks/results
+    timeout 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_fused.py 2>&1 | tail -n 30 \
+        | tee benchmarks/results/fused_tests_gpu.txt || true
+fi
+eager_s=$(((BUDGET_S - (SECONDS - start)) * 65 / 100))
 # 1. eager: everything that must come back, with a hard limit that leaves room for part 2
 head=(--head)
 [[ "${HEAD_COMPILE:-0}" == 1 ]] && head+=(--head-compile)
-timeout $((BUDGET_S * 65 / 100)) "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check "${head[@]}" \
+timeout "$eager_s" "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check "${head[@]}" \
     --compile-methods \
     --name "step_time_gpu$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@"
 left=$((BUDGET_S - (SECONDS - start)))
