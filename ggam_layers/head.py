@@ -250,7 +250,13 @@ class GGAMHead(nn.Module):
         return load_ops().attend(
             x, attn.fc1.weight if on else None, attn.fc1.bias if on else None, attn.fc2.weight if on else None,
             attn.fc2.bias if on else None, float(attn.temperature), attn.spatial_norm, attn.spatial_attn,
-            self._kappa(x), float(attn.eps))
+            self._kappa(x), float(attn.eps), self._gain(x))
+
+    def _gain(self, x: torch.Tensor) -> float:
+        """C with `channel_rescale` (D = C S A, channel-only head), else 1."""
+        attn = self.attn
+        on = attn.channel_attn and not attn.spatial_attn and attn.channel_rescale
+        return float(x.shape[1]) if on else 1.0
 
     def uses_closed_form(self) -> bool:
         """Whether `forward_ggam` computes beta in closed form (else by autograd on the head only)."""
@@ -305,5 +311,5 @@ class GGAMHead(nn.Module):
         beta = load_ops().fused_cam_weights(
             x, self.fc.weight[classes], s, t, m, u, z1, attn.fc1.weight if attn.channel_attn else None,
             attn.fc2.weight if attn.channel_attn else None, float(attn.temperature), attn.spatial_norm,
-            attn.spatial_attn, self._kappa(x), float(attn.eps), self.cam_layer)
+            attn.spatial_attn, self._kappa(x), float(attn.eps), self.cam_layer, self._gain(x))
         return GGAMOutput(logits, s.to(dtype), beta.to(x.dtype), t.view(b, h, w).to(dtype), classes)

@@ -110,7 +110,7 @@ def _check_paper_reference(head: GGAMHead, x: torch.Tensor, out) -> None:
     weights = tuple(w.detach().double().cpu() if w is not None else None for w in weights)
     fc_w, fc_b = head.fc.weight.detach().double().cpu(), head.fc.bias.detach().double().cpu()
     kw = dict(spatial_norm=attn.spatial_norm, channel_attn=attn.channel_attn, spatial_attn=attn.spatial_attn,
-              tau=attn.temperature, eps=attn.eps)
+              tau=attn.temperature, eps=attn.eps, rescale=attn.channel_rescale)
     for i in range(x.shape[0]):
         a = x[i].detach().double().cpu()
         s, t, _ = ref_attention(a, *weights, **kw)
@@ -135,6 +135,9 @@ CASES = [
     ('no-spatial', {'spatial_attn': False}, (2, C, 3, 4), 1.0, False),
     ('no-spatial-sum-tau', {'spatial_attn': False, 'pool_type': 'sum', 'temperature': 2.0}, (2, C, 3, 4), 1.0, True),
     ('neither', {'channel_attn': False, 'spatial_attn': False}, (2, C, 3, 4), 1.0, False),
+    ('channel-rescale', {'spatial_attn': False, 'channel_rescale': True}, (2, C, 3, 4), 1.0, False),
+    ('channel-rescale-sum', {'spatial_attn': False, 'channel_rescale': True, 'pool_type': 'sum'}, (2, C, 7, 9), 1.0,
+     True),
     ('1x1-batch1', {}, (1, C, 1, 1), 1.0, False),
     ('batch1-given-class', {'cam_layer': 'features'}, (1, C, 7, 9), 1.0, True),
 ]

@@ -25,7 +25,7 @@ COVERED = (
     "spatial_norm 'softmax', 'sum' (with its softmax fallback) and 'sigmoid'",
     "pool_type 'avg' and 'sum' (and 'auto')",
     "cam_layer 'features' and 'attended'",
-    'channel_attn and spatial_attn on or off, any temperature, any rd_channels',
+    'channel_attn and spatial_attn on or off, channel_rescale, any temperature, any rd_channels',
     'predicted or given classes; train and eval mode; dropout before the classifier in forward()',
     'float32, float16 and bfloat16 features, with or without autocast; NCHW and channels_last strides (read in '
     'place), other strides copied once',
@@ -38,7 +38,6 @@ FALLBACK = (
     'float64 features (the kernels accumulate in float32)',
     'a device other than CUDA (the CPU only with fused=True under TRITON_INTERPRET=1)',
     'Triton not installed, or torch older than 2.4',
-    'channel_rescale=True (the C * S gain of the channel-only head)',
     'torch.jit tracing or scripting, ONNX export',
 )
 
@@ -73,8 +72,6 @@ def fused_unsupported(head: Any, x: torch.Tensor, ggam: bool) -> Optional[str]:
         ggam: For `forward_ggam` (beta in closed form needed) rather than `forward`.
     """
     attn = head.attn
-    if getattr(attn, 'channel_rescale', False) and attn.channel_attn:
-        return 'channel_rescale=True (the C * S gain of the channel-only head)'
     if attn.channel_attn and not isinstance(attn.act, nn.ReLU):
         return f'act_layer {type(attn.act).__name__} is not ReLU'
     if ggam:

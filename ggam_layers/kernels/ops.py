@@ -2,9 +2,10 @@
 
 Ops (namespace `ggam_layers`), each with a fake implementation so `torch.compile(fullgraph=True)` traces through:
 
-- `attend(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps)`: eq. 1-3 and the
-  pooling in one op. Returns (pooled, S, T, GAP, u, z1), all float32; pooled = kappa sum_n T_n A_{:,n}
-  (kappa = 1/N for average pooling, 1 for sum pooling) is what the classifier sees. The channel MLP (fc1, ReLU,
+- `attend(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps, gain)`: eq. 1-3 and
+  the pooling in one op (gain: C for `channel_rescale`, D = C S A without the spatial map, else 1). Returns
+  (pooled, S, T, GAP, u, z1), all float32; pooled = kappa sum_n T_n A_{:,n} (kappa = 1/N for average pooling, 1 for
+  sum pooling) is what the classifier sees. The channel MLP (fc1, ReLU,
   fc2, softmax over channels) runs inside as ordinary float32 torch ops on B x C vectors; only A is touched by
   Triton. Differentiable in A, the MLP parameters, and through pooled, S and T (GAP, u, z1 are auxiliary).
 - `channel_contract(a, v, scale)`, `position_contract(a, q, scale)`: one-pass weighted reductions of A (B x C x N),
@@ -126,7 +127,7 @@ def _f32(x: Optional[Tensor]) -> Optional[Tensor]:
 @torch.library.custom_op('ggam_layers::attend', mutates_args=())
 def attend(
         a: Tensor, fc1_w: Optional[Tensor], fc1_b: Optional[Tensor], fc2_w: Optional[Tensor], fc2_b: Optional[Tensor],
-        temperature: float, spatial_norm: str, spatial_attn: bool, kappa: float, eps: float,
+        temperature: float, spatial_norm: str, spatial_attn: bool, kappa: float, eps: float, gain: float = 1.0,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Channel MLP, u, T and pooled D of the GGAM head (module docstring); float32 outputs."""
     b, c, h, w = a.shape
@@ -149,12 +150,12 @@ def attend(
         else:
             u = m.new_zeros(b, n)
             t = m.new_ones(b, n)
-            pooled = (kappa * n) * (s * m if channel else m)
+            pooled = (kappa * n) * (gain * s * m if channel else m)
     return pooled, s, t, m, u, z1
 
 
 @attend.register_fake
-def _(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps):
+def _(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps, gain=1.0):
     b, c, h, w = a.shape
     rd = fc1_w.shape[0] if fc1_w is not None else 0
     f32 = {'dtype': torch.float32}
@@ -163,16 +164,16 @@ def _(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, ka
 
 
 def _attend_setup(ctx, inputs, output) -> None:
-    a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps = inputs
+    a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps, gain = inputs
     _, s, t, m, u, z1 = output
     ctx.save_for_backward(a, fc1_w, fc2_w, s, t, m, u, z1)
-    ctx.options = (temperature, spatial_norm, spatial_attn, kappa, eps, fc1_b is not None, fc2_b is not None)
+    ctx.options = (temperature, spatial_norm, spatial_attn, kappa, eps, gain, fc1_b is not None, fc2_b is not None)
     ctx.mark_non_differentiable(m, u, z1)
 
 
 def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
     a, fc1_w, fc2_w, s, t, m, u, z1 = ctx.saved_tensors
-    temperature, spatial_norm, spatial_attn, kappa, eps, has_b1, has_b2 = ctx.options
+    temperature, spatial_norm, spatial_attn, kappa, eps, gain, has_b1, has_b2 = ctx.options
     b, c, h, w = a.shape
     n = h * w
     channel = fc1_w is not None
@@ -188,8 +189,8 @@ def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
             d_s = d_s + pos(a3, du, 1.0)                                 # read 2
         x1, y1, x2, y2, x3 = kappa * d_pooled, t, s, du, None
     else:
-        d_s = d_s + (kappa * n) * m * d_pooled
-        x1, y1, x2, y2 = (kappa * d_pooled * s if channel else kappa * d_pooled), t.new_ones(b, n), None, None
+        d_s = d_s + (kappa * n * gain) * m * d_pooled
+        x1, y1, x2, y2 = (kappa * gain * d_pooled * s if channel else kappa * d_pooled), t.new_ones(b, n), None, None
         x3 = None
     grads = [None] * 4
     if channel:
@@ -207,7 +208,7 @@ def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
             x1 = x1 + dm / n
     needs = getattr(ctx, 'needs_input_grad', None)
     da = grad_input(a, x1, y1, x2, y2, x3) if needs is None or needs[0] else None  # write 1 (none: A is frozen)
-    return (da, *grads, None, None, None, None, None)
+    return (da, *grads, None, None, None, None, None, None)
 
 
 attend.register_autograd(_attend_backward, setup_context=_attend_setup)
@@ -216,7 +217,7 @@ attend.register_autograd(_attend_backward, setup_context=_attend_setup)
 def fused_cam_weights(
         a: Tensor, class_weights: Tensor, s: Tensor, t: Tensor, m: Tensor, u: Tensor, z1: Tensor,
         fc1_w: Optional[Tensor], fc2_w: Optional[Tensor], temperature: float, spatial_norm: str, spatial_attn: bool,
-        kappa: float, eps: float, cam_layer: str = 'features',
+        kappa: float, eps: float, cam_layer: str = 'features', gain: float = 1.0,
 ) -> Tensor:
     """Grad-CAM beta in closed form (`ggam_layers.head`) from the `attend` outputs, float32, detached; 2 reads of A."""
     with torch.no_grad():
@@ -242,8 +243,8 @@ def fused_cam_weights(
             beta = (kappa / n) * wk * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
             grad_s = pos(a3, r, 1.0) if channel else None                # read 2 (only S has parameters)
         else:
-            beta = kappa * wk * s if channel else kappa * wk
-            grad_s = (kappa * n) * wk * m  # no spatial map: sum_n A_{c,n} = N GAP_c, no pass over A
+            beta = (kappa * gain) * wk * s if channel else kappa * wk
+            grad_s = (kappa * n * gain) * wk * m  # no spatial map: sum_n A_{c,n} = N GAP_c, no pass over A
         if channel:
             grad_z = s * (grad_s - (s * grad_s).sum(1, keepdim=True)) / temperature
             grad_h1 = (grad_z @ fc2_w.detach().float()) * (z1 > 0)
