@@ -11,6 +11,7 @@ float32. Each kernel reads A exactly once (or writes dA exactly once):
 
 Importing this module imports Triton; `ggam_layers.kernels.dispatch` decides when that happens.
 """
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -92,6 +93,11 @@ def _outer_write_kernel(
     tl.store(ptrs, val.to(out_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_n[None, :])
 
 
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it t's (a process may drive several GPUs)."""
+    return torch.cuda.device(t.device) if t.is_cuda and t.device.index != torch.cuda.current_device() else nullcontext()
+
+
 def _block(size: int, limit: int) -> int:
     return max(16, min(limit, triton.next_power_of_2(size)))
 
@@ -103,9 +109,10 @@ def position_contract(a: torch.Tensor, q: Optional[torch.Tensor], scale: float =
     if q is not None:
         q = q.float().contiguous()
     bc, bn = _block(c, BLOCK_C), _block(n, BLOCK_N)
-    _position_contract_kernel[(b, triton.cdiv(c, bc))](
-        a, q if q is not None else out, out, c, n, scale, a.stride(0), a.stride(1), a.stride(2),
-        q.stride(0) if q is not None else 0, USE_Q=q is not None, BLOCK_C=bc, BLOCK_N=bn)
+    with _on_device(a):
+        _position_contract_kernel[(b, triton.cdiv(c, bc))](
+            a, q if q is not None else out, out, c, n, scale, a.stride(0), a.stride(1), a.stride(2),
+            q.stride(0) if q is not None else 0, USE_Q=q is not None, BLOCK_C=bc, BLOCK_N=bn)
     return out
 
 
@@ -115,8 +122,9 @@ def channel_contract(a: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> to
     out = torch.empty(b, n, device=a.device, dtype=torch.float32)
     v = v.float().contiguous()
     bc, bn = _block(c, BLOCK_C), _block(n, BLOCK_N)
-    _channel_contract_kernel[(b, triton.cdiv(n, bn))](
-        a, v, out, c, n, scale, a.stride(0), a.stride(1), a.stride(2), v.stride(0), BLOCK_C=bc, BLOCK_N=bn)
+    with _on_device(a):
+        _channel_contract_kernel[(b, triton.cdiv(n, bn))](
+            a, v, out, c, n, scale, a.stride(0), a.stride(1), a.stride(2), v.stride(0), BLOCK_C=bc, BLOCK_N=bn)
     return out
 
 
@@ -132,7 +140,8 @@ def outer_write(
     y2 = y2.float().contiguous() if y2 is not None else y1
     x3 = x3.float().contiguous() if has_3 else x1
     bc, bn = _block(c, BLOCK_C), _block(n, BLOCK_N)
-    _outer_write_kernel[(b, triton.cdiv(c, bc), triton.cdiv(n, bn))](
-        out, x1, y1, x2, y2, x3, c, n, out.stride(0), out.stride(1), out.stride(2),
-        HAS_2=has_2, HAS_3=has_3, BLOCK_C=bc, BLOCK_N=bn)
+    with _on_device(out):
+        _outer_write_kernel[(b, triton.cdiv(c, bc), triton.cdiv(n, bn))](
+            out, x1, y1, x2, y2, x3, c, n, out.stride(0), out.stride(1), out.stride(2),
+            HAS_2=has_2, HAS_3=has_3, BLOCK_C=bc, BLOCK_N=bn)
     return out
