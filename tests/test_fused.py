@@ -212,6 +212,24 @@ def test_fused_auto_uses_kernels_only_on_cuda():
 
 
 @needs_kernels
+@pytest.mark.parametrize('shape', [(2, C, 63), (3, 300, 5), (1, 1000, 1)])
+def test_contractions_against_einsum(shape):
+    """The one-pass reductions alone, bf16 A, any split of the channels (few positions: split into chunks)."""
+    from ggam_layers.kernels import load_ops
+    tk = load_ops().tk
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(*shape, generator=g).bfloat16().to(DEVICE)
+    v = torch.rand(shape[0], shape[1], generator=g).to(DEVICE)
+    q = torch.rand(shape[0], shape[2], generator=g).to(DEVICE)
+    ad = a.double()
+    for split in (None, 1, 3):
+        _close(tk.channel_contract(a, v, 0.5, split), 0.5 * torch.einsum('bc,bcn->bn', v.double(), ad), 1e-5,
+               f'channel_contract split={split}')
+    _close(tk.position_contract(a, q, 2.0), 2.0 * torch.einsum('bn,bcn->bc', q.double(), ad), 1e-5, 'position')
+    _close(tk.position_contract(a, None, 1.0 / shape[2]), ad.mean(2), 1e-5, 'GAP')
+
+
+@needs_kernels
 def test_frozen_features_skip_the_input_gradient(monkeypatch):
     """Features that need no gradient (a frozen backbone): no dA write, the same parameter gradients."""
     from ggam_layers.kernels import load_ops

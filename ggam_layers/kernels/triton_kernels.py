@@ -6,7 +6,8 @@ caller's `flatten(2)`. A is loaded in its own dtype (float32, float16 or bfloat1
 float32. Each kernel reads A exactly once (or writes dA exactly once):
 
 - `position_contract(a, q)`: out[b, c] = scale * sum_n q[b, n] a[b, c, n] (q = 1 gives the GAP). One read of A.
-- `channel_contract(a, v)`: out[b, n] = scale * sum_c v[b, c] a[b, c, n]. One read of A.
+- `channel_contract(a, v)`: out[b, n] = scale * sum_c v[b, c] a[b, c, n]. One read of A (split over chunks of
+  channels when there are few positions, then a sum over the chunks' B x N partials).
 - `outer_write(...)`: dA[b, c, n] = x1[b, c] y1[b, n] + x2[b, c] y2[b, n] + x3[b, c]. One write of dA, no read.
 
 Importing this module imports Triton; `ggam_layers.kernels.dispatch` decides when that happens.
@@ -49,23 +50,26 @@ def _position_contract_kernel(
 
 @triton.jit
 def _channel_contract_kernel(
-        a_ptr, v_ptr, out_ptr, C, N, scale,
+        a_ptr, v_ptr, out_ptr, C, N, scale, C_PER,
         sa_b, sa_c, sa_n, sv_b,
         BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     b = tl.program_id(0)
+    split = tl.program_id(2)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     a_base = a_ptr + b.to(tl.int64) * sa_b
-    for c0 in range(0, C, BLOCK_C):
+    c_start = split * C_PER  # this program's chunk of channels (C_PER is a multiple of BLOCK_C)
+    c_end = tl.minimum(c_start + C_PER, C)
+    for c0 in range(c_start, c_end, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         a = tl.load(a_base + offs_c[:, None] * sa_c + offs_n[None, :] * sa_n,
                     mask=mask_c[:, None] & mask_n[None, :], other=0.).to(tl.float32)
         v = tl.load(v_ptr + b * sv_b + offs_c, mask=mask_c, other=0.).to(tl.float32)
         acc += a * v[:, None]
-    tl.store(out_ptr + b * N + offs_n, tl.sum(acc, axis=0) * scale, mask=mask_n)
+    tl.store(out_ptr + (b * tl.num_programs(2) + split) * N + offs_n, tl.sum(acc, axis=0) * scale, mask=mask_n)
 
 
 @triton.jit
@@ -116,16 +120,25 @@ def position_contract(a: torch.Tensor, q: Optional[torch.Tensor], scale: float =
     return out
 
 
-def channel_contract(a: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """scale * sum_c v[b, c] a[b, c, n] as float32 B x N. a: B x C x N, v: B x C."""
+def channel_contract(a: torch.Tensor, v: torch.Tensor, scale: float = 1.0, split: Optional[int] = None) -> torch.Tensor:
+    """scale * sum_c v[b, c] a[b, c, n] as float32 B x N. a: B x C x N, v: B x C.
+
+    With few positions (B x N / BLOCK_N programs would leave most of a GPU idle) the channels are split into `split`
+    chunks of at least 4 blocks, reduced by separate programs into a B x split x N buffer that one small sum adds up
+    (deterministic, no atomics); default: up to 8 chunks.
+    """
     b, c, n = a.shape
-    out = torch.empty(b, n, device=a.device, dtype=torch.float32)
     v = v.float().contiguous()
     bc, bn = _block(c, BLOCK_C), _block(n, BLOCK_N)
+    if split is None:
+        split = min(8, triton.cdiv(c, 4 * bc))
+    per = triton.cdiv(triton.cdiv(c, split), bc) * bc
+    split = triton.cdiv(c, per)
+    out = torch.empty(b, split, n, device=a.device, dtype=torch.float32)
     with _on_device(a):
-        _channel_contract_kernel[(b, triton.cdiv(n, bn))](
-            a, v, out, c, n, scale, a.stride(0), a.stride(1), a.stride(2), v.stride(0), BLOCK_C=bc, BLOCK_N=bn)
-    return out
+        _channel_contract_kernel[(b, triton.cdiv(n, bn), split)](
+            a, v, out, c, n, scale, per, a.stride(0), a.stride(1), a.stride(2), v.stride(0), BLOCK_C=bc, BLOCK_N=bn)
+    return out.sum(1) if split > 1 else out.view(b, n)
 
 
 def outer_write(
