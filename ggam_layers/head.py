@@ -21,7 +21,7 @@ On CUDA with Triton installed, `fused='auto'` runs the attention, pooling and be
 (`ggam_layers.kernels`: 5 reads of A forward, 2 reads and 1 write backward, no float32 copy of A); options it does
 not cover (`ggam_layers.kernels.FALLBACK`) take the PyTorch path below.
 """
-from typing import NamedTuple, Optional, Type, Union
+from typing import NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -244,7 +244,7 @@ class GGAMHead(nn.Module):
     def _kappa(self, x: torch.Tensor) -> float:
         return 1.0 / (x.shape[2] * x.shape[3]) if self.pool_type == 'avg' else 1.0
 
-    def _fused_attend(self, x: torch.Tensor):
+    def _fused_attend(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         attn = self.attn
         on = attn.channel_attn
         return load_ops().attend(

@@ -28,7 +28,7 @@ spatial attention pooled, beta and dS follow from the GAP (1 read forward, 0 for
 The dependency chain GAP -> S -> u -> T -> pooled -> logits -> k -> g -> r -> dS is why the forward needs five
 reads: each arrow across A is a full reduction that the next one needs.
 """
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,7 @@ def _(a: Tensor, x1: Tensor, y1: Tensor, x2: Optional[Tensor], y2: Optional[Tens
     return _empty_grad(a)
 
 
-def _kernels(a: Tensor):
+def _kernels(a: Tensor) -> Tuple[Callable, Callable, Callable]:
     """(channel_contract, position_contract, input_grad): the custom ops while tracing (torch.compile, AOT, fake
     tensors), the kernels' launchers themselves in plain eager, which skips the custom ops' dispatch (about 10 us a
     call on a CPU host; the backward and beta make five such calls)."""
@@ -155,7 +155,10 @@ def attend(
 
 
 @attend.register_fake
-def _(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps, gain=1.0):
+def _(
+        a: Tensor, fc1_w: Optional[Tensor], fc1_b: Optional[Tensor], fc2_w: Optional[Tensor], fc2_b: Optional[Tensor],
+        temperature: float, spatial_norm: str, spatial_attn: bool, kappa: float, eps: float, gain: float = 1.0,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     b, c, h, w = a.shape
     rd = fc1_w.shape[0] if fc1_w is not None else 0
     f32 = {'dtype': torch.float32}
@@ -163,7 +166,7 @@ def _(a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, ka
             a.new_empty(b, c, **f32), a.new_empty(b, h * w, **f32), a.new_empty(b, rd, **f32))
 
 
-def _attend_setup(ctx, inputs, output) -> None:
+def _attend_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, ...]) -> None:
     a, fc1_w, fc1_b, fc2_w, fc2_b, temperature, spatial_norm, spatial_attn, kappa, eps, gain = inputs
     _, s, t, m, u, z1 = output
     ctx.save_for_backward(a, fc1_w, fc2_w, s, t, m, u, z1)
@@ -171,7 +174,11 @@ def _attend_setup(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(m, u, z1)
 
 
-def _attend_backward(ctx, d_pooled, d_s, d_t, d_m, d_u, d_z1):
+def _attend_backward(
+        ctx: Any, d_pooled: Optional[Tensor], d_s: Optional[Tensor], d_t: Optional[Tensor], d_m: Optional[Tensor],
+        d_u: Optional[Tensor], d_z1: Optional[Tensor],
+) -> Tuple[Optional[Tensor], ...]:
+    """Gradients of A and the MLP parameters from those of pooled, S and T (GAP, u, z1 are not differentiable)."""
     a, fc1_w, fc2_w, s, t, m, u, z1 = ctx.saved_tensors
     temperature, spatial_norm, spatial_attn, kappa, eps, gain, has_b1, has_b2 = ctx.options
     b, c, h, w = a.shape

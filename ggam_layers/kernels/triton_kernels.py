@@ -13,7 +13,7 @@ float32. Each kernel reads A exactly once (or writes dA exactly once):
 Importing this module imports Triton; `ggam_layers.kernels.dispatch` decides when that happens.
 """
 from contextlib import nullcontext
-from typing import Optional
+from typing import ContextManager, Optional
 
 import torch
 import triton
@@ -97,7 +97,7 @@ def _outer_write_kernel(
     tl.store(ptrs, val.to(out_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_n[None, :])
 
 
-def _on_device(t: torch.Tensor):
+def _on_device(t: torch.Tensor) -> ContextManager:
     """Triton launches on the current CUDA device: make it t's (a process may drive several GPUs)."""
     return torch.cuda.device(t.device) if t.is_cuda and t.device.index != torch.cuda.current_device() else nullcontext()
 
