@@ -164,6 +164,15 @@ def test_torch_export(name):
         torch.testing.assert_close(exported(x), model(x))
 
 
+@pytest.mark.parametrize('name', list(LAYOUTS))
+def test_torch_compile_fullgraph(name):
+    """The input checks and the grid logic compile without a graph break (aot_eager: no C++ toolchain needed)."""
+    model, x = _create(name, num_classes=5)
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
 ROUTES = {
     'wrap_timm_model resnet': lambda: wrap_timm_model('test_resnet', num_classes=5, spatial_norm='sigmoid'),
     'wrap_timm_model vit': lambda: wrap_timm_model('test_vit', num_classes=5),
