@@ -123,11 +123,11 @@ def ggam_model_args(model: GGAMModel) -> Dict[str, Any]:
         args['img_size'] = list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size
     if attn.channel_attn:
         args.update(rd_channels=attn.rd_channels, act_layer=_act_name(attn.act))
-    if attn.channel_rescale:
-        args['channel_rescale'] = True
     else:
         args.pop('rd_channels', None)
         args.pop('act_layer', None)
+    if attn.channel_rescale:
+        args['channel_rescale'] = True
     return args
 
 
