@@ -542,7 +542,7 @@ def _loc_cells(r: Dict[str, Any]) -> List[str]:
     def cell(kind: str) -> str:
         return f'{pair(kind)} ({pct(r.get(f"loc_chance_{kind}"))}; {pct(r.get(f"loc_center_{kind}"))})'
 
-    return [cell('decisive_half_stride'), cell('box_strict')]
+    return [cell('eye_ring_half_stride'), cell('decisive_half_stride'), cell('box_strict')]
 
 
 def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dict[str, Any], budget: Budget,
@@ -560,7 +560,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
     n_seeds = len(budget.seeds)
     lines = [f'# {name}: GGAM ablation, λ sensitivity and target scale on the synthetic set', '',
              f'Machine: {machine_line(meta["machine"])}.', '', f'Command: `{meta["command"]}`', '',
-             f'Budget (every run): {budget.describe()}. Trained with `ggam_layers.train.train` (preset `synthetic`: '
+             f'Budget (every run): {budget.describe()}; final feature map '
+             f'{", ".join(sorted({str(r["loc_feature_grid"]) for r in rows if r.get("loc_feature_grid")})) or "?"}. '
+             'Trained with `ggam_layers.train.train` (preset `synthetic`: '
              'flip augmentation, weight decay 0.05, cosine schedule after half an epoch of warm-up); top-1 is the '
              "engine's evaluation after the last epoch.", '',
              f'Time: {meta["runs"]} runs, wall {meta["wall_s"]:.0f} s, CPU {meta["cpu_s"]:.0f} s (all processes; '
@@ -571,7 +573,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): entropy of the '
              'channel attention over log C (1 = uniform).', '',
              'Peaks (`benchmarks/localization.py`, % of test images), T / CAM: the peak cell of the spatial '
-             'attention T / of the Grad-CAM map. "On a deciding part": the peak cell touches the wing bar or the eye '
+             'attention T / of the Grad-CAM map. "On the eye ring": the peak cell touches the eye ring (on the head, away '
+             'from the body: the part a body-centre prior cannot find). "On a deciding part": the peak cell touches '
+             'the wing bar or the eye '
              'ring (their boxes grown by half a feature cell), the two parts whose colours decide the class. "In part '
              'box": the peak lies in the box around all parts (beak, crest, eye ring, wing bar), strict. In brackets '
              'the two controls: the rate of a uniformly drawn feature cell, then that of a map that always peaks on '
@@ -580,8 +584,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
     if tables['ablation']:
         lines += ['## Table 3: ablation (test top-1, %)', '',
                   '| Spatial attention | Channel attention | GGAM loss | paper (CUB-200-2011, ResNet-50) | ours | '
-                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak on a deciding part | peak in part box |',
-                  '|' + ' --- |' * 10]
+                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak on the eye ring | peak on a deciding part | '
+                  'peak in part box |',
+                  '|' + ' --- |' * 11]
         for r in tables['ablation']:
             lines.append('| ' + ' | '.join([
                 _mark(r['spatial_attn']), _mark(r['channel_attn']), _mark(r['ggam_loss']), f'{r["paper_top1"]:.2f}',
@@ -625,9 +630,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
         ref = tables['reference']
         lines += ['## Target scale (DESIGN.md 2.3)', '',
                   '| target | squash | KL | target norm | temperature | λ | top-1 | Δ vs no loss | '
-                  'Δ vs uniform control | H(S) | corr(S, β) | target spread | peak on a deciding part | '
-                  'peak in part box |',
-                  '|' + ' --- |' * 14,
+                  'Δ vs uniform control | H(S) | corr(S, β) | target spread | peak on the eye ring | '
+                  'peak on a deciding part | peak in part box |',
+                  '|' + ' --- |' * 15,
                   '| none (no GGAM loss) | | | | | 0 | ' + ' | '.join([
                       _pct(ref['test_top1'], ref['test_top1_std']), '', '',
                       _num(ref['entropy_S'], ref['entropy_S_std'], 4), _num(ref['corr_S_beta'], ref['corr_S_beta_std']),

@@ -122,17 +122,21 @@ def localization(
             part_boxes = ds.part_boxes(i)
             parts = list(part_boxes.values())
             decisive = [part_boxes[k] for k in DECISIVE_PARTS]
+            eye = part_boxes['eye_ring']  # on the head, away from the body: a body-centre prior cannot find it
             x0, y0, x1, y1 = (int(round(v)) for v in part)
             for tname, tol in tols.items():
                 box = _dilate(part, tol)
                 boxes = [_dilate(b, tol) for b in parts]
                 in_box = [[_inside(float(px), float(py), box) for px in cx] for py in cy]
                 dboxes = [_dilate(b, tol) for b in decisive]
+                ebox = _dilate(eye, tol)
                 in_parts = [[any(_inside(float(px), float(py), b) for b in boxes) for px in cx] for py in cy]
                 in_decisive = [[any(_inside(float(px), float(py), b) for b in dboxes) for px in cx] for py in cy]
                 stats.setdefault(f'chance_box_{tname}', []).append(float(np.mean(in_box)))
                 stats.setdefault(f'chance_parts_{tname}', []).append(float(np.mean(in_parts)))
                 stats.setdefault(f'chance_decisive_{tname}', []).append(float(np.mean(in_decisive)))
+                stats.setdefault(f'chance_eye_ring_{tname}', []).append(
+                    float(np.mean([[_inside(float(px), float(py), ebox) for px in cx] for py in cy])))
                 # a map that always peaks on the body centre: "finds the bird", no parts (its peak cell's centre)
                 ox, oy = ds.object_center(i)
                 ocx = float(cx[min(int(ox / stride_x), grid_hw[1] - 1)])
@@ -141,6 +145,7 @@ def localization(
                 stats.setdefault(f'center_parts_{tname}', []).append(float(any(_inside(ocx, ocy, b) for b in boxes)))
                 stats.setdefault(f'center_decisive_{tname}', []).append(
                     float(any(_inside(ocx, ocy, b) for b in dboxes)))
+                stats.setdefault(f'center_eye_ring_{tname}', []).append(float(_inside(ocx, ocy, ebox)))
                 for mname, m in coarse.items():
                     fm = m[j]
                     flat = bool(fm.max() <= fm.min())  # a constant map has no peak: a miss
@@ -153,6 +158,8 @@ def localization(
                         float(not flat and any(_inside(px, py, b) for b in boxes)))
                     stats.setdefault(f'{mname}_decisive_{tname}', []).append(
                         float(not flat and any(_inside(px, py, b) for b in dboxes)))
+                    stats.setdefault(f'{mname}_eye_ring_{tname}', []).append(
+                        float(not flat and _inside(px, py, ebox)))
             stats.setdefault('box_area', []).append((x1 - x0) * (y1 - y0) / size ** 2)
             for mname, m in maps.items():
                 hm = m[j]

@@ -111,7 +111,11 @@ def train_eval(args: argparse.Namespace, difficulty: float) -> Dict[str, Any]:
     gen_s = time.perf_counter() - t0
 
     torch.manual_seed(args.seed)
-    model = timm.create_model(args.model, num_classes=args.num_classes, pretrained=False)
+    extra = {'output_stride': args.output_stride} if args.output_stride else {}
+    model = timm.create_model(args.model, num_classes=args.num_classes, pretrained=False, **extra)
+    with torch.no_grad():  # eval mode: the probe must not touch BatchNorm statistics
+        feature_map = 'x'.join(str(v) for v in model.eval().forward_features(x_te[:1].float()).shape[-2:])
+    model.train()
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(x_tr.shape[0] / args.batch_size)
@@ -157,10 +161,13 @@ def train_eval(args: argparse.Namespace, difficulty: float) -> Dict[str, Any]:
         'difficulty': difficulty,
         'num_classes': args.num_classes,
         'img_size': args.img_size,
+        'output_stride': args.output_stride or None,
+        'feature_map': feature_map,
         'train_images': int(x_tr.shape[0]),
         'test_images': int(x_te.shape[0]),
         'epochs': args.epochs,
         'batch_size': args.batch_size,
+        'lr': args.lr,
         'optimizer': f'AdamW(lr={args.lr}, wd={args.weight_decay}), half-epoch warmup + cosine',
         'augmentation': 'hflip + normalise',
         'seed': args.seed,
@@ -194,13 +201,14 @@ def _markdown(results: List[Dict[str, Any]], info: Dict[str, Any], commands: Lis
         f'Machine: {info["cpu"]}, {info["cores"]} cores, '
         f'torch {info["torch"]}, timm {info["timm"]}, Python {info["python"]}.',
         '',
-        '| model | difficulty | classes | img | train / test imgs | epochs | test top-1 | final train top-1 '
-        '| s / epoch | threads | load avg | data gen s |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+        '| model | difficulty | classes | img | final map | train / test imgs | epochs | test top-1 '
+        '| final train top-1 | s / epoch | threads | load avg | data gen s |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in results:
         lines.append(
-            f'| {r["model"]} | {r["difficulty"]} | {r["num_classes"]} | {r["img_size"]} '
+            f'| {r["model"]}{" os" + str(r["output_stride"]) if r.get("output_stride") else ""} | {r["difficulty"]} '
+            f'| {r["num_classes"]} | {r["img_size"]} | {r.get("feature_map", "")} '
             f'| {r["train_images"]} / {r["test_images"]} | {r["epochs"]} | {100 * r["test_top1"]:.1f}% '
             f'| {100 * r["final_train_top1"]:.1f}% | {r["seconds_per_epoch"]:.1f} | {r.get("threads", "?")} '
             f'| {"-".join(f"{v:.1f}" for v in r.get("load_avg_1m", []))} '
@@ -226,6 +234,7 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     parser.add_argument('--difficulty', type=float, nargs='+', default=[default_difficulty])
     parser.add_argument('--num-classes', type=int, default=20)
     parser.add_argument('--img-size', type=int, default=64)
+    parser.add_argument('--output-stride', type=int, default=0, help="backbone output stride (0: the model's own)")
     parser.add_argument('--train-per-class', type=int, default=100)
     parser.add_argument('--test-per-class', type=int, default=50)
     parser.add_argument('--epochs', type=int, default=8)
@@ -252,9 +261,12 @@ def main(argv: List[str] = None) -> List[Dict[str, Any]]:
     if args.append and out.with_suffix('.json').exists():
         with open(out.with_suffix('.json')) as f:
             old = json.load(f)
-        new_keys = {(r['model'], r['difficulty']) for r in results}
-        rows = [r for r in old['results'] if (r['model'], r['difficulty']) not in new_keys] + results
-        rows.sort(key=lambda r: (r['model'], r['difficulty']))
+        def key(r: Dict[str, Any]) -> Tuple[Any, ...]:
+            return r['model'], r['difficulty'], r['img_size'], r.get('output_stride') or 0, r['epochs'], r.get('lr')
+
+        new_keys = {key(r) for r in results}
+        rows = [r for r in old['results'] if key(r) not in new_keys] + results
+        rows.sort(key=lambda r: (r['model'], r['img_size'], r['difficulty']))
         commands = old.get('commands', [old.get('command', '')]) + commands
     with open(out.with_suffix('.json'), 'w') as f:
         json.dump({'commands': commands, 'machine': info, 'results': rows}, f, indent=2)
