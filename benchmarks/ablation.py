@@ -573,9 +573,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): entropy of the '
              'channel attention over log C (1 = uniform).', '',
              'Peaks (`benchmarks/localization.py`, % of test images), T / CAM: the peak cell of the spatial '
-             'attention T / of the Grad-CAM map. "On the eye ring": the peak cell touches the eye ring (on the head, away '
-             'from the body: the part a body-centre prior cannot find). "On a deciding part": the peak cell touches '
-             'the wing bar or the eye '
+             'attention T / of the Grad-CAM map. "On the eye ring": the peak cell touches the eye ring (on the head, '
+             'away from the body: the part a body-centre prior cannot find). "On a deciding part": the peak cell '
+             'touches the wing bar or the eye '
              'ring (their boxes grown by half a feature cell), the two parts whose colours decide the class. "In part '
              'box": the peak lies in the box around all parts (beak, crest, eye ring, wing bar), strict. In brackets '
              'the two controls: the rate of a uniformly drawn feature cell, then that of a map that always peaks on '
@@ -584,8 +584,8 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
     if tables['ablation']:
         lines += ['## Table 3: ablation (test top-1, %)', '',
                   '| Spatial attention | Channel attention | GGAM loss | paper (CUB-200-2011, ResNet-50) | ours | '
-                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak on the eye ring | peak on a deciding part | '
-                  'peak in part box |',
+                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak on the eye ring | '
+                  'peak on a deciding part | peak in part box |',
                   '|' + ' --- |' * 11]
         for r in tables['ablation']:
             lines.append('| ' + ' | '.join([
