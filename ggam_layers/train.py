@@ -291,10 +291,20 @@ def _fmt_pct(v: Optional[float]) -> str:
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------------
+def _num_workers(cfg: TrainConfig, ds: Any, info: DistInfo) -> int:
+    """DataLoader workers: `cfg.workers`, or when None 0 for in-memory data (the synthetic set: worker processes only
+    add overhead) and for image files the usable cores divided by the processes on this node, at most 8."""
+    if cfg.workers is not None:
+        return cfg.workers
+    if callable(getattr(ds, 'generate', None)):
+        return 0
+    return min(8, max(1, _usable_cores() // info.local_world_size))
+
+
 def _eval_loader(eval_ds: Any, transform, cfg: TrainConfig, info: DistInfo, pin: bool):
     wrapped = SeededTransformDataset(eval_ds, transform, seed=cfg.seed, seeded=False)
     return build_loader(wrapped, cfg.eval_batch_size, ShardSampler(len(wrapped), info.rank, info.world_size),
-                        num_workers=cfg.workers, pin_memory=pin)
+                        num_workers=_num_workers(cfg, eval_ds, info), pin_memory=pin)
 
 
 def evaluate(
@@ -584,7 +594,8 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
             cfg.batch_size // info.world_size, cfg.eval_batch_size, sampler,
             ShardSampler(len(eval_ds), info.rank, info.world_size), device, cfg.seed)
     else:
-        train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler, num_workers=cfg.workers,
+        train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler,
+                                    num_workers=_num_workers(cfg, train_ds, info),
                                     drop_last=True, pin_memory=pin)
         eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
     steps_per_epoch = len(train_loader)

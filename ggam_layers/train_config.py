@@ -79,7 +79,8 @@ class TrainConfig:
         sync_bn: Convert BatchNorm to SyncBatchNorm under DDP.
         deterministic: `torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).
         seed: Seed of the model initialisation, the data order and the augmentation.
-        workers: DataLoader worker processes.
+        workers: DataLoader worker processes (None: 0 for the in-memory synthetic set, else the usable cores divided
+            by the processes on this node, at most 8).
         data_path: 'auto' (on CUDA the synthetic set is cached as a uint8 tensor and augmented on the device,
             `engine.device_data`; everything else takes the DataLoader), 'device' or 'loader' (force either).
         threads: CPU threads per process (None: the usable cores divided by the processes on this node).
@@ -156,7 +157,7 @@ class TrainConfig:
     sync_bn: bool = False
     deterministic: bool = False
     seed: int = 0
-    workers: int = 0
+    workers: Optional[int] = None
     data_path: str = 'auto'
     threads: Optional[int] = None
     # output
@@ -230,7 +231,7 @@ class TrainConfig:
             raise ValueError(f'crop_pct must be in (0, 1], got {self.crop_pct!r}')
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f'stop_after must be >= 1, got {self.stop_after!r}')
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f'workers must be >= 0, got {self.workers!r}')
         if self.resume and not self.output:
             raise ValueError('resume=True needs output, the run directory to resume')
@@ -268,7 +269,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         dataset='cub', model='resnet50.tv_in1k', pretrained=True, img_size=448, crop_pct=0.875, crop_mode='squash',
         train_aug='paper', opt='sgd', lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4,
         sched='cosine', warmup_epochs=0., epochs=100, batch_size=16, eval_batch_size=64, amp=True,
-        channels_last=True, workers=8, target_norm='none'),
+        channels_last=True, target_norm='none'),
 }
 
 # fields that may differ when a run is resumed (they do not change the trained weights)

@@ -384,3 +384,25 @@ def test_workers_do_not_change_the_result(tmp_path):
     b = train(tiny(tmp_path / 'w2', epochs=1, workers=2))
     _same_weights(tmp_path / 'w0' / WEIGHTS_NAME, tmp_path / 'w2' / WEIGHTS_NAME)
     assert a['train_loss'] == b['train_loss']
+
+
+def test_default_workers_follow_the_data(tmp_path):
+    """workers=None: none for the in-memory synthetic set, the usable cores (at most 8) for image files."""
+    from torchvision.datasets import ImageFolder
+
+    from ggam_layers.data.synthetic import SyntheticFineGrained
+    from ggam_layers.engine.distributed import DistInfo
+    from ggam_layers.train import _num_workers, _usable_cores
+
+    (tmp_path / 'a').mkdir()
+    from PIL import Image
+    Image.new('RGB', (8, 8)).save(tmp_path / 'a' / 'x.png')
+    folder = ImageFolder(str(tmp_path))
+    synth = SyntheticFineGrained('train', num_classes=2, samples_per_class=1)
+    cfg = TrainConfig()
+    assert cfg.workers is None and PRESETS['paper'].get('workers') is None
+    assert _num_workers(cfg, synth, DistInfo()) == 0
+    assert _num_workers(cfg, folder, DistInfo()) == min(8, _usable_cores())
+    assert _num_workers(TrainConfig(workers=3), synth, DistInfo()) == 3
+    with pytest.raises(ValueError, match='workers must be >= 0'):
+        TrainConfig(workers=-1).validate()
