@@ -66,7 +66,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
     # only rank 0 wrote: one set of files, one row per epoch
     assert len((ddp_out / 'metrics.jsonl').read_text().splitlines()) == COMMON['epochs']
 
-    single = train(TrainConfig(output=str(tmp_path / 'single'), **COMMON))
+    single = train(TrainConfig.from_preset('synthetic', output=str(tmp_path / 'single'), **COMMON))
     assert single['world_size'] == 1
     wd, ws = load_file(str(ddp_out / 'model.safetensors')), load_file(str(tmp_path / 'single' / 'model.safetensors'))
     assert wd.keys() == ws.keys()

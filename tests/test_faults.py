@@ -88,7 +88,7 @@ def _folder(root: Path, n_train: int = 4, n_test: int = 2) -> Path:
 
 
 def _syn(**kw) -> TrainConfig:
-    return TrainConfig(**{**SYN, **kw})
+    return TrainConfig.from_preset('synthetic', **{**SYN, **kw})
 
 
 def _snapshot(root: Path) -> Optional[Dict[str, str]]:
@@ -138,7 +138,8 @@ def test_training_skips_bad_images_and_reports_them(tmp_path, caplog):
     bad_test = _break(root / 'test' / 'a' / 'page.jpg', 'text')
     out = tmp_path / 'run'
     with caplog.at_level('WARNING'):
-        result = train(TrainConfig(**TINY, dataset='folder', data_root=str(root), max_bad_fraction=0.25,
+        result = train(TrainConfig.from_preset('synthetic', **TINY, dataset='folder', data_root=str(root),
+                                               max_bad_fraction=0.25,
                                    output=str(out)))
     warned = caplog.text
     assert str(bad_train) in warned and str(bad_test) in warned and 'skipping unreadable image' in warned
@@ -156,7 +157,8 @@ def test_strict_data_stops_at_the_first_bad_file(tmp_path):
     bad = _break(root / 'train' / 'a' / '0.jpg', 'truncated')
     out = tmp_path / 'run'
     with pytest.raises(ValueError, match=f'{bad}.*truncated.*--strict-data'):
-        train(TrainConfig(**TINY, dataset='folder', data_root=str(root), strict_data=True, output=str(out)))
+        train(TrainConfig.from_preset('synthetic', **TINY, dataset='folder', data_root=str(root), strict_data=True,
+                                      output=str(out)))
     assert not out.exists()
 
 
@@ -169,7 +171,8 @@ def test_a_broken_dataset_stops_the_run(tmp_path):
     (out / 'notes.txt').write_text('keep me')
     before = _snapshot(out)
     with pytest.raises(ValueError, match=r'3 of 12 images \(25.0%\) are unreadable.*max_bad_fraction=0.05.*broken'):
-        train(TrainConfig(**TINY, dataset='folder', data_root=str(root), output=str(out), overwrite=True))
+        train(TrainConfig.from_preset('synthetic', **TINY, dataset='folder', data_root=str(root), output=str(out),
+                                      overwrite=True))
     assert _snapshot(out) == before
 
 
@@ -448,7 +451,8 @@ def test_a_refused_run_leaves_the_output_directory_as_it_was(tmp_path, monkeypat
     train_ds = SyntheticFineGrained('train', num_classes=2, samples_per_class=4, image_size=32)
     data = {} if 'data_root' in overrides else dict(train_dataset=train_ds)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        train(TrainConfig(**{**SYN, **overrides, 'output': str(out), 'overwrite': existing}), **data)
+        train(TrainConfig.from_preset('synthetic', **{**SYN, **overrides, 'output': str(out),
+                                      'overwrite': existing}), **data)
     assert _snapshot(out) == before
     assert not train_ds._images  # nothing was generated
 
@@ -639,7 +643,7 @@ def test_torchrun_with_one_process_killed_then_resume(tmp_path):
     resumed = _torchrun(['--epochs', str(epochs), '--stop-after', str(n + 1), '--resume', str(out)])
     _, err = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, err[-3000:]
-    train(TrainConfig(**DDP, epochs=epochs, stop_after=n + 1, output=str(tmp_path / 'ref')))
+    train(TrainConfig.from_preset('synthetic', **DDP, epochs=epochs, stop_after=n + 1, output=str(tmp_path / 'ref')))
     _same_weights(out / WEIGHTS_NAME, tmp_path / 'ref' / WEIGHTS_NAME, atol=1e-5, rtol=1e-4)
 
 
@@ -721,7 +725,8 @@ def test_compare_scans_once_and_both_models_report_the_skipped_file(tmp_path, ca
     root = _folder(tmp_path / 'ds', n_train=6)
     bad = _break(root / 'train' / 'a' / 'bad.jpg', 'text')
     with caplog.at_level('WARNING'):
-        results = train_compare(TrainConfig(**TINY, dataset='folder', data_root=str(root), max_bad_fraction=0.1,
+        results = train_compare(TrainConfig.from_preset('synthetic', **TINY, dataset='folder', data_root=str(root),
+                                                        max_bad_fraction=0.1,
                                             output=str(tmp_path / 'cmp')))
     assert caplog.text.count(f'skipping unreadable image {bad}') == 1
     for r in results.values():

@@ -49,7 +49,7 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
     stored = json.loads((tmp_path / 'seeds' / 'seeds.json').read_text())
     out = {'summary': stored['summaries']['test_top1'],
            'results': {int(k): v for k, v in stored['results'].items()}}
-    alone = train_compare(TrainConfig(**tiny, seed=1, output=str(tmp_path / 'alone')))
+    alone = train_compare(TrainConfig.from_preset('synthetic', **tiny, seed=1, output=str(tmp_path / 'alone')))
     for k in ('ggam', 'plain'):
         assert out['results'][1][k]['test_top1'] == alone[k]['test_top1']
         assert out['results'][1][k]['train_loss'] == alone[k]['train_loss']
@@ -61,7 +61,7 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
     assert (tmp_path / 'seeds' / 'seed0' / 'ggam' / 'model.safetensors').is_file()
     assert 'GGAM ahead on' in capsys.readouterr().out
     with pytest.raises(ValueError, match='distinct'):
-        train_compare_seeds(TrainConfig(**tiny), [1, 1])
+        train_compare_seeds(TrainConfig.from_preset('synthetic', **tiny), [1, 1])
 
 
 def test_seeds_refuses_a_single_model(tmp_path, capsys):

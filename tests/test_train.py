@@ -42,11 +42,12 @@ TINY = dict(
     model='test_resnet', dataset_kwargs={'num_classes': 4, 'samples_per_class': 6}, img_size=64, epochs=2,
     batch_size=8, eval_batch_size=16, threads=1, progress=False)
 TINY_ARGS = ['--model', 'test_resnet', '--data-arg', 'num_classes=4', '--data-arg', 'samples_per_class=6',
-             '--epochs', '2', '--batch-size', '8', '--threads', '1', '--no-progress']
+             '--img-size', '64', '--epochs', '2', '--batch-size', '8', '--threads', '1', '--no-progress']
 
 
 def tiny(out, **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, 'output': str(out), **kw})
+    """The 'synthetic' preset (what the CLI runs) with TINY on top: the same config as `train TINY_ARGS`."""
+    return TrainConfig.from_preset('synthetic', **{**TINY, 'output': str(out), **kw})
 
 
 def _files(root: Path):
@@ -301,9 +302,26 @@ def test_cli_resume_takes_the_saved_config(tmp_path):
     assert main(['train', *TINY_ARGS, '--stop-after', '1', '--output', str(out)]) == 0
     cfg, compare = config_from_args(_parse(['train', '--resume', str(out), '--no-progress']))
     assert cfg.resume and cfg.output == str(out) and cfg.model == 'test_resnet' and cfg.stop_after is None
-    assert cfg.dataset_kwargs == {'num_classes': 4, 'samples_per_class': 6} and compare is False
+    assert cfg.dataset_kwargs == {'difficulty': 1.0, 'num_classes': 4, 'samples_per_class': 6} and compare is False
     assert main(['train', '--resume', str(out), '--no-progress']) == 0
     assert json.loads((out / 'results.json').read_text())['finished']
+
+
+def test_preset_backbone_and_data_arguments_go_with_their_backbone_and_dataset():
+    base = TrainConfig.from_preset('synthetic')
+    assert base.model == 'test_resnet' and base.model_kwargs == {'output_stride': 16} and base.img_size == 112
+    assert base.dataset_kwargs == {'difficulty': 1.0}
+    # --data-arg / --model-arg add to the preset's
+    added = TrainConfig.from_preset('synthetic', dataset_kwargs={'num_classes': 4}, model_kwargs={'drop_rate': 0.1})
+    assert added.dataset_kwargs == {'difficulty': 1.0, 'num_classes': 4}
+    assert added.model_kwargs == {'output_stride': 16, 'drop_rate': 0.1}
+    harder = TrainConfig.from_preset('synthetic', dataset_kwargs={'difficulty': 0.5})
+    assert harder.dataset_kwargs == {'difficulty': 0.5}
+    # another backbone or dataset starts from none of them
+    assert TrainConfig.from_preset('synthetic', model='resnet18').model_kwargs == {}
+    assert TrainConfig.from_preset('synthetic', dataset='cub', data_root='x').dataset_kwargs == {}
+    cfg, _ = config_from_args(_parse(['train', '--model', 'resnet18', '--data-arg', 'num_classes=4']))
+    assert cfg.model_kwargs == {} and cfg.dataset_kwargs == {'difficulty': 1.0, 'num_classes': 4}
 
 
 def test_lr_schedule():
