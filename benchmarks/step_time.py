@@ -446,6 +446,20 @@ def gradient_check(setting: Setting, num_classes: int, device: str, amp: str = '
     return rows
 
 
+def _head_features(setting: Any, device: torch.device, amp: Optional[str], channels_last: bool):
+    """Random ReLU features of the backbone's last stage for `setting` (shape, autocast dtype, memory format), and
+    the generator that drew them (seeded 0)."""
+    backbone = timm.create_model(setting.model, num_classes=0, pretrained=False)
+    c, red = backbone.num_features, backbone.feature_info[-1]['reduction']
+    del backbone
+    hw = setting.img_size // red
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(setting.batch, c, hw, hw, generator=g).relu().to(device, AMP_DTYPES[amp] or torch.float32)
+    if channels_last:
+        feats = feats.contiguous(memory_format=torch.channels_last)
+    return feats, g
+
+
 def head_benchmark(
         setting: Setting, num_classes: int, device: str, amp: str, warmup: int, repeats: int,
         compiled: bool, log: Callable = print, channels_last: bool = False,
@@ -456,15 +470,8 @@ def head_benchmark(
     the kernels, and unfused), on features of the shape, dtype (the autocast dtype, as the backbone gives them) and
     memory format the backbone gives for the setting.
     """
-    backbone = timm.create_model(setting.model, num_classes=0, pretrained=False)
-    c, red = backbone.num_features, backbone.feature_info[-1]['reduction']
-    del backbone
-    hw = setting.img_size // red
-    g = torch.Generator().manual_seed(0)
-    dtype = AMP_DTYPES[amp] or torch.float32
-    feats = torch.randn(setting.batch, c, hw, hw, generator=g).relu().to(device, dtype)
-    if channels_last:
-        feats = feats.contiguous(memory_format=torch.channels_last)
+    feats, g = _head_features(setting, device, amp, channels_last)
+    c, hw, dtype = feats.shape[1], feats.shape[-1], feats.dtype
     feats.requires_grad_(True)
     y = torch.randint(0, num_classes, (setting.batch,), generator=g).to(device)
     torch.manual_seed(0)
@@ -529,15 +536,8 @@ def kernel_benchmark(
     (about 4.8 TB/s on an H200) it says how close to memory speed each kernel runs.
     """
     ops = load_ops()
-    backbone = timm.create_model(setting.model, num_classes=0, pretrained=False)
-    c, red = backbone.num_features, backbone.feature_info[-1]['reduction']
-    del backbone
-    hw = setting.img_size // red
-    g = torch.Generator().manual_seed(0)
-    dtype = AMP_DTYPES[amp] or torch.float32
-    a = torch.randn(setting.batch, c, hw, hw, generator=g).relu().to(device, dtype)
-    if channels_last:
-        a = a.contiguous(memory_format=torch.channels_last)
+    a, g = _head_features(setting, device, amp, channels_last)
+    c, hw, dtype = a.shape[1], a.shape[-1], a.dtype
     torch.manual_seed(0)
     head = GGAMHead(c, num_classes, fused=True).to(device)
     attn = head.attn

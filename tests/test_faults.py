@@ -692,14 +692,19 @@ def test_cub_index_garbage_names_the_file_and_line(index_roots, name, line, garb
 @given(line=st.integers(0, 3), garbage=GARBAGE)
 def test_aircraft_list_garbage_names_the_file_and_line(index_roots, line, garbage):
     path = index_roots / 'aircraft' / 'fgvc-aircraft-2013b' / 'data' / 'images_variant_train.txt'
+    _load_with_garbage_line(path, line, garbage, 'aircraft', index_roots / 'aircraft', 'train')
+
+
+def _load_with_garbage_line(path, line: int, garbage: bytes, name: str, root, split: str) -> None:
+    """Replace one line of an index file, build the dataset: it loads, or its error names the file (and line)."""
     original = path.read_bytes()
     lines = original.split(b'\n')
     lines[line] = garbage
     path.write_bytes(b'\n'.join(lines))
     try:
-        create_dataset('aircraft', root=index_roots / 'aircraft', split='train')
+        create_dataset(name, root=root, split=split)
     except (ValueError, FileNotFoundError) as e:
-        assert _is_named(str(e), ('images_variant_train.txt',)), str(e)
+        assert _is_named(str(e), (path.name,)), str(e)
     finally:
         path.write_bytes(original)
 
@@ -708,16 +713,7 @@ def test_aircraft_list_garbage_names_the_file_and_line(index_roots, line, garbag
 @given(line=st.integers(0, 3), garbage=GARBAGE)
 def test_pets_list_garbage_names_the_file_and_line(index_roots, line, garbage):
     path = index_roots / 'pets' / 'oxford-iiit-pet' / 'annotations' / 'trainval.txt'
-    original = path.read_bytes()
-    lines = original.split(b'\n')
-    lines[line] = garbage
-    path.write_bytes(b'\n'.join(lines))
-    try:
-        create_dataset('pets', root=index_roots / 'pets', split='trainval')
-    except (ValueError, FileNotFoundError) as e:
-        assert _is_named(str(e), ('trainval.txt',)), str(e)
-    finally:
-        path.write_bytes(original)
+    _load_with_garbage_line(path, line, garbage, 'pets', index_roots / 'pets', 'trainval')
 
 
 def test_compare_scans_once_and_both_models_report_the_skipped_file(tmp_path, caplog):
