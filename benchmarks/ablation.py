@@ -375,6 +375,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
         **{f'loc_{k}': v for k, v in loc.items() if k not in ('images', 'accuracy')},
         'cpu_s': time.process_time() - c0, 'train_cpu_s': t_train, 'data_cpu_s': t_data,
         'wall_s': time.perf_counter() - t0, 'budget': _budget_id(budget), 'device': _device_name(device),
+        'provenance': _provenance(),  # the code this run trained with (a report may be written later, elsewhere)
     }
     if not keep:
         for p in Path(run_dir).iterdir():
@@ -652,9 +653,12 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
                   'the literal target). corr(S, β): Pearson correlation over channels per test image, averaged. '
                   f'Mean |β| of the full model without the loss: {format_value(ref["beta_abs"])}.', '']
     prov = meta.get('provenance', {})
+    trained = sorted({r['provenance'].get('commit', '?')[:7] for r in rows if r.get('provenance')})
     lines += ['Settings:', '', f'- budget: `{json.dumps(dataclasses.asdict(budget))}`',
-              f'- commit {prov.get("commit", "?")}; uncommitted changes to {prov.get("uncommitted") or "none"} of the '
-              f'files that decide the numbers; md5 of ggam_layers/data/synthetic.py '
+              f'- runs trained at commit(s) {", ".join(trained) or "not recorded (rows older than this field)"}',
+              f'- this report: commit {prov.get("commit", "?")}; uncommitted changes to '
+              f'{prov.get("uncommitted") or "none"} of the files that decide the numbers; md5 of '
+              'ggam_layers/data/synthetic.py '
               f'{prov.get("md5", {}).get("ggam_layers/data/synthetic.py", "?")}',
               f'- per-run rows and every table: `{json_path.name}`', '']
     md_path = out_dir / f'{name}.md'
@@ -793,7 +797,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = {
         'machine': machine_info(),
         'command': 'python benchmarks/ablation.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-        'wall_s': sum(i['wall_s'] for i in invocations), 'cpu_s': sum(i['cpu_s'] for i in invocations),
+        'wall_s': _wall_union(invocations), 'cpu_s': sum(i['cpu_s'] for i in invocations),
         'cpu_s_runs': sum(r['cpu_s'] for r in rows), 'jobs': jobs, 'threads': args.threads,
         'runs_trained': len(tasks), 'runs_reused': reused, 'runs': len(rows), 'invocations': invocations,
         'parts': list(args.parts), 'provenance': provenance,
@@ -801,6 +805,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path in write_report(name, Path(args.out_dir), rows, plan, budget, meta):
         print(f'wrote {path}')
     return 0
+
+
+def _wall_union(invocations: Sequence[Dict[str, Any]]) -> float:
+    """Seconds during which at least one invocation ran (invocations run side by side overlap; their sum overstates)."""
+    spans = []
+    for inv in invocations:
+        try:
+            end = time.mktime(time.strptime(inv['ended'], '%Y-%m-%d %H:%M:%S'))
+        except (KeyError, ValueError):
+            return float(sum(i['wall_s'] for i in invocations))
+        spans.append((end - inv['wall_s'], end))
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(spans):
+        if cur_end is None or start > cur_end:
+            total += 0.0 if cur_end is None else cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    return total + (cur_end - cur_start if cur_end is not None else 0.0)
 
 
 def _provenance() -> Dict[str, Any]:

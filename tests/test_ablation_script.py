@@ -104,6 +104,7 @@ def test_quick_tables(quick_report):
     assert uniform and all(r['target_spread'] == 0 for r in uniform)
     assert [r['lam'] for r in tables['sweep']] == data['budget']['lambdas']
     assert data['meta']['cpu_s'] > 0 and data['meta']['runs_trained'] == data['meta']['runs'] == len(runs)
+    assert all(r['provenance']['md5']['ggam_layers/data/synthetic.py'] for r in runs)  # what each run trained with
     assert [r['ggam_loss'] for r in tables['rescale']] == [False, True]
     assert all(r['n'] == len(seeds) and r['key'].startswith('Cx-') for r in tables['rescale'])
     assert all(r['channel_rescale'] for r in runs if r['key'].startswith('Cx-'))
@@ -167,3 +168,10 @@ def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
     assert all(r['device'] == 'cpu' for r in data['runs'])
     assert 'runs to train, 6 reused' in proc.stdout  # phase 2 reused what phase 1 trained
     assert len(list((tmp_path / 'cache').glob('*.safetensors'))) == 2  # the tensor cache of both splits
+
+
+def test_wall_time_of_overlapping_invocations_is_their_union():
+    inv = [{'ended': '2026-01-01 00:00:10', 'wall_s': 10}, {'ended': '2026-01-01 00:00:15', 'wall_s': 10},
+           {'ended': '2026-01-01 00:01:00', 'wall_s': 5}]
+    assert abl._wall_union(inv) == pytest.approx(20.0)  # [0, 15] and [55, 60]; the sum would say 25
+    assert abl._wall_union([]) == 0.0
