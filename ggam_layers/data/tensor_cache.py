@@ -49,7 +49,11 @@ def generator_params(ds: SyntheticFineGrained) -> Dict[str, Any]:
 
 def cache_key(ds: SyntheticFineGrained, pre_transform: Optional[Callable] = None) -> str:
     """A hex digest of the generator parameters and the deterministic transform (its repr)."""
-    desc = {'generator': generator_params(ds), 'pre_transform': repr(pre_transform) if pre_transform else None}
+    return _key(generator_params(ds), pre_transform)
+
+
+def _key(params: Dict[str, Any], pre_transform: Optional[Callable]) -> str:
+    desc = {'generator': params, 'pre_transform': repr(pre_transform) if pre_transform else None}
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -88,7 +92,8 @@ def synthetic_tensors(
     if not use_cache:
         return _render(ds, pre_transform), targets
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f'synthetic-{cache_key(ds, pre_transform)}.safetensors'
+    params = generator_params(ds)
+    path = folder / f'synthetic-{_key(params, pre_transform)}.safetensors'
     if path.is_file():
         try:
             stored = load_file(str(path))
@@ -99,7 +104,7 @@ def synthetic_tensors(
     images = _render(ds, pre_transform)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    meta = {'generator': json.dumps(generator_params(ds), sort_keys=True), 'pre_transform': repr(pre_transform)}
+    meta = {'generator': json.dumps(params, sort_keys=True), 'pre_transform': repr(pre_transform)}
     try:
         save_file({'images': images, 'targets': targets}, str(tmp), metadata=meta)
         os.replace(tmp, path)

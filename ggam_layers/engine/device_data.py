@@ -9,7 +9,7 @@ order as torchvision draws them, so the device batch equals the DataLoader batch
 the CPU); crop and flip are one gather on the device, then the normalisation.
 """
 import math
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Sampler
@@ -21,10 +21,6 @@ __all__ = ['DATA_PATHS', 'DeviceAugment', 'DeviceLoader', 'device_loaders', 'spl
 _PRE_OPS = ('Resize', 'CenterCrop')
 _RANDOM_OPS = ('RandomCrop', 'RandomHorizontalFlip')
 _TENSOR_OPS = ('ToTensor', 'MaybeToTensor')
-
-
-def _ops(transform: Callable) -> List[Any]:
-    return list(getattr(transform, 'transforms', [transform]))
 
 
 def split_transform(transform: Callable) -> Tuple[Optional[Callable], 'DeviceAugment']:
@@ -40,7 +36,7 @@ def split_transform(transform: Callable) -> Tuple[Optional[Callable], 'DeviceAug
     """
     from torchvision import transforms as T
 
-    ops = _ops(transform)
+    ops = list(getattr(transform, 'transforms', [transform]))
     names = [type(op).__name__ for op in ops]
     n_pre = 0
     while n_pre < len(ops) and names[n_pre] in _PRE_OPS:

@@ -47,6 +47,7 @@ class LineProgress:
         self.postfix = ''
         self._start = time.monotonic()
         self._last = self._start
+        self._closed = False
 
     def set_postfix(self, refresh: bool = False, **kwargs: Any) -> None:
         """Text after the counts, as tqdm's `set_postfix` (key=value pairs)."""
@@ -76,7 +77,7 @@ class LineProgress:
 
     def close(self) -> None:
         """Write the final line once."""
-        if self.n and not getattr(self, '_closed', False):
+        if self.n and not self._closed:
             self._closed = True
             self._write()
 
