@@ -39,7 +39,8 @@ from ggam_layers.engine.loop import lr_factor  # noqa: E402
 from ggam_layers.model import GGAMModel  # noqa: E402
 from ggam_layers.viz import cam_maps, load_cam_model  # noqa: E402
 
-__all__ = ['DECISIVE_PARTS', 'VARIANTS', 'localization', 'train_variant', 'main']
+__all__ = ['DECISIVE_PARTS', 'GROUP_COLUMNS', 'VARIANTS', 'group_summary', 'group_table', 'localization',
+           'train_variant', 'main']
 
 # the parts that decide the class (wing-bar colour x eye-ring colour); beak and crest only follow from the pair
 DECISIVE_PARTS = ('wing_bar', 'eye_ring')
@@ -175,6 +176,50 @@ def localization(
     return out
 
 
+# the columns of the per-group summary: the deciding parts, the eye ring alone (strictly, and touching: its box is
+# smaller than a 16 px feature cell) and the whole part box
+GROUP_COLUMNS = ('accuracy', 'cam_decisive_strict', 'T_decisive_strict', 'chance_decisive_strict',
+                 'center_decisive_strict', 'cam_eye_ring_strict', 'T_eye_ring_strict', 'chance_eye_ring_strict',
+                 'cam_eye_ring_half_stride', 'T_eye_ring_half_stride', 'chance_eye_ring_half_stride',
+                 'center_eye_ring_half_stride', 'cam_box_strict', 'T_box_strict', 'chance_box_strict',
+                 'center_box_strict')
+
+
+def group_summary(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Mean and sample std (None for one model) of `GROUP_COLUMNS` over the rows of each `group`, in first-seen order.
+
+    Args:
+        rows: Result rows of `localization`, each with a `group` key.
+    """
+    out = []
+    for group in dict.fromkeys(r['group'] for r in rows):
+        members = [r for r in rows if r['group'] == group]
+        entry: Dict[str, Any] = {'group': group, 'models': len(members)}
+        for col in GROUP_COLUMNS:
+            values = [float(r[col]) for r in members if r.get(col) is not None]
+            if values:
+                entry[col] = float(np.mean(values))
+                entry[f'{col}_std'] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        out.append(entry)
+    return out
+
+
+def group_table(groups: Sequence[Dict[str, Any]]) -> str:
+    """A Markdown table of `group_summary`: 'mean ± std' cells (percent), one row per group."""
+    def cell(g: Dict[str, Any], col: str) -> str:
+        if col not in g:
+            return ''
+        std = g.get(f'{col}_std')
+        return f'{100 * g[col]:.1f}' + (f' ± {100 * std:.1f}' if std is not None else '')
+
+    lines = ['Per group (mean ± sample std over its models, percent):', '',
+             '| group | models | ' + ' | '.join(GROUP_COLUMNS) + ' |',
+             '| --- | --- | ' + ' | '.join('---' for _ in GROUP_COLUMNS) + ' |']
+    lines += [f"| {g['group']} | {g['models']} | " + ' | '.join(cell(g, c) for c in GROUP_COLUMNS) + ' |'
+              for g in groups]
+    return '\n'.join(lines)
+
+
 def train_variant(variant: str, args: argparse.Namespace, x_tr: torch.Tensor, y_tr: torch.Tensor) -> GGAMModel:
     """Train one ablation variant from scratch with a short AdamW + cosine recipe (a CPU-sized stand-in).
 
@@ -242,6 +287,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', nargs='*', default=[], help='model specs to measure (as for ggam-layers cam)')
     p.add_argument('--titles', nargs='*', default=[], help='a row name per --model')
+    p.add_argument('--groups', nargs='*', default=[],
+                   help='a group name per --model (e.g. the recipe, one model per seed): adds a table of each '
+                        "group's mean ± std over its models")
     p.add_argument('--train', nargs='*', default=[], choices=sorted(VARIANTS), help='variants to train here first')
     p.add_argument('--num-classes', type=int, default=None, help='classes (default: the first model\'s, or 20)')
     p.add_argument('--image-size', type=int, default=None, help='default: the first model\'s input size, or 64')
@@ -270,6 +318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error('name models with --model or variants to train with --train')
     if args.titles and len(args.titles) != len(args.model):
         p.error('--titles needs one title per --model')
+    if args.groups and len(args.groups) != len(args.model):
+        p.error('--groups needs one group name per --model')
 
     models: Dict[str, Tuple[GGAMModel, str]] = {}
     for i, spec in enumerate(args.model):
@@ -314,15 +364,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{name}: acc {row['accuracy']:.3f}, cam in part box {row['cam_box_strict']:.3f} "
               f"(chance {row['chance_box_strict']:.3f}), T {row.get('T_box_strict', float('nan')):.3f}", flush=True)
 
-    columns = ['model', 'accuracy', 'feature_grid', 'cam_box_strict', 'T_box_strict', 'chance_box_strict',
-               'center_box_strict', 'cam_box_half_stride', 'T_box_half_stride', 'chance_box_half_stride',
-               'center_box_half_stride', 'cam_parts_strict',
-               'T_parts_strict', 'chance_parts_strict', 'cam_energy_in_box', 'T_energy_in_box', 'box_area',
-               'cam_peak_mode_share', 'T_peak_mode_share']
+    for row, group in zip(rows, args.groups):
+        row['group'] = group
+    columns = ['model', 'accuracy', 'feature_grid', *GROUP_COLUMNS[1:], 'cam_box_half_stride', 'T_box_half_stride',
+               'chance_box_half_stride', 'center_box_half_stride', 'cam_parts_strict', 'T_parts_strict',
+               'chance_parts_strict', 'cam_energy_in_box', 'T_energy_in_box', 'box_area', 'cam_peak_mode_share',
+               'T_peak_mode_share']
+    groups = group_summary(rows) if args.groups else []
     notes = [
-        'Rates over the split (0 to 1). `*_box_*`: the peak of the map (the centre of its largest feature cell; '
+        'Rates over the split (0 to 1). `*_decisive_*`: the peak of the map (the centre of its largest feature cell; '
         'Grad-CAM `cam` at the GGAM head\'s input for the predicted class, or the spatial attention `T`) lies inside '
-        'the ground-truth part box '
+        'the box of a part that decides the class (wing bar or eye ring); `*_eye_ring_*`: inside the eye ring\'s box '
+        '(on the head, away from the body: a part that a map peaking on the body cannot find); `*_box_*`: inside the '
+        'box around all parts '
         '(beak, crest, eye ring and wing bar together); `strict`: no tolerance, `half_stride`: the box grown by half '
         'the feature stride (the feature cell holding the peak touches the box). `*_parts_*`: inside one of the '
         'individual part boxes. `chance_*`: the rate of a peak drawn uniformly from the feature cells; '
@@ -331,6 +385,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         '`*_energy_in_box`: share of the map\'s mass inside the part box, to read against `box_area`, the box\'s '
         'share of the image. `*_peak_mode_share`: how often the peak falls in the single most frequent feature cell '
         '(1.0: the map always peaks at the same place whatever the image, a position bias).',
+        *([group_table(groups)] if groups else []),
         'Sources: ' + '; '.join(f'{name}: {source}' for name, (_, source) in models.items()) + '.',
         *args.note,
     ]
@@ -341,6 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     'image_size': args.image_size, 'difficulty': args.difficulty, 'seed': args.data_seed,
                     'images': rows[0]['images'] if rows else 0},
         'train_seconds': train_s if args.train else None,
+        'groups': groups,
         'synthetic_py_md5': hashlib.md5(Path(sys.modules[SyntheticFineGrained.__module__].__file__).read_bytes())
         .hexdigest(),  # the generator's version: results are only comparable on the same one
     }

@@ -6,7 +6,10 @@ backbone='convnext_tiny')` wraps any timm backbone, and its `config.json` record
 reloads through `hf-hub:` or `local-dir:`.
 
 `pretrained=True` on a named model's default tag loads the backbone's ImageNet weights from timm's Hub repository
-into the backbone (the attention and classifier start fresh); tags that name GGAM checkpoints load those.
+into the backbone (the attention and classifier start fresh); tags that name GGAM checkpoints load those. A tag whose
+weights were trained with other architecture arguments than the entrypoint's defaults lists them in `TAG_MODEL_ARGS`,
+and `timm.create_model('NAME.TAG')` builds that architecture (the embedded `ggam_test_resnet.synthetic` is
+test_resnet at output stride 16: a 7 x 7 map at 112 px); arguments passed to `create_model` still win.
 
 `features_only=True` gives timm's feature extractor over the backbone's `forward_intermediates` (`feature_cls='getter'`,
 the default) or over an FX graph (`feature_cls='fx'`); `feature_info` names the backbone's modules with the `backbone.`
@@ -14,7 +17,7 @@ prefix. The default `out_indices` are all of the backbone's levels when it has a
 3 (ViTs: one level per block, timm's own default for them).
 """
 import os
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 import timm
 import torch
@@ -28,7 +31,8 @@ from timm.models import (
 
 from .model import GGAMModel
 
-__all__ = ['GGAM_BACKBONES', 'checkpoint_filter_fn', 'create_ggam']  # entrypoints are appended by register_model
+# entrypoints are appended by register_model
+__all__ = ['GGAM_BACKBONES', 'TAG_MODEL_ARGS', 'checkpoint_filter_fn', 'create_ggam']
 
 # entrypoint name -> (backbone, backbone pretrained tag whose ImageNet weights the default tag loads)
 GGAM_BACKBONES = {
@@ -42,6 +46,13 @@ GGAM_BACKBONES = {
     'ggam_deit_small_patch16_224': ('deit_small_patch16_224', 'fb_in1k'),
     'ggam_efficientnet_b3': ('efficientnet_b3', 'ra2_in1k'),
     'ggam_test_resnet': ('test_resnet', 'r160_in1k'),
+}
+
+
+# model arguments that a tag's weights were trained with, beyond the entrypoint's defaults: a tag load reads only the
+# weights, so `timm.create_model('NAME.TAG')` builds this architecture (arguments given to create_model still win)
+TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {
+    'ggam_test_resnet.synthetic': {'backbone_args': {'output_stride': 16}},  # 7 x 7 final map at 112 px
 }
 
 
@@ -85,6 +96,7 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
     cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
         pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
+    _apply_tag_model_args(kwargs, TAG_MODEL_ARGS.get(f'{variant}.{cfg.tag}'))
     has_source = any(getattr(cfg, k, None) for k in ('hf_hub_id', 'url', 'file', 'state_dict'))
     if pretrained and not has_source:
         kwargs['backbone_pretrained'] = True
@@ -99,6 +111,15 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
             **{k: v for k, v in model.pretrained_cfg.items() if k in ('architecture', 'tag', 'license')},
             num_classes=model.num_classes, classifier='head.fc')
     return model
+
+
+def _apply_tag_model_args(kwargs: Dict[str, Any], tag_args: Optional[Dict[str, Any]]) -> None:
+    """Add a tag's architecture arguments to `kwargs` in place, under what the caller passed."""
+    for key, value in (tag_args or {}).items():
+        if key == 'backbone_args':
+            kwargs['backbone_args'] = {**value, **(kwargs.get('backbone_args') or {})}
+        else:
+            kwargs.setdefault(key, value)
 
 
 _FEATURE_CLS = ('getter', 'fx')
@@ -168,7 +189,7 @@ default_cfgs = generate_default_cfgs({
     'ggam_test_resnet.synthetic': {
         'file': os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained',
                              'ggam_test_resnet.synthetic.safetensors'),
-        'num_classes': 20, 'input_size': (3, 64, 64), 'pool_size': (2, 2), 'crop_pct': 1.0, 'crop_mode': 'center',
+        'num_classes': 20, 'input_size': (3, 112, 112), 'pool_size': (7, 7), 'crop_pct': 1.0, 'crop_mode': 'center',
         'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'classifier': 'head.fc',
         'first_conv': 'backbone.conv1.0', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666'},
 })

@@ -275,9 +275,14 @@ def test_embedded_model_loads_offline_and_reproduces_its_recorded_accuracy(offli
     model = timm.create_model(EMBEDDED_TAG, pretrained=True).eval()
     assert Path(model.pretrained_cfg['file']).resolve() == weights
     assert torch.equal(model.head.fc.weight, safetensors.torch.load_file(str(weights))['head.fc.weight'])
-    # a tag load reads only the weights, so the entrypoint's defaults must be the architecture that was trained
-    assert hub.ggam_model_args(model) == {k: v for k, v in meta['model_args'].items() if k != 'rd_ratio'}
+    # a tag load reads only the weights, so the tag must build the architecture that was trained (the entrypoint's
+    # defaults plus registry.TAG_MODEL_ARGS): the one its config.json rebuilds, with a 7 x 7 map at its input size
     assert meta['architecture'] == 'ggam_test_resnet'
+    rebuilt = timm.create_model(meta['architecture'], **meta['model_args'])
+    assert hub.ggam_model_args(model) == hub.ggam_model_args(rebuilt)
+    size = tuple(meta['pretrained_cfg']['input_size'])
+    grid = tuple(model.forward_features(torch.zeros(1, *size)).shape[-2:])
+    assert grid == (7, 7) == model.pretrained_cfg['pool_size']
     for key in ('num_classes', 'input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'crop_mode'):
         value = model.pretrained_cfg[key]
         assert (list(value) if isinstance(value, tuple) else value) == meta['pretrained_cfg'][key], key
@@ -301,6 +306,20 @@ def test_embedded_model_loads_offline_and_reproduces_its_recorded_accuracy(offli
         f'embedded model: test top-1 {top1} != recorded {info["metrics"]["test_top1"]}'
         + ('; ggam_layers/data/synthetic.py changed since it was trained: retrain it as '
            'ggam_layers/pretrained/README.md says' if changed else ''))
+
+
+@pytest.mark.parametrize('kwargs, grid', [({}, 7), ({'output_stride': 32}, 4),
+                                          ({'backbone_args': {'output_stride': 32}}, 4)])
+def test_tag_model_args_give_the_tags_architecture_and_yield_to_the_caller(kwargs, grid):
+    """`registry.TAG_MODEL_ARGS`: the embedded tag builds its output-stride-16 backbone (a 7 x 7 map at 112 px) with
+    or without its weights; what the caller passes wins; the entrypoint's default tag keeps timm's output stride."""
+    from ggam_layers.registry import TAG_MODEL_ARGS
+
+    assert TAG_MODEL_ARGS[EMBEDDED_TAG] == {'backbone_args': {'output_stride': 16}}
+    x = torch.zeros(1, 3, 112, 112)
+    model = timm.create_model(EMBEDDED_TAG, **kwargs)
+    assert model.forward_features(x).shape[-2:] == (grid, grid)
+    assert timm.create_model('ggam_test_resnet').forward_features(x).shape[-2:] == (4, 4)
 
 
 # --- bad input -------------------------------------------------------------------------------------------------------

@@ -367,6 +367,24 @@ def test_localization_benchmark_runs(tmp_path):
         assert 0.0 <= rows[0][key] <= 1.0
     assert (tmp_path / 'models' / 'ggam' / 'model.safetensors').is_file()
 
+    # --groups: the saved model measured twice as one group, and a group by hand
+    saved = str(tmp_path / 'models' / 'ggam')
+    assert module.main(['--model', saved, saved, '--titles', 's0', 's1', '--groups', 'g', 'g', '--limit', '8',
+                        '--out-dir', str(tmp_path), '--name', 'grouped']) == 0
+    result = json.loads((tmp_path / 'grouped.json').read_text())
+    (group,) = result['meta']['groups']
+    assert group['group'] == 'g' and group['models'] == 2
+    for col in module.GROUP_COLUMNS:
+        assert group[col] == pytest.approx(result['rows'][0][col]) and group[f'{col}_std'] == pytest.approx(0.0)
+    assert '| g | 2 |' in (tmp_path / 'grouped.md').read_text()
+    by_hand = module.group_summary([{'group': 'a', 'accuracy': 0.5}, {'group': 'b', 'accuracy': 0.2},
+                                    {'group': 'a', 'accuracy': 0.7}])
+    assert [g['group'] for g in by_hand] == ['a', 'b'] and [g['models'] for g in by_hand] == [2, 1]
+    assert by_hand[0]['accuracy'] == pytest.approx(0.6) and by_hand[0]['accuracy_std'] == pytest.approx(0.02 ** 0.5)
+    assert by_hand[1]['accuracy_std'] is None and 'cam_box_strict' not in by_hand[1]
+    with pytest.raises(SystemExit):
+        module.main(['--model', saved, '--groups', 'a', 'b'])
+
 
 def test_cli_cam_embedded_model(tmp_path):
     """The README command's shape: the embedded model by its tag, synthetic images, offline."""
@@ -383,7 +401,7 @@ def test_cli_cam_embedded_model(tmp_path):
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest='command'))
     out = tmp_path / 'emb.png'
-    args = parser.parse_args(['cam', 'synthetic:test:0,1', '--synthetic-difficulty', '0.25', '--model',
+    args = parser.parse_args(['cam', 'synthetic:test:0,1', '--model',
                               'ggam_test_resnet.synthetic', '--out', str(out), '--dpi', '40'])
     assert args.func(args) == 0
     with Image.open(out) as im:
