@@ -31,8 +31,8 @@ from huggingface_hub.errors import (
 from timm.layers import get_act_layer
 from timm.models import get_pretrained_cfg, is_model, parse_model_name, save_for_hf, split_model_name_tag
 
-from .engine.checkpoint import check_safetensors, load_weights
-from .model import GGAMModel
+from ..engine.checkpoint import check_safetensors, load_weights
+from ..model import GGAMModel
 
 __all__ = [
     'CONFIG_NAME', 'PAPER_BIBTEX', 'PICKLE_SUFFIXES', 'WEIGHTS_NAME', 'ggam_model_args', 'load_checkpoint',
@@ -71,12 +71,12 @@ _RUNTIME_ARGS = ('device', 'dtype', 'pretrained_model_args', 'backbone_pretraine
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
 def _registry():
-    from . import registry
+    from .. import registry
     return registry
 
 
