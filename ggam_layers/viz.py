@@ -457,7 +457,7 @@ def load_cam_model(spec: str, pretrained: bool = True, device: Union[str, torch.
     """
     try:
         from . import hub
-    except ImportError:  # pragma: no cover - hub.py ships with the package
+    except ImportError:  # pragma: no cover - ggam_layers.hub ships with the package
         hub = None
     if hub is not None and pretrained and Path(spec).is_dir():
         model = hub.load_checkpoint(spec)[0]  # a Hub-format folder or a training run folder

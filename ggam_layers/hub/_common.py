@@ -1,0 +1,30 @@
+"""File names, paper metadata and lazy package accessors shared by the `ggam_layers.hub` modules."""
+__all__ = ['CONFIG_NAME', 'PAPER_BIBTEX', 'PAPER_ID', 'PAPER_NAME', 'PICKLE_SUFFIXES', 'README_NAME', 'WEIGHTS_NAME']
+
+CONFIG_NAME = 'config.json'
+WEIGHTS_NAME = 'model.safetensors'
+README_NAME = 'README.md'
+PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.tar', '.pkl', '.pickle')
+PAPER_ID = 'arXiv:2101.09666'
+PAPER_NAME = 'Grad-CAM Guided Channel-Spatial Attention Module for Fine-Grained Visual Classification'
+PAPER_BIBTEX = """@article{xu2021gradcam,
+  title         = {Grad-CAM Guided Channel-Spatial Attention Module for Fine-Grained Visual Classification},
+  author        = {Xu, Shuai and Chang, Dongliang and Xie, Jiyang and Ma, Zhanyu},
+  journal       = {arXiv preprint arXiv:2101.09666},
+  year          = {2021},
+  eprint        = {2101.09666},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CV},
+  url           = {https://arxiv.org/abs/2101.09666}
+}"""
+_LIBRARY_URL = 'https://github.com/ggam-layers/ggam-layers'
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _registry():
+    from .. import registry
+    return registry
