@@ -178,6 +178,8 @@ ROUTES = {
     'wrap_timm_model vit': lambda: wrap_timm_model('test_vit', num_classes=5),
     'create_model ggam': lambda: timm.create_model('ggam', backbone='test_mambaout', num_classes=5, rd_channels=8),
     'registered name': lambda: timm.create_model('ggam_test_resnet', num_classes=5),
+    # a tag with its own architecture arguments (output stride 16): the export must record them
+    'embedded tag': lambda: timm.create_model('ggam_test_resnet.synthetic', pretrained=True),
     'unpooled': lambda: timm.create_model('ggam', backbone='test_resnet', num_classes=0, global_pool=''),
 }
 
