@@ -92,10 +92,11 @@ def train_compare_seeds(cfg: Any, seeds: Sequence[int], train_dataset: Any = Non
     Returns:
         {'summary': `seed_summary` of test top-1, 'summaries': {metric: summary}, 'results': {seed: {...}}}.
     """
+    from .compare import train_compare
     from .engine.checkpoint import atomic_write_json
     from .engine.distributed import broadcast_object, cleanup_distributed, init_distributed
     from .run_dir import default_output
-    from .train import build_datasets, train_compare
+    from .train_build import build_datasets
 
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):

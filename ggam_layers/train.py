@@ -19,49 +19,39 @@ A run directory holds `config.json` (timm model config; the run's settings under
 `checkpoints/epoch-NNNN/` (weights + optimizer, schedule and RNG state) for `--resume`. The data order and every
 random augmentation depend only on (seed, epoch, sample index), so a resumed run ends with the same weights as an
 uninterrupted one, and `--batch-size` is the global batch whatever the number of processes.
+
+This module holds the training loop and re-exports the public names of the modules around it: the building blocks
+(datasets, model, data config, optimizer, config.json) in `ggam_layers.train_build`, `evaluate` in
+`ggam_layers.evaluate`, GGAM against the plain backbone in `ggam_layers.compare`, the settings in
+`ggam_layers.train_config` and the command line in `ggam_layers.train_cli`.
 """
 import dataclasses
 import json
 import logging
-import os
-import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import timm
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .compare import format_comparison, train_compare
 from .engine.checkpoint import (
     CONFIG_NAME,
-    TMP_PREFIX,
-    WEIGHTS_NAME,
     CheckpointError,
     CheckpointWriteError,
     atomic_write_json,
-    check_safetensors,
     clean_partial,
     list_checkpoints,
     load_checkpoint,
-    load_weights,
     save_checkpoint,
 )
-from .engine.data import (
-    EpochSampler,
-    SeededTransformDataset,
-    ShardSampler,
-    build_loader,
-    build_transform,
-    derive_seed,
-)
+from .engine.data import EpochSampler, SeededTransformDataset, ShardSampler, build_loader, build_transform, derive_seed
 from .engine.device_data import device_loaders, wants_device_data
 from .engine.distributed import (
     DistInfo,
@@ -74,11 +64,25 @@ from .engine.distributed import (
 )
 from .engine.loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, lr_factor, train_one_epoch
 from .engine.metrics import METRIC_COLUMNS, MetricsWriter
-from .engine.progress import progress
 from .engine.signals import InterruptGuard, TrainingInterrupted
+from .evaluate import _eval_loader, _num_workers, evaluate
 from .loss import GGAMLoss
-from .model import GGAMModel
 from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
+from .train_build import (
+    _class_names,
+    _fmt_pct,
+    _model_config,
+    _num_classes,
+    _optimizer,
+    _prepare_generated,
+    _rng_state,
+    _scan_data,
+    _set_rng_state,
+    _usable_cores,
+    build_datasets,
+    build_model,
+    resolve_data_config,
+)
 from .train_cli import add_train_args, compare_requested, config_from_args, register_cli
 from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, RESUME_MUTABLE_FIELDS, SCHEDULES, TrainConfig
 
@@ -92,298 +96,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-
-
-
-# --- building blocks -------------------------------------------------------------------------------------------------
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _create_dataset(cfg: TrainConfig, split: str) -> Any:
-    from .data.builder import create_dataset
-    kw = dict(cfg.dataset_kwargs)
-    if cfg.dataset == 'synthetic':
-        kw.setdefault('image_size', cfg.img_size)  # render at the input size
-    return create_dataset(cfg.dataset, root=cfg.data_root, split=split, **kw)
-
-
-def build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
-    """The training and evaluation datasets of `cfg` (without transforms: they return PIL images)."""
-    return _create_dataset(cfg, cfg.train_split), _create_dataset(cfg, cfg.eval_split)
-
-
-def _num_classes(ds: Any) -> int:
-    n = getattr(ds, 'num_classes', None)
-    if n is None:
-        names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
-        if names is None:
-            raise ValueError(f'dataset {type(ds).__name__} has no num_classes or class_names attribute')
-        n = len(names)
-    return int(n)
-
-
-def _class_names(ds: Any) -> Optional[List[str]]:
-    names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
-    return [str(n) for n in names] if names is not None else None
-
-
-def _fixed_input_size(name: str) -> bool:
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except Exception:  # hf-hub: names and unknown tags
-        cfg = None
-    return bool(cfg is not None and cfg.fixed_input_size)
-
-
-def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] = None) -> nn.Module:
-    """The model of `cfg`: `timm.create_model('ggam', backbone=cfg.model, ...)` (what `wrap_timm_model` builds,
-    plus timm's record of the arguments, so the saved config.json reloads with `local-dir:`), or the plain timm
-    model with `cfg.plain`.
-
-    Args:
-        cfg: Run config.
-        num_classes: Classes of the classifier.
-        pretrained: Override `cfg.pretrained` / `cfg.pretrained_file` (False when weights are loaded afterwards).
-    """
-    kwargs = dict(cfg.model_kwargs)
-    if cfg.drop_path_rate is not None:
-        kwargs['drop_path_rate'] = cfg.drop_path_rate
-    if _fixed_input_size(cfg.model) and 'img_size' not in kwargs:
-        kwargs['img_size'] = cfg.img_size
-    use_pretrained = (cfg.pretrained or bool(cfg.pretrained_file)) if pretrained is None else pretrained
-    if use_pretrained and cfg.pretrained_file:
-        kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
-    try:
-        if cfg.plain:
-            return timm.create_model(cfg.model, pretrained=use_pretrained, num_classes=num_classes,
-                                     drop_rate=cfg.drop_rate, **kwargs)
-        return timm.create_model(
-            'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
-            channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
-            temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
-            drop_rate=cfg.drop_rate, **({'channel_rescale': True} if cfg.channel_rescale else {}), **kwargs)
-    except (KeyError, RuntimeError) as e:
-        if not (use_pretrained and cfg.pretrained_file):
-            raise
-        reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:400]
-        raise CheckpointError(
-            f'--pretrained-file {cfg.pretrained_file} does not fit backbone {cfg.model!r} ({reason}): pass the '
-            f'weights of {cfg.model} itself (a timm checkpoint of that backbone, or a ggam-layers model.safetensors '
-            'trained on it), or change --model to the backbone the file was saved from') from e
-
-
-def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
-    """timm's data config of the backbone (mean, std, interpolation, crop) with the run's overrides applied."""
-    from timm.data import resolve_data_config as timm_resolve
-    src = model.backbone if isinstance(model, GGAMModel) else model
-    dc = dict(timm_resolve({}, model=src))
-    dc['input_size'] = (3, cfg.img_size, cfg.img_size)
-    for key in ('crop_pct', 'crop_mode', 'interpolation', 'mean', 'std'):
-        if getattr(cfg, key) is not None:
-            dc[key] = getattr(cfg, key)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dc.items()}
-
-
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
-    if isinstance(model, GGAMModel):
-        head_modules = [model.head]
-    else:  # the plain model's classifier; timm's get_classifier() may give a tuple of modules
-        clf = model.get_classifier()
-        head_modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
-    head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
-    head_ids = {id(p) for p in head}
-    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [
-        {'params': backbone, 'lr': cfg.lr * cfg.backbone_lr_scale, 'name': 'backbone'},
-        {'params': head, 'lr': cfg.lr, 'name': 'head'},
-    ]
-    for g in groups:
-        g['initial_lr'] = g['lr']
-        g['weight_decay'] = cfg.weight_decay
-    return [g for g in groups if g['params']]
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg)
-    if cfg.opt == 'sgd':
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        'python': [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-    }
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    if state.get('cuda') and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state['cuda'])
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state['numpy']
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
-    """Generate an on-demand dataset (one with `generate(i)` and a `cache`) once, up front."""
-    gen = getattr(ds, 'generate', None)
-    if callable(gen) and getattr(ds, 'cache', False):
-        for i in progress(range(len(ds)), desc=desc, disable=not show):
-            gen(i)
-
-
-
-def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
-                  command: Optional[str], tmp_parent: Optional[Path] = None) -> Dict[str, Any]:
-    """timm's config.json of the model (what `local-dir:` reads) with the run under the `ggam_layers` key."""
-    from timm.models import save_for_hf
-
-    from . import __version__
-    model_args: Dict[str, Any] = {}
-    if isinstance(model, GGAMModel):
-        from .hub import ggam_model_args
-        model_args = ggam_model_args(model)
-    info = {
-        'version': __version__,
-        'paper': 'arXiv:2101.09666',
-        'dataset': {'name': cfg.dataset, 'train_split': cfg.train_split, 'eval_split': cfg.eval_split,
-                    'num_classes': num_classes, **({'kwargs': cfg.dataset_kwargs} if cfg.dataset_kwargs else {})},
-        'recipe': command or _recipe(cfg),
-        'kind': 'plain' if cfg.plain else 'ggam',
-        'data_config': data_config,
-        'train_config': asdict(cfg),
-    }
-    model_config: Dict[str, Any] = {'ggam_layers': info}
-    if class_names and len(class_names) == num_classes:
-        model_config['label_names'] = list(class_names)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + 'config.', dir=tmp_parent))
-    try:
-        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True,
-                    data_config={k: v for k, v in data_config.items()
-                                 if k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')})
-        config = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(model, GGAMModel):  # the GGAM head pools D itself (pool_type); timm's global_pool does not apply
-        config.pop('global_pool', None)
-        config.get('model_args', {}).pop('global_pool', None)
-    config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
-    return config
-
-
-def _recipe(cfg: TrainConfig) -> Dict[str, Any]:
-    d = asdict(cfg)
-    return {k: v for k, v in d.items() if k not in RESUME_MUTABLE_FIELDS}
-
-
-def _fmt_pct(v: Optional[float]) -> str:
-    return '-' if v is None else f'{100 * v:.2f}%'
-
-
-# --- evaluation ------------------------------------------------------------------------------------------------------
-def _num_workers(cfg: TrainConfig, ds: Any, info: DistInfo) -> int:
-    """DataLoader workers: `cfg.workers`, or when None 0 for in-memory data (the synthetic set: worker processes only
-    add overhead) and for image files the usable cores divided by the processes on this node, at most 8."""
-    if cfg.workers is not None:
-        return cfg.workers
-    if callable(getattr(ds, 'generate', None)):
-        return 0
-    return min(8, max(1, _usable_cores() // info.local_world_size))
-
-
-def _eval_loader(eval_ds: Any, transform, cfg: TrainConfig, info: DistInfo, pin: bool):
-    wrapped = SeededTransformDataset(eval_ds, transform, seed=cfg.seed, seeded=False)
-    return build_loader(wrapped, cfg.eval_batch_size, ShardSampler(len(wrapped), info.rank, info.world_size),
-                        num_workers=_num_workers(cfg, eval_ds, info), pin_memory=pin)
-
-
-def evaluate(
-        checkpoint: str,
-        split: Optional[str] = None,
-        data_root: Optional[str] = None,
-        batch_size: Optional[int] = None,
-        device: str = 'auto',
-        workers: Optional[int] = None,
-        progress: bool = True,
-        eval_dataset: Any = None,
-) -> Dict[str, Any]:
-    """Evaluate a run directory's model with the preprocessing it was trained with.
-
-    Args:
-        checkpoint: Run directory (config.json + model.safetensors).
-        split: Split to evaluate (default: the run's `eval_split`).
-        data_root: Dataset folder if it moved since training.
-        batch_size: Per-process batch size (default: the run's `eval_batch_size`, which reproduces its numbers).
-        device: 'auto', 'cpu', 'cuda', ...
-        workers: DataLoader workers (default: the run's).
-        progress: Show a progress bar.
-        eval_dataset: Use this dataset instead of building it from the run's config.
-
-    Returns:
-        {'top1', 'top5', 'loss', 'count', 'split', 'recorded_top1' (the run's final test top-1 when `split` is its
-        eval split), 'matches_recorded'}.
-    """
-    out = Path(checkpoint)
-    if out.is_file():
-        out = out.parent
-    config = read_run_config(out)
-    info_cfg = config['ggam_layers']
-    cfg = TrainConfig.from_dict(info_cfg['train_config'])
-    overrides = {'device': device}
-    if data_root is not None:
-        overrides['data_root'] = data_root
-    if batch_size is not None:
-        overrides['eval_batch_size'] = batch_size
-    if workers is not None:
-        overrides['workers'] = workers
-    cfg = dataclasses.replace(cfg, **overrides)
-    split = split or cfg.eval_split
-    dist_info = init_distributed(cfg.device)
-    try:
-        torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist_info.local_world_size))
-        weights = out / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f'{weights} is missing: the run has not finished an epoch yet')
-        check_safetensors(weights)  # a damaged file stops here, before the data is read
-        if eval_dataset is None:
-            eval_dataset = _create_dataset(cfg, split)
-        scanned, skipped = _scan_data(dataclasses.replace(cfg, eval_split=split), {'eval': eval_dataset}, dist_info,
-                                      progress and dist_info.is_main)
-        eval_dataset = scanned['eval']
-        num_classes = config.get('num_classes') or _num_classes(eval_dataset)
-        model = build_model(cfg, num_classes, pretrained=False)
-        load_weights(model, weights)
-        model.to(dist_info.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        transform = build_transform(info_cfg['data_config'], is_training=False)
-        _prepare_generated(eval_dataset, progress and dist_info.is_main, f'generating {split} images')
-        loader = _eval_loader(eval_dataset, transform, cfg, dist_info, dist_info.device.type == 'cuda')
-        amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, dist_info.device)
-        res = evaluate_model(model, loader, dist_info.device, amp_dtype, cfg.channels_last, dist_info,
-                             progress and dist_info.is_main, desc=f'eval {split}')
-    finally:
-        cleanup_distributed(dist_info)
-    res['split'] = split
-    res['skipped_images'] = skipped['eval']
-    res['skipped_files'] = skipped['files']
-    recorded = None
-    results_file = out / RESULTS_NAME
-    if split == cfg.eval_split and results_file.is_file():
-        recorded = json.loads(results_file.read_text(encoding='utf-8')).get('test_top1')
-    res['recorded_top1'] = recorded
-    res['matches_recorded'] = None if recorded is None else recorded == res['top1']
-    return res
 
 
 # --- training --------------------------------------------------------------------------------------------------------
@@ -425,25 +137,6 @@ def _check_batch_size(cfg: TrainConfig, n: int, skipped: int = 0) -> None:
 def _pow2_floor(n: int) -> int:
     """The largest power of two not above n (a batch size to suggest)."""
     return 1 << (max(n, 1).bit_length() - 1)
-
-
-def _scan_data(cfg: TrainConfig, datasets: Dict[str, Any], info: DistInfo, show: bool) -> Tuple[Dict[str, Any],
-                                                                                                  Dict[str, Any]]:
-    """Check the image files of each split once (`data.integrity.scan_images`); returns the datasets without the
-    unreadable files and a report {'train': n, 'eval': n, 'files': [{'split', 'path', 'reason'}, ...]}."""
-    from .data.integrity import scan_images
-    report: Dict[str, Any] = {'files': []}
-    out = {}
-    for split, ds in datasets.items():
-        name = f'{cfg.dataset} {getattr(cfg, f"{split}_split")}'
-
-        def bar(indices, desc=f'checking {name} images'):
-            return tqdm(indices, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
-        out[split], rep = scan_images(ds, strict=cfg.strict_data, max_bad_fraction=cfg.max_bad_fraction, name=name,
-                                      progress=bar, log=info.is_main)
-        report[split] = rep.skipped
-        report['files'] += [{'split': split, 'path': b.path, 'reason': b.reason} for b in rep.bad]
-    return out, report
 
 
 def _resume_state(out: Path, model: nn.Module, label: str, main: bool) -> Tuple[Optional[Path], Dict[str, Any]]:
@@ -709,65 +402,6 @@ def _final_result(cfg: TrainConfig, history: List[Dict[str, Any]], out: Path, nu
         'replica_max_abs_diff': replica_diff,
         'history': history,
     }
-
-
-# --- GGAM vs plain ---------------------------------------------------------------------------------------------------
-def format_comparison(ggam: Dict[str, Any], plain: Dict[str, Any]) -> str:
-    """A side-by-side table of two `train` results."""
-    rows = [
-        ('test top-1', _fmt_pct(ggam.get('test_top1')), _fmt_pct(plain.get('test_top1'))),
-        ('test top-5', _fmt_pct(ggam.get('test_top5')), _fmt_pct(plain.get('test_top5'))),
-        ('train top-1', _fmt_pct(ggam.get('train_top1')), _fmt_pct(plain.get('train_top1'))),
-        ('epochs', str(ggam.get('epochs_done')), str(plain.get('epochs_done'))),
-        ('train time', f'{ggam.get("train_time_s", 0):.0f} s', f'{plain.get("train_time_s", 0):.0f} s'),
-    ]
-    h1, h2 = f'GGAM + {ggam.get("backbone")}', f'plain {plain.get("backbone")}'
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(h1), *(len(r[1]) for r in rows))
-    w2 = max(len(h2), *(len(r[2]) for r in rows))
-    lines = [f'{"":<{w0}}  {h1:>{w1}}  {h2:>{w2}}']
-    lines += [f'{a:<{w0}}  {b:>{w1}}  {c:>{w2}}' for a, b, c in rows]
-    return '\n'.join(lines)
-
-
-def train_compare(
-        cfg: TrainConfig,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        command: Optional[str] = None,
-) -> Dict[str, Dict[str, Any]]:
-    """Train GGAM and the plain backbone with the same data, seed and recipe; OUT/ggam and OUT/plain.
-
-    Returns:
-        {'ggam': result, 'plain': result} (see `train`); rank 0 also writes OUT/comparison.json and prints the table.
-    """
-    cfg = cfg.validate()
-    t0 = time.perf_counter()
-    info = init_distributed(cfg.device)
-    try:
-        out = Path(broadcast_object(cfg.output or default_output(cfg, '-compare'), info))
-        if train_dataset is None or eval_dataset is None:
-            built = build_datasets(cfg)
-            train_dataset = train_dataset if train_dataset is not None else built[0]
-            eval_dataset = eval_dataset if eval_dataset is not None else built[1]
-        scanned, _ = _scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
-                                cfg.progress and info.is_main)  # once: both models skip the same files
-        train_dataset, eval_dataset = scanned['train'], scanned['eval']
-        results = {}
-        for name, plain in (('ggam', False), ('plain', True)):
-            sub = dataclasses.replace(cfg, plain=plain, output=str(out / name))
-            if cfg.resume and not (out / name / CONFIG_NAME).is_file():
-                sub = dataclasses.replace(sub, resume=False)  # killed before this model started
-            results[name] = train(sub, train_dataset, eval_dataset, command)
-        if info.is_main:
-            table = format_comparison(results['ggam'], results['plain'])
-            atomic_write_json(out / 'comparison.json', {
-                k: {m: v for m, v in r.items() if m != 'history'} for k, r in results.items()})
-            print(f'\n{table}\n\nruns: {out / "ggam"} and {out / "plain"} '
-                  f'({time.perf_counter() - t0:.0f} s in all)', flush=True)
-        return results
-    finally:
-        cleanup_distributed(info)
 
 
 # --- command line ----------------------------------------------------------------------------------------------------

@@ -205,7 +205,8 @@ def compare_requested(flag: Optional[bool], train_argv: Optional[Sequence[str]])
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .train import train, train_compare
+    from .compare import train_compare
+    from .train import train
     cfg, compare = config_from_args(args)
     argv = getattr(args, '_argv', None)
     seeds = getattr(args, 'seeds', None)
@@ -256,7 +257,7 @@ def _skipped_note(result: Dict[str, Any]) -> str:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .evaluate import evaluate
     res = evaluate(args.checkpoint, split=args.split, data_root=args.data_root, batch_size=args.batch_size,
                    device=args.device, workers=args.workers, progress=args.progress)
     if int(os.environ.get('RANK', '0')) == 0:

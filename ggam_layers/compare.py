@@ -1,0 +1,76 @@
+"""GGAM against the plain backbone: `train_compare` trains both with the same data, seed and recipe, and
+`format_comparison` prints their results side by side (over several seeds: `ggam_layers.seeds`).
+
+Both are re-exported by `ggam_layers.train`.
+"""
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .engine.checkpoint import CONFIG_NAME, atomic_write_json
+from .engine.distributed import broadcast_object, cleanup_distributed, init_distributed
+from .run_dir import default_output
+from .train_build import _fmt_pct, _scan_data, build_datasets
+from .train_config import TrainConfig
+
+__all__ = ['format_comparison', 'train_compare']
+
+
+def format_comparison(ggam: Dict[str, Any], plain: Dict[str, Any]) -> str:
+    """A side-by-side table of two `train` results."""
+    rows = [
+        ('test top-1', _fmt_pct(ggam.get('test_top1')), _fmt_pct(plain.get('test_top1'))),
+        ('test top-5', _fmt_pct(ggam.get('test_top5')), _fmt_pct(plain.get('test_top5'))),
+        ('train top-1', _fmt_pct(ggam.get('train_top1')), _fmt_pct(plain.get('train_top1'))),
+        ('epochs', str(ggam.get('epochs_done')), str(plain.get('epochs_done'))),
+        ('train time', f'{ggam.get("train_time_s", 0):.0f} s', f'{plain.get("train_time_s", 0):.0f} s'),
+    ]
+    h1, h2 = f'GGAM + {ggam.get("backbone")}', f'plain {plain.get("backbone")}'
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(h1), *(len(r[1]) for r in rows))
+    w2 = max(len(h2), *(len(r[2]) for r in rows))
+    lines = [f'{"":<{w0}}  {h1:>{w1}}  {h2:>{w2}}']
+    lines += [f'{a:<{w0}}  {b:>{w1}}  {c:>{w2}}' for a, b, c in rows]
+    return '\n'.join(lines)
+
+
+def train_compare(
+        cfg: TrainConfig,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        command: Optional[str] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Train GGAM and the plain backbone with the same data, seed and recipe; OUT/ggam and OUT/plain.
+
+    Returns:
+        {'ggam': result, 'plain': result} (see `train`); rank 0 also writes OUT/comparison.json and prints the table.
+    """
+    from .train import train  # not at the top: ggam_layers.train imports this module
+    cfg = cfg.validate()
+    t0 = time.perf_counter()
+    info = init_distributed(cfg.device)
+    try:
+        out = Path(broadcast_object(cfg.output or default_output(cfg, '-compare'), info))
+        if train_dataset is None or eval_dataset is None:
+            built = build_datasets(cfg)
+            train_dataset = train_dataset if train_dataset is not None else built[0]
+            eval_dataset = eval_dataset if eval_dataset is not None else built[1]
+        scanned, _ = _scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
+                                cfg.progress and info.is_main)  # once: both models skip the same files
+        train_dataset, eval_dataset = scanned['train'], scanned['eval']
+        results = {}
+        for name, plain in (('ggam', False), ('plain', True)):
+            sub = dataclasses.replace(cfg, plain=plain, output=str(out / name))
+            if cfg.resume and not (out / name / CONFIG_NAME).is_file():
+                sub = dataclasses.replace(sub, resume=False)  # killed before this model started
+            results[name] = train(sub, train_dataset, eval_dataset, command)
+        if info.is_main:
+            table = format_comparison(results['ggam'], results['plain'])
+            atomic_write_json(out / 'comparison.json', {
+                k: {m: v for m, v in r.items() if m != 'history'} for k, r in results.items()})
+            print(f'\n{table}\n\nruns: {out / "ggam"} and {out / "plain"} '
+                  f'({time.perf_counter() - t0:.0f} s in all)', flush=True)
+        return results
+    finally:
+        cleanup_distributed(info)

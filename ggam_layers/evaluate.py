@@ -1,0 +1,115 @@
+"""Evaluate a run directory's model with the preprocessing it was trained with (`ggam-layers eval`).
+
+`evaluate` is re-exported by `ggam_layers.train`; the training loop uses the same evaluation loader.
+"""
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .engine.checkpoint import WEIGHTS_NAME, check_safetensors, load_weights
+from .engine.data import SeededTransformDataset, ShardSampler, build_loader, build_transform
+from .engine.distributed import DistInfo, cleanup_distributed, init_distributed
+from .engine.loop import amp_dtype_for, evaluate_model
+from .run_dir import RESULTS_NAME, read_run_config
+from .train_build import _create_dataset, _num_classes, _prepare_generated, _scan_data, _usable_cores, build_model
+from .train_config import TrainConfig
+
+__all__ = ['evaluate']
+
+
+def _num_workers(cfg: TrainConfig, ds: Any, info: DistInfo) -> int:
+    """DataLoader workers: `cfg.workers`, or when None 0 for in-memory data (the synthetic set: worker processes only
+    add overhead) and for image files the usable cores divided by the processes on this node, at most 8."""
+    if cfg.workers is not None:
+        return cfg.workers
+    if callable(getattr(ds, 'generate', None)):
+        return 0
+    return min(8, max(1, _usable_cores() // info.local_world_size))
+
+
+def _eval_loader(eval_ds: Any, transform, cfg: TrainConfig, info: DistInfo, pin: bool):
+    wrapped = SeededTransformDataset(eval_ds, transform, seed=cfg.seed, seeded=False)
+    return build_loader(wrapped, cfg.eval_batch_size, ShardSampler(len(wrapped), info.rank, info.world_size),
+                        num_workers=_num_workers(cfg, eval_ds, info), pin_memory=pin)
+
+
+def evaluate(
+        checkpoint: str,
+        split: Optional[str] = None,
+        data_root: Optional[str] = None,
+        batch_size: Optional[int] = None,
+        device: str = 'auto',
+        workers: Optional[int] = None,
+        progress: bool = True,
+        eval_dataset: Any = None,
+) -> Dict[str, Any]:
+    """Evaluate a run directory's model with the preprocessing it was trained with.
+
+    Args:
+        checkpoint: Run directory (config.json + model.safetensors).
+        split: Split to evaluate (default: the run's `eval_split`).
+        data_root: Dataset folder if it moved since training.
+        batch_size: Per-process batch size (default: the run's `eval_batch_size`, which reproduces its numbers).
+        device: 'auto', 'cpu', 'cuda', ...
+        workers: DataLoader workers (default: the run's).
+        progress: Show a progress bar.
+        eval_dataset: Use this dataset instead of building it from the run's config.
+
+    Returns:
+        {'top1', 'top5', 'loss', 'count', 'split', 'recorded_top1' (the run's final test top-1 when `split` is its
+        eval split), 'matches_recorded'}.
+    """
+    out = Path(checkpoint)
+    if out.is_file():
+        out = out.parent
+    config = read_run_config(out)
+    info_cfg = config['ggam_layers']
+    cfg = TrainConfig.from_dict(info_cfg['train_config'])
+    overrides = {'device': device}
+    if data_root is not None:
+        overrides['data_root'] = data_root
+    if batch_size is not None:
+        overrides['eval_batch_size'] = batch_size
+    if workers is not None:
+        overrides['workers'] = workers
+    cfg = dataclasses.replace(cfg, **overrides)
+    split = split or cfg.eval_split
+    dist_info = init_distributed(cfg.device)
+    try:
+        torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist_info.local_world_size))
+        weights = out / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f'{weights} is missing: the run has not finished an epoch yet')
+        check_safetensors(weights)  # a damaged file stops here, before the data is read
+        if eval_dataset is None:
+            eval_dataset = _create_dataset(cfg, split)
+        scanned, skipped = _scan_data(dataclasses.replace(cfg, eval_split=split), {'eval': eval_dataset}, dist_info,
+                                      progress and dist_info.is_main)
+        eval_dataset = scanned['eval']
+        num_classes = config.get('num_classes') or _num_classes(eval_dataset)
+        model = build_model(cfg, num_classes, pretrained=False)
+        load_weights(model, weights)
+        model.to(dist_info.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        transform = build_transform(info_cfg['data_config'], is_training=False)
+        _prepare_generated(eval_dataset, progress and dist_info.is_main, f'generating {split} images')
+        loader = _eval_loader(eval_dataset, transform, cfg, dist_info, dist_info.device.type == 'cuda')
+        amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, dist_info.device)
+        res = evaluate_model(model, loader, dist_info.device, amp_dtype, cfg.channels_last, dist_info,
+                             progress and dist_info.is_main, desc=f'eval {split}')
+    finally:
+        cleanup_distributed(dist_info)
+    res['split'] = split
+    res['skipped_images'] = skipped['eval']
+    res['skipped_files'] = skipped['files']
+    recorded = None
+    results_file = out / RESULTS_NAME
+    if split == cfg.eval_split and results_file.is_file():
+        recorded = json.loads(results_file.read_text(encoding='utf-8')).get('test_top1')
+    res['recorded_top1'] = recorded
+    res['matches_recorded'] = None if recorded is None else recorded == res['top1']
+    return res

@@ -1,0 +1,240 @@
+"""The building blocks of a training run: its datasets, model, data config, optimizer, RNG state and config.json.
+
+`ggam_layers.train` puts them together (and re-exports the public ones: `build_datasets`, `build_model`,
+`resolve_data_config`); `ggam_layers.evaluate` and `ggam_layers.compare` use them too.
+"""
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .engine.checkpoint import CONFIG_NAME, TMP_PREFIX, CheckpointError
+from .engine.distributed import DistInfo
+from .engine.progress import progress
+from .model import GGAMModel
+from .train_config import RESUME_MUTABLE_FIELDS, TrainConfig
+
+__all__ = ['build_datasets', 'build_model', 'resolve_data_config']
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _create_dataset(cfg: TrainConfig, split: str) -> Any:
+    from .data.builder import create_dataset
+    kw = dict(cfg.dataset_kwargs)
+    if cfg.dataset == 'synthetic':
+        kw.setdefault('image_size', cfg.img_size)  # render at the input size
+    return create_dataset(cfg.dataset, root=cfg.data_root, split=split, **kw)
+
+
+def build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
+    """The training and evaluation datasets of `cfg` (without transforms: they return PIL images)."""
+    return _create_dataset(cfg, cfg.train_split), _create_dataset(cfg, cfg.eval_split)
+
+
+def _num_classes(ds: Any) -> int:
+    n = getattr(ds, 'num_classes', None)
+    if n is None:
+        names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
+        if names is None:
+            raise ValueError(f'dataset {type(ds).__name__} has no num_classes or class_names attribute')
+        n = len(names)
+    return int(n)
+
+
+def _class_names(ds: Any) -> Optional[List[str]]:
+    names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
+    return [str(n) for n in names] if names is not None else None
+
+
+def _fixed_input_size(name: str) -> bool:
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # hf-hub: names and unknown tags
+        cfg = None
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] = None) -> nn.Module:
+    """The model of `cfg`: `timm.create_model('ggam', backbone=cfg.model, ...)` (what `wrap_timm_model` builds,
+    plus timm's record of the arguments, so the saved config.json reloads with `local-dir:`), or the plain timm
+    model with `cfg.plain`.
+
+    Args:
+        cfg: Run config.
+        num_classes: Classes of the classifier.
+        pretrained: Override `cfg.pretrained` / `cfg.pretrained_file` (False when weights are loaded afterwards).
+    """
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.drop_path_rate is not None:
+        kwargs['drop_path_rate'] = cfg.drop_path_rate
+    if _fixed_input_size(cfg.model) and 'img_size' not in kwargs:
+        kwargs['img_size'] = cfg.img_size
+    use_pretrained = (cfg.pretrained or bool(cfg.pretrained_file)) if pretrained is None else pretrained
+    if use_pretrained and cfg.pretrained_file:
+        kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
+    try:
+        if cfg.plain:
+            return timm.create_model(cfg.model, pretrained=use_pretrained, num_classes=num_classes,
+                                     drop_rate=cfg.drop_rate, **kwargs)
+        return timm.create_model(
+            'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
+            channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
+            temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
+            drop_rate=cfg.drop_rate, **({'channel_rescale': True} if cfg.channel_rescale else {}), **kwargs)
+    except (KeyError, RuntimeError) as e:
+        if not (use_pretrained and cfg.pretrained_file):
+            raise
+        reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:400]
+        raise CheckpointError(
+            f'--pretrained-file {cfg.pretrained_file} does not fit backbone {cfg.model!r} ({reason}): pass the '
+            f'weights of {cfg.model} itself (a timm checkpoint of that backbone, or a ggam-layers model.safetensors '
+            'trained on it), or change --model to the backbone the file was saved from') from e
+
+
+def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
+    """timm's data config of the backbone (mean, std, interpolation, crop) with the run's overrides applied."""
+    from timm.data import resolve_data_config as timm_resolve
+    src = model.backbone if isinstance(model, GGAMModel) else model
+    dc = dict(timm_resolve({}, model=src))
+    dc['input_size'] = (3, cfg.img_size, cfg.img_size)
+    for key in ('crop_pct', 'crop_mode', 'interpolation', 'mean', 'std'):
+        if getattr(cfg, key) is not None:
+            dc[key] = getattr(cfg, key)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dc.items()}
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
+    if isinstance(model, GGAMModel):
+        head_modules = [model.head]
+    else:  # the plain model's classifier; timm's get_classifier() may give a tuple of modules
+        clf = model.get_classifier()
+        head_modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
+    head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [
+        {'params': backbone, 'lr': cfg.lr * cfg.backbone_lr_scale, 'name': 'backbone'},
+        {'params': head, 'lr': cfg.lr, 'name': 'head'},
+    ]
+    for g in groups:
+        g['initial_lr'] = g['lr']
+        g['weight_decay'] = cfg.weight_decay
+    return [g for g in groups if g['params']]
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg)
+    if cfg.opt == 'sgd':
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        'python': [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
+    """Generate an on-demand dataset (one with `generate(i)` and a `cache`) once, up front."""
+    gen = getattr(ds, 'generate', None)
+    if callable(gen) and getattr(ds, 'cache', False):
+        for i in progress(range(len(ds)), desc=desc, disable=not show):
+            gen(i)
+
+
+
+def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
+                  command: Optional[str], tmp_parent: Optional[Path] = None) -> Dict[str, Any]:
+    """timm's config.json of the model (what `local-dir:` reads) with the run under the `ggam_layers` key."""
+    from timm.models import save_for_hf
+
+    from . import __version__
+    model_args: Dict[str, Any] = {}
+    if isinstance(model, GGAMModel):
+        from .hub import ggam_model_args
+        model_args = ggam_model_args(model)
+    info = {
+        'version': __version__,
+        'paper': 'arXiv:2101.09666',
+        'dataset': {'name': cfg.dataset, 'train_split': cfg.train_split, 'eval_split': cfg.eval_split,
+                    'num_classes': num_classes, **({'kwargs': cfg.dataset_kwargs} if cfg.dataset_kwargs else {})},
+        'recipe': command or _recipe(cfg),
+        'kind': 'plain' if cfg.plain else 'ggam',
+        'data_config': data_config,
+        'train_config': asdict(cfg),
+    }
+    model_config: Dict[str, Any] = {'ggam_layers': info}
+    if class_names and len(class_names) == num_classes:
+        model_config['label_names'] = list(class_names)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + 'config.', dir=tmp_parent))
+    try:
+        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True,
+                    data_config={k: v for k, v in data_config.items()
+                                 if k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')})
+        config = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(model, GGAMModel):  # the GGAM head pools D itself (pool_type); timm's global_pool does not apply
+        config.pop('global_pool', None)
+        config.get('model_args', {}).pop('global_pool', None)
+    config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
+    return config
+
+
+def _recipe(cfg: TrainConfig) -> Dict[str, Any]:
+    d = asdict(cfg)
+    return {k: v for k, v in d.items() if k not in RESUME_MUTABLE_FIELDS}
+
+
+def _fmt_pct(v: Optional[float]) -> str:
+    return '-' if v is None else f'{100 * v:.2f}%'
+
+
+def _scan_data(cfg: TrainConfig, datasets: Dict[str, Any], info: DistInfo, show: bool) -> Tuple[Dict[str, Any],
+                                                                                                  Dict[str, Any]]:
+    """Check the image files of each split once (`data.integrity.scan_images`); returns the datasets without the
+    unreadable files and a report {'train': n, 'eval': n, 'files': [{'split', 'path', 'reason'}, ...]}."""
+    from .data.integrity import scan_images
+    report: Dict[str, Any] = {'files': []}
+    out = {}
+    for split, ds in datasets.items():
+        name = f'{cfg.dataset} {getattr(cfg, f"{split}_split")}'
+
+        def bar(indices, desc=f'checking {name} images'):
+            return tqdm(indices, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+        out[split], rep = scan_images(ds, strict=cfg.strict_data, max_bad_fraction=cfg.max_bad_fraction, name=name,
+                                      progress=bar, log=info.is_main)
+        report[split] = rep.skipped
+        report['files'] += [{'split': split, 'path': b.path, 'reason': b.reason} for b in rep.bad]
+    return out, report
