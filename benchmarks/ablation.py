@@ -830,7 +830,8 @@ def _provenance() -> Dict[str, Any]:
     """The commit and the md5 of the files that decide the numbers (the data generator above all)."""
     root = Path(__file__).resolve().parents[1]
     files = ['ggam_layers/data/synthetic.py', 'ggam_layers/loss.py', 'ggam_layers/head.py',
-             'ggam_layers/attention.py', 'ggam_layers/train.py', 'ggam_layers/engine/loop.py',
+             'ggam_layers/attention.py', 'ggam_layers/train.py', 'ggam_layers/train_build.py',
+             'ggam_layers/evaluate.py', 'ggam_layers/engine/loop.py',
              'benchmarks/localization.py', 'benchmarks/ablation.py']
     out: Dict[str, Any] = {'md5': {f: hashlib.md5((root / f).read_bytes()).hexdigest() for f in files
                                    if (root / f).is_file()}}
