@@ -8,6 +8,8 @@ arXiv 2101.09666.
     u = sum_c B_c                                 channel sum, H x W
     T = norm(u)                                   eq. 3: softmax (paper text), u / sum(u) (eq. 3) or sigmoid (code)
     D = A * T                                     eq. 2, what the classifier sees
+    D = A * (1 - g + g * N T)                     with `spatial_gate` (ours): g a learned scalar from 0, N T has
+                                                  mean 1 (softmax / sum norms; T itself for sigmoid)
 """
 from typing import NamedTuple, Optional, Type, Union
 
@@ -76,6 +78,7 @@ class ChannelSpatialAttention(nn.Module):
             temperature: float = 1.0,
             eps: float = 1e-6,
             channel_rescale: bool = False,
+            spatial_gate: bool = False,
             device=None,
             dtype=None,
     ):
@@ -97,6 +100,11 @@ class ChannelSpatialAttention(nn.Module):
                 SE-like gain: a uniform S then passes A through unchanged, where eq. 1 divides it by C). Ours, off by
                 default; it has no meaning with the spatial map (S only shapes T there), so it needs
                 `spatial_attn=False`.
+            spatial_gate: Blend the spatial map in through a learned scalar gate g that starts at 0: D = A * (1 - g
+                + g * N T) for the softmax and sum norms (N T has mean 1 over the N positions), A * (1 - g + g T) for
+                sigmoid. At g = 0 the head sees A unchanged (with average pooling: the plain backbone's head), and
+                it learns how much spatial attention to use, as residual gates and LayerScale do. Ours, off by
+                default; needs `spatial_attn=True`.
         """
         super().__init__()
         if channels < 1:
@@ -108,6 +116,8 @@ class ChannelSpatialAttention(nn.Module):
         if channel_rescale and spatial_attn:
             raise ValueError('channel_rescale=True scales eq. 1 (B = S * A) by C and needs spatial_attn=False; with '
                              'the spatial map S only shapes T')
+        if spatial_gate and not spatial_attn:
+            raise ValueError('spatial_gate=True gates the spatial map T and needs spatial_attn=True')
         dd = {'device': device, 'dtype': dtype}
         self.channels = channels
         self.spatial_norm = spatial_norm
@@ -116,6 +126,9 @@ class ChannelSpatialAttention(nn.Module):
         self.temperature = temperature
         self.eps = eps
         self.channel_rescale = channel_rescale
+        self.spatial_gate = spatial_gate
+        # g of `spatial_gate`, 0 at the start: the head begins as GAP of A and learns how much T to use
+        self.gate = nn.Parameter(torch.zeros((), **dd)) if spatial_gate else None
         if channel_attn:
             if not rd_channels:
                 rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.)
@@ -161,7 +174,18 @@ class ChannelSpatialAttention(nn.Module):
             fallback = total.flatten() <= self.eps
             safe_total = torch.where(total > self.eps, total, torch.ones_like(total))
             t = torch.where(fallback[:, None, None], u.flatten(1).softmax(dim=1).view_as(u), u / safe_total)
-        return AttentionResult(s, t, x * t[:, None], z, u, fallback)
+        if self.gate is None:
+            return AttentionResult(s, t, x * t[:, None], z, u, fallback)
+        return AttentionResult(s, t, x * self.gate_map(t)[:, None], z, u, fallback)
+
+    def gate_scale(self, t: torch.Tensor) -> int:
+        """N (the number of positions) for the softmax and sum norms, whose T sums to one; 1 for sigmoid."""
+        return 1 if self.spatial_norm == 'sigmoid' else t.shape[-2] * t.shape[-1]
+
+    def gate_map(self, t: torch.Tensor) -> torch.Tensor:
+        """The multiplier of A under `spatial_gate`: 1 - g + g * scale * T, B x H x W."""
+        g = self.gate.to(t.dtype)
+        return 1 - g + g * (self.gate_scale(t) * t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attend(x).output
@@ -171,5 +195,6 @@ class ChannelSpatialAttention(nn.Module):
             f'channels={self.channels}, rd_channels={self.rd_channels}, spatial_norm={self.spatial_norm!r}, '
             f'channel_attn={self.channel_attn}, spatial_attn={self.spatial_attn}, temperature={self.temperature}'
             + (', channel_rescale=True' if self.channel_rescale else '')
+            + (', spatial_gate=True' if self.spatial_gate else '')
         )
 

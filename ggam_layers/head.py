@@ -13,7 +13,9 @@ that flows back through the channel-attention MLP:
     h = ((dz @ W2) * [z1 > 0]) @ W1                   back through fc2, ReLU, fc1 (the GAP contributes 1/N)
     beta_c = kappa w_c sum_n T_n / N + S_c sum_n r_n / N + h_c / N
 
-(sum_n r_n = 0 for the softmax norm). Without the spatial map, D = S A and beta_c = kappa w_c S_c + h_c / N with
+(sum_n r_n = 0 for the softmax norm). With `spatial_gate`, D = (1 - g) A + g c A T (c = N, or 1 for sigmoid) is
+linear in the two terms: beta is the formula above with kappa replaced by g c kappa, plus (1 - g) kappa w_c.
+Without the spatial map, D = S A and beta_c = kappa w_c S_c + h_c / N with
 dS_c = kappa w_c sum_n A_{c,n}. Heads the closed form does not cover (an activation other than ReLU, dropout in
 train mode, a non-linear classifier) fall back to `grad_cam_weights`; both give the same numbers.
 
@@ -73,6 +75,7 @@ def closed_form_cam_weights(
         avg_pool: True if the head averages D over positions (kappa = 1/N), False if it sums (kappa = 1).
         cam_layer: 'features' (gradient at A, paper) or 'attended' (gradient at D, authors' code).
     """
+    gated = attn.spatial_attn and attn.gate is not None
     with torch.no_grad():
         dtype = torch.promote_types(features.dtype, torch.float32)
         a = features.detach().flatten(2).to(dtype)
@@ -84,6 +87,10 @@ def closed_form_cam_weights(
         s = result.channel_weights.detach().to(dtype)
         if attn.spatial_attn:
             t = result.spatial_weights.detach().flatten(1).to(dtype)
+            kappa_plain = kappa
+            if gated:  # D = (1 - g) A + g c A T: the attended term at scale g c kappa, the plain term added below
+                gate = attn.gate.detach().to(dtype)
+                kappa = kappa * gate * attn.gate_scale(result.spatial_weights)
             g = kappa * torch.einsum('bc,bcn->bn', w, a)
             gbar = (t * g).sum(1, keepdim=True)
             if attn.spatial_norm == 'softmax':
@@ -95,6 +102,8 @@ def closed_form_cam_weights(
                 total = torch.where(result.sum_fallback[:, None], torch.ones_like(total), total)
                 r = torch.where(result.sum_fallback[:, None], t * (g - gbar), (g - gbar) / total)
             beta = (kappa / n) * w * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
+            if gated:
+                beta = beta + (1 - gate) * kappa_plain * w
             grad_s = torch.einsum('bn,bcn->bc', r, a)
         else:
             k = kappa * a.shape[1] if attn.channel_attn and attn.channel_rescale else kappa  # D = C * S * A
@@ -133,6 +142,7 @@ class GGAMHead(nn.Module):
             closed_form: bool = True,
             fused: Union[bool, str] = 'auto',
             channel_rescale: bool = False,
+            spatial_gate: bool = False,
             device=None,
             dtype=None,
     ):
@@ -150,7 +160,8 @@ class GGAMHead(nn.Module):
             temperature: See `ChannelSpatialAttention`.
             pool_type: 'avg' (global average of D, the paper's pipeline), 'sum' (sum of D over positions: with a
                 normalised T this is attention pooling, the T-weighted mean of A, on the scale of a plain global
-                average pool) or 'auto' ('sum' for the softmax and sum norms, 'avg' otherwise).
+                average pool) or 'auto' ('sum' for the softmax and sum norms, 'avg' otherwise; 'avg' with
+                `spatial_gate`, whose N T already has mean 1, so that g = 0 is the plain global average pool).
             drop_rate: Dropout before the classifier.
             cam_layer: Take the Grad-CAM gradient at 'features' A (paper) or 'attended' D (authors' code).
             closed_form: Use the closed form of beta where it applies; False always uses autograd.
@@ -158,6 +169,7 @@ class GGAMHead(nn.Module):
                 installed and the options are covered, else the PyTorch path; True always runs them (an error when
                 they cannot run: on the CPU they need TRITON_INTERPRET=1); False never.
             channel_rescale: See `ChannelSpatialAttention` (C * S * A for the channel-only head; ours).
+            spatial_gate: See `ChannelSpatialAttention` (a learned gate g from 0 on the spatial map; ours).
         """
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -177,9 +189,9 @@ class GGAMHead(nn.Module):
         self.attn = ChannelSpatialAttention(
             in_features, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act_layer=act_layer,
             spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
-            temperature=temperature, channel_rescale=channel_rescale, **dd)
+            temperature=temperature, channel_rescale=channel_rescale, spatial_gate=spatial_gate, **dd)
         if pool_type == 'auto':
-            pool_type = 'sum' if spatial_attn and spatial_norm in ('softmax', 'sum') else 'avg'
+            pool_type = 'sum' if spatial_attn and spatial_norm in ('softmax', 'sum') and not spatial_gate else 'avg'
         self.pool_type = pool_type
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()

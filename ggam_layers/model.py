@@ -314,6 +314,7 @@ class GGAMModel(nn.Module):
             cam_layer: str = 'features',
             closed_form: bool = True,
             channel_rescale: bool = False,
+            spatial_gate: bool = False,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             global_pool: Optional[str] = None,
             device=None,
@@ -340,6 +341,7 @@ class GGAMModel(nn.Module):
             cam_layer: See `GGAMHead`.
             closed_form: See `GGAMHead`.
             channel_rescale: See `ChannelSpatialAttention` (C * S * A for the channel-only head; ours).
+            spatial_gate: See `ChannelSpatialAttention` (a learned gate from 0 on the spatial map; ours).
             img_size: Input size for backbones that take one (ViT, Swin); also the probe's input size.
             global_pool: timm's pooling argument: '' returns the attended map D unpooled (needs num_classes=0);
                 'avg' / 'sum' / 'auto' set the GGAM head's pooling of D (as `pool_type`); None keeps `pool_type`.
@@ -389,7 +391,8 @@ class GGAMModel(nn.Module):
             self.num_features, num_classes, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
             act_layer=act_layer, spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
             temperature=temperature, pool_type=pool_type, drop_rate=drop_rate, cam_layer=cam_layer,
-            closed_form=closed_form, channel_rescale=channel_rescale, device=device, dtype=dtype)
+            closed_form=closed_form, channel_rescale=channel_rescale, spatial_gate=spatial_gate, device=device,
+            dtype=dtype)
         if dtype is not None:
             self.backbone.to(dtype=dtype)
         self.feature_info = [dict(info, module=f'backbone.{info["module"]}') if 'module' in info else dict(info)
@@ -418,6 +421,8 @@ class GGAMModel(nn.Module):
             args.update(rd_channels=attn.rd_channels, act_layer=act_layer)
         if attn.channel_rescale:
             args['channel_rescale'] = True
+        if attn.spatial_gate:
+            args['spatial_gate'] = True
         return args
 
     def _set_global_pool(self, global_pool: str) -> None:

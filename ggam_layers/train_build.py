@@ -96,7 +96,8 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] =
             'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
             channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
             temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
-            drop_rate=cfg.drop_rate, **({'channel_rescale': True} if cfg.channel_rescale else {}), **kwargs)
+            drop_rate=cfg.drop_rate, **({'channel_rescale': True} if cfg.channel_rescale else {}),
+            **({'spatial_gate': True} if cfg.spatial_gate else {}), **kwargs)
     except (KeyError, RuntimeError) as e:
         if not (use_pretrained and cfg.pretrained_file):
             raise

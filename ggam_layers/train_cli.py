@@ -96,6 +96,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help='ablation: no spatial attention')
     g.add_argument('--channel-rescale', action='store_true',
                    help='with --no-spatial-attn: C * S * A instead of eq. 1\'s S * A (ours)')
+    g.add_argument('--spatial-gate', action='store_true',
+                   help='blend T in through a learned gate g from 0: D = A * (1 - g + g * N T), so the head starts '
+                        'as the plain global average pool (ours)')
     g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'),
                    help=h('spatial_norm', 'normalisation of T'))
     g.add_argument('--attn-temperature', type=float, help=h('attn_temperature', 'softmax temperature of S'))

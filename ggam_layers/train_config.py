@@ -49,6 +49,7 @@ class TrainConfig:
         channel_attn / spatial_attn / spatial_norm / attn_temperature / pool_type / cam_layer / rd_ratio: GGAM head
             options (`GGAMModel`; attn_temperature is its `temperature`, the softmax temperature of S).
         channel_rescale: With spatial_attn=False, hand the classifier C * S * A instead of eq. 1's S * A.
+        spatial_gate: Blend T in through a learned gate g from 0: D = A * (1 - g + g * N T) (the head starts as GAP).
         drop_rate / drop_path_rate: Dropout before the classifier, stochastic depth of the backbone.
         model_kwargs: Extra `timm.create_model` arguments.
 
@@ -121,6 +122,7 @@ class TrainConfig:
     channel_attn: bool = True
     spatial_attn: bool = True
     channel_rescale: bool = False
+    spatial_gate: bool = False
     spatial_norm: str = 'softmax'
     attn_temperature: float = 1.0
     pool_type: str = 'auto'
@@ -226,6 +228,9 @@ class TrainConfig:
         if self.channel_rescale and self.spatial_attn:
             raise ValueError('channel_rescale=True (--channel-rescale) scales eq. 1 and needs spatial_attn=False '
                              '(--no-spatial-attn)')
+        if self.spatial_gate and not self.spatial_attn:
+            raise ValueError('spatial_gate=True (--spatial-gate) gates the spatial map and needs spatial_attn=True '
+                             '(drop --no-spatial-attn)')
         for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints'):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f'{name} must be an int >= 1, got {getattr(self, name)!r}')

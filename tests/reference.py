@@ -16,10 +16,11 @@ def _softmax(v: torch.Tensor) -> torch.Tensor:
 
 
 def ref_attention(a, w1, b1, w2, b2, spatial_norm='softmax', channel_attn=True, spatial_attn=True, tau=1.0, eps=1e-6,
-                  rescale=False):
+                  rescale=False, gate=None):
     """Eq. 1 to 3 for one sample a (C x H x W). Returns S (C), T (H x W), D (C x H x W).
 
     `rescale`: the channel-only head hands the classifier C * S * A (ours) instead of eq. 1's S * A.
+    `gate`: a number g; D = A * (1 - g + g * N T) (sigmoid: 1 - g + g T), the spatial gate (ours), instead of eq. 2.
     """
     c, h, w = a.shape
     n = h * w
@@ -42,6 +43,9 @@ def ref_attention(a, w1, b1, w2, b2, spatial_norm='softmax', channel_attn=True, 
         t = u / total if total > eps else _softmax(u.flatten()).view(h, w)   # eq. 3 (softmax fallback)
     else:
         t = 1 / (1 + torch.exp(-u))                                          # authors' code
+    if gate is not None:                                                     # ours: a gate from the plain head
+        scale = 1 if spatial_norm == 'sigmoid' else n
+        return s, t, torch.stack([a[i] * (1 - gate + gate * scale * t) for i in range(c)])
     d = torch.stack([a[i] * t for i in range(c)])                            # eq. 2: d_c = a_c (.) T
     return s, t, d
 

@@ -113,6 +113,55 @@ def test_channel_rescale_matches_reference_and_autograd(pool, cam_layer):
         ChannelSpatialAttention(8, channel_rescale=True)
 
 
+@pytest.mark.parametrize('norm,pool,cam_layer', list(itertools.product(
+    ('softmax', 'sum', 'sigmoid'), ('auto', 'sum'), ('features', 'attended'))))
+def test_spatial_gate_matches_reference_and_autograd(norm, pool, cam_layer):
+    """The gated spatial map D = A * (1 - g + g N T): forward = float64 reference, beta in closed form = autograd =
+    reference, at a gate value away from 0 and 1."""
+    torch.manual_seed(0)
+    head = GGAMHead(32, 7, rd_ratio=0.25, spatial_norm=norm, spatial_gate=True, pool_type=pool,
+                    cam_layer=cam_layer).double()
+    assert head.pool_type == ('avg' if pool == 'auto' else pool)  # 'auto': g = 0 is the plain average pool
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(3.0)
+        head.attn.gate.fill_(0.63)
+    x = _features()
+    res = head.attn.attend(x)
+    out = head.forward_ggam(x)
+    head.closed_form = False
+    generic = head.forward_ggam(x.clone().requires_grad_(True))
+    scale = generic.cam_weights.abs().max()
+    torch.testing.assert_close(out.logits, generic.logits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.cam_weights / scale, generic.cam_weights / scale, rtol=0, atol=1e-10)
+    for i in range(x.shape[0]):
+        kw = dict(spatial_norm=norm, gate=0.63)
+        _, t, d = ref_attention(x[i], *_attn_weights(head.attn), **kw)
+        torch.testing.assert_close(res.output[i], d, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(res.spatial_weights[i], t, rtol=1e-10, atol=1e-12)
+        beta = ref_beta(x[i], int(out.classes[i]), _attn_weights(head.attn), head.fc.weight, head.fc.bias,
+                        pool=head.pool_type, cam_layer=cam_layer, **kw)
+        torch.testing.assert_close(out.cam_weights[i] / scale, beta / scale, rtol=0, atol=1e-10)
+
+
+def test_spatial_gate_starts_as_the_plain_head_and_learns():
+    """At g = 0 the gated head is GAP + linear (the plain backbone's head); g gets a gradient from there (so it can
+    learn to use T); gradcheck through the gated head; the gate needs the spatial map."""
+    torch.manual_seed(0)
+    head = GGAMHead(16, 5, rd_channels=4, spatial_gate=True).double()
+    x = torch.rand(4, 16, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(head(x), head.fc(x.mean((2, 3))), rtol=1e-12, atol=1e-12)
+    head(x).logsumexp(1).sum().backward()
+    assert head.attn.gate.grad is not None and head.attn.gate.grad.abs() > 0
+    assert 'spatial_gate=True' in repr(head.attn)
+    assert torch.autograd.gradcheck(lambda a: GGAMHead.forward(head, a), (x.clone().requires_grad_(True),))
+    with pytest.raises(ValueError, match='spatial_gate=True .* needs spatial_attn=True'):
+        ChannelSpatialAttention(8, spatial_attn=False, spatial_gate=True)
+    with pytest.raises(ValueError, match='--spatial-gate'):
+        from ggam_layers.train_config import TrainConfig
+        TrainConfig(spatial_attn=False, spatial_gate=True).validate()
+
+
 def test_beta_for_given_classes():
     head = _head('softmax', True, True)
     x = _features()
@@ -254,6 +303,26 @@ def test_gradcheck_loss():
 
         assert fn(logits, z).dtype == torch.float64
         assert torch.autograd.gradcheck(fn, (logits, z))
+
+
+def test_spatial_gate_round_trips_through_save_pretrained_and_timm(tmp_path):
+    from ggam_layers import wrap_timm_model
+    from ggam_layers.hub import load_model, save_pretrained
+
+    torch.manual_seed(0)
+    model = wrap_timm_model('test_resnet', num_classes=3, spatial_gate=True).eval()
+    with torch.no_grad():
+        model.head.attn.gate.fill_(0.4)  # not the initial 0: the reload must read it from the file
+    save_pretrained(model, tmp_path / 'm')
+    loaded = load_model(str(tmp_path / 'm')).eval()
+    assert loaded.head.attn.spatial_gate and loaded.head.pool_type == 'avg'
+    assert loaded.head.attn.gate.item() == pytest.approx(0.4)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    import timm
+
+    timm.models.save_for_hf(model, tmp_path / 'timm', safe_serialization=True)
+    torch.testing.assert_close(timm.create_model(f'local-dir:{tmp_path / "timm"}', pretrained=True).eval()(x), model(x))
 
 
 def test_channel_rescale_round_trips_through_save_pretrained(tmp_path):

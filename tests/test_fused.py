@@ -278,6 +278,7 @@ FALLBACK_CASES = [
     ('autograd-beta', {'closed_form': False}, torch.float32, False, 'closed_form=False'),
     ('dropout-train', {'drop_rate': 0.5}, torch.float32, True, 'dropout'),
     ('float64', {}, torch.float64, False, 'float64'),
+    ('spatial-gate', {'spatial_gate': True}, torch.float32, False, 'spatial_gate=True'),
 ]
 
 

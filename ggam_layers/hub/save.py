@@ -76,6 +76,8 @@ def ggam_model_args(model: GGAMModel) -> Dict[str, Any]:
         args.pop('act_layer', None)
     if attn.channel_rescale:
         args['channel_rescale'] = True
+    if attn.spatial_gate:
+        args['spatial_gate'] = True
     return args
 
 

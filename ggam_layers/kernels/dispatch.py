@@ -33,6 +33,7 @@ COVERED = (
 FALLBACK = (
     'an activation other than ReLU between fc1 and fc2 (the closed form needs ReLU)',
     'closed_form=False (forward_ggam asks for the autograd beta)',
+    'spatial_gate=True (the learned gate on T; the PyTorch path has its closed form)',
     'dropout > 0 in train mode in forward_ggam (no closed form there)',
     'a classifier that is not nn.Linear in forward_ggam',
     'float64 features (the kernels accumulate in float32)',
@@ -74,6 +75,8 @@ def fused_unsupported(head: Any, x: torch.Tensor, ggam: bool) -> Optional[str]:
     attn = head.attn
     if attn.channel_attn and not isinstance(attn.act, nn.ReLU):
         return f'act_layer {type(attn.act).__name__} is not ReLU'
+    if getattr(attn, 'gate', None) is not None:
+        return 'spatial_gate=True'
     if ggam:
         if not head.closed_form:
             return 'closed_form=False'
