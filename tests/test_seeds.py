@@ -58,6 +58,26 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
     assert [r['ggam'] for r in s['per_seed']] == [out['results'][i]['ggam']['test_top1'] for i in (0, 1)]
     assert s['wins'] == sum(r['ggam'] > r['plain'] for r in s['per_seed'])
     assert stored['command'].startswith('ggam-layers train --seeds 0 1')
+
+    # benchmarks/recipe_seeds.py on the same run directories gives the same per-seed values and paired differences
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'recipe_seeds.py'
+    spec = importlib.util.spec_from_file_location('recipe_seeds', script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    runs = {k: [str(tmp_path / 'seeds' / f'seed{i}' / k) for i in (1, 0)] for k in ('ggam', 'plain')}
+    assert module.main(['--group', 'plain', *runs['plain'], '--group', 'GGAM', *runs['ggam'], '--reference', 'plain',
+                        '--pair', 'GGAM', 'plain', '--out-dir', str(tmp_path), '--name', 'rs']) == 0
+    report = json.loads((tmp_path / 'rs.json').read_text())['meta']
+    ggam_row = report['groups'][1]
+    assert ggam_row['seeds'] == [0, 1] and ggam_row['per_seed'] == [r['ggam'] for r in s['per_seed']]
+    assert ggam_row['vs_reference']['per_seed'] == pytest.approx([r['diff'] for r in s['per_seed']])
+    assert ggam_row['vs_reference']['wins'] == s['wins']
+    assert report['pairs'][0]['mean'] == pytest.approx(s['diff']['mean'])
+    with pytest.raises(SystemExit):
+        module.main(['--group', 'plain', *runs['plain'], '--reference', 'nope', '--out-dir', str(tmp_path)])
     assert (tmp_path / 'seeds' / 'seed0' / 'ggam' / 'model.safetensors').is_file()
     assert 'GGAM ahead on' in capsys.readouterr().out
     with pytest.raises(ValueError, match='distinct'):
