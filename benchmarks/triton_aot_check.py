@@ -34,14 +34,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-try:
-    from benchmarks.common import machine_info, write_results
-except ImportError:  # run as a script: this folder is on sys.path
-    from common import machine_info, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_info, write_results  # noqa: E402
 
 __all__ = ['KERNELS', 'DTYPES', 'SHAPES', 'LAYOUTS', 'Spec', 'parse_arch', 'make_target', 'Specialiser',
            'record_launches', 'drive_ops', 'collect_specs', 'compile_spec', 'main']
@@ -282,7 +281,11 @@ def compile_spec(spec: Spec, target: Any) -> Dict[str, Any]:
     row['seconds'] = time.perf_counter() - start
     row['status'] = 'ok'
     md = compiled.metadata
-    row['ptx_bytes'] = len(compiled.asm.get('ptx', ''))
+    ptx = compiled.asm.get('ptx', '')
+    row['ptx_bytes'] = len(ptx)
+    target_line = re.search(r'^\.target (\S+)', ptx, re.M)
+    row['ptx_target'] = target_line.group(1) if target_line else None
+    row['ptx_entry'] = f'.entry {spec.name}' in ptx
     binary = compiled.kernel if isinstance(compiled.kernel, bytes) else None
     row['cubin_bytes'] = len(binary) if binary is not None else None
     usage = _resource_usage(binary) if binary is not None and target.backend == 'cuda' else {}

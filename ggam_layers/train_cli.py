@@ -15,13 +15,10 @@ from .engine.data import TRAIN_AUGS
 from .engine.device_data import DATA_PATHS
 from .engine.signals import TrainingInterrupted, exit_code
 from .run_dir import read_run_config
+from .train_build import _fmt_pct
 from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
 
 __all__ = ['add_train_args', 'config_from_args', 'compare_requested', 'register_cli']
-
-
-def _fmt_pct(v: Optional[float]) -> str:
-    return '-' if v is None else f'{100 * v:.2f}%'
 
 
 def _preset_help(name: str, text: str) -> str:
