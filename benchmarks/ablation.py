@@ -8,7 +8,7 @@ with the same backbone, budget and seeds; between runs only the GGAM head option
   is a constant with no gradient (the package's documented behaviour): those rows train exactly as their rows
   without the loss (the first study ran them and got identical numbers), so they show the no-loss runs.
 * `sweep`: lambda 1 to 9 for the full model (the paper's Fig. 4), against the channel-spatial model without the loss.
-* `target`: how the Grad-CAM target is made (DESIGN.md 2.3), each at several lambdas: the paper as written
+* `target`: how the Grad-CAM target is made (docs/design.md), each at several lambdas: the paper as written
   (sigmoid, symmetric KL), the authors' code (softmax, forward KL), informative targets (beta standardised per
   sample before squashing) and a control with no Grad-CAM at all, the same symmetric KL towards the uniform
   distribution (`UNIFORM_CONTROL`: standardised beta divided by a temperature of 1e30 before the softmax, so the
@@ -27,39 +27,41 @@ Writes `<name>.json` (every run and every table), `<name>.md` and `<name>_lambda
 
 Example::
 
-    python benchmarks/ablation.py                       # all three parts, default budget (about 45 min, 2 cores)
-    python benchmarks/ablation.py --quick               # smoke test of the whole pipeline (about a minute)
-    python benchmarks/ablation.py --parts target --seeds 0 1 2 3 4 --work-dir runs/ablation
+    python -m benchmarks.ablation                       # all three parts, default budget (about 45 min, 2 cores)
+    python -m benchmarks.ablation --quick               # smoke test of the whole pipeline (about a minute)
+    python -m benchmarks.ablation --parts target --seeds 0 1 2 3 4 --work-dir runs/ablation
 """
 import argparse
 import concurrent.futures as cf
 import dataclasses
-import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import format_value, machine_info, machine_line  # noqa: E402
-from localization import localization  # noqa: E402
-
-from ggam_layers.data.synthetic import SyntheticFineGrained  # noqa: E402
-from ggam_layers.engine.data import build_transform  # noqa: E402
-from ggam_layers.loss import cam_log_target  # noqa: E402
+from benchmarks.common import (
+    command_line,
+    format_value,
+    git_provenance,
+    machine_info,
+    machine_line,
+    markdown_table,
+    source_md5,
+)
+from benchmarks.localization import localization
+from ggam_layers.data.loader import build_transform
+from ggam_layers.data.synthetic import SyntheticFineGrained
+from ggam_layers.loss import cam_log_target
+from ggam_layers.train.stats import fmt_mean_std, fmt_paired, fmt_pct, mean_std, paired
 
 __all__ = [
     'PAPER_TABLE3', 'TARGETS', 'UNIFORM_TEMPERATURE', 'Budget', 'BUDGETS', 'RunSpec', 'build_plan', 'train_config',
@@ -97,6 +99,13 @@ TARGET_TEXT = {
     'uniform': 'control, no Grad-CAM: symmetric KL towards the uniform 1/C',
 }
 PARTS = ('ablation', 'sweep', 'target', 'rescale')
+
+# the files that decide the numbers: their md5 and uncommitted changes are recorded with every run
+PROVENANCE_FILES = (
+    'ggam_layers/data/synthetic.py', 'ggam_layers/data/loader.py', 'ggam_layers/loss.py', 'ggam_layers/head.py',
+    'ggam_layers/attention.py', 'ggam_layers/train/config.py', 'ggam_layers/train/build.py',
+    'ggam_layers/train/loop.py', 'ggam_layers/train/runner.py', 'ggam_layers/train/evaluate.py',
+    'benchmarks/localization.py', 'benchmarks/ablation.py')
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,7 @@ BUDGETS: Dict[str, Budget] = {
     'map7': Budget(img_size=112, difficulty=1.0, epochs=12, ablation_target='standardize',
                    lambdas=(1, 3, 5, 7, 9), target_lambdas=(1,),
                    targets=('literal', 'authors', 'standardize', 'uniform')),
-    # the same study at 224 px on one GPU (resnet18, its own 7x7 map; the setting of DESIGN.md section 7)
+    # the same study at 224 px on one GPU (resnet18, its own 7x7 map)
     'gpu224': Budget(backbone='resnet18', output_stride=None, img_size=224, difficulty=1.0, epochs=15,
                      test_per_class=100, lr=2e-3, ablation_target='literal', seeds=(0, 1, 2, 3, 4),
                      targets=('literal', 'authors', 'standardize', 'uniform')),
@@ -394,13 +403,6 @@ def _worker(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
 
 
 # --- statistics -----------------------------------------------------------------------------------------------------
-def _mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
-
-
 METRICS = ('test_top1', 'test_loss', 'train_top1', 'entropy_S', 'max_S_times_C', 'corr_S_beta', 'target_spread',
            'beta_abs', 'train_ggam', 'cpu_s')  # and every numeric localisation rate (loc_*)
 
@@ -416,7 +418,8 @@ def summarise(rows: Sequence[Dict[str, Any]], key: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {'key': key, 'seeds': [r['seed'] for r in mine], 'n': len(mine)}
     loc = sorted({k for r in mine for k, v in r.items() if k.startswith('loc_') and isinstance(v, (int, float))})
     for m in (*METRICS, *loc):
-        out[m], out[m + '_std'] = _mean_std([r.get(m) for r in mine])
+        ms = mean_std([r.get(m) for r in mine])
+        out[m], out[m + '_std'] = ms['mean'], ms['std']
     out['test_top1_per_seed'] = [r['test_top1'] for r in mine]
     return out
 
@@ -426,33 +429,23 @@ def paired_difference(rows: Sequence[Dict[str, Any]], key: str, ref_key: str,
     """`metric` of `key` minus that of `ref_key`, seed by seed (the same seed shares initialisation and data order).
 
     Returns:
-        {'mean', 'std', 'n', 'wins' (seeds where the difference is > 0), 'per_seed'}.
+        `ggam_layers.train.stats.paired`: {'seeds', 'per_seed', 'mean', 'std', 'n', 'wins' (seeds where the
+        difference is > 0), 'ties'}.
     """
-    a = {r['seed']: r.get(metric) for r in rows if r['key'] == key}
-    b = {r['seed']: r.get(metric) for r in rows if r['key'] == ref_key}
-    diffs = [a[s] - b[s] for s in sorted(set(a) & set(b)) if a[s] is not None and b[s] is not None]
-    mean, std = _mean_std(diffs)
-    return {'mean': mean, 'std': std, 'n': len(diffs), 'wins': sum(d > 0 for d in diffs), 'per_seed': diffs}
+    return paired({r['seed']: r.get(metric) for r in rows if r['key'] == key},
+                  {r['seed']: r.get(metric) for r in rows if r['key'] == ref_key})
 
 
 # --- report ---------------------------------------------------------------------------------------------------------
-def _pct(mean: Optional[float], std: Optional[float] = None, signed: bool = False) -> str:
-    if mean is None:
-        return ''
-    text = f'{100 * mean:+.2f}' if signed else f'{100 * mean:.2f}'
-    return text + (f' ± {100 * std:.2f}' if std is not None else '')
+def _pct(r: Dict[str, Any], metric: str = 'test_top1') -> str:
+    """'mean ± std' in percent of a `summarise` metric."""
+    return fmt_mean_std({'mean': r[metric], 'std': r[f'{metric}_std']}, empty='')
 
 
 def _num(mean: Optional[float], std: Optional[float] = None, digits: int = 3) -> str:
     if mean is None:
         return ''
     return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
-
-
-def _diff_cell(d: Dict[str, Any]) -> str:
-    if d['mean'] is None:
-        return ''
-    return f'{_pct(d["mean"], d["std"], signed=True)} ({d["wins"]}/{d["n"]})'
 
 
 def _mark(flag: bool) -> str:
@@ -536,9 +529,18 @@ def plot_sweep(tables: Dict[str, Any], path: Path, title: str, target: str = 'li
     return path
 
 
+LOC_COLUMNS = ('peak on the eye ring', 'peak on a deciding part', 'peak in part box')
+
+
+def _analysis_cells(r: Dict[str, Any]) -> List[str]:
+    """H(S), corr(S, β), target spread and the localisation cells of a target-table row."""
+    return [_num(r['entropy_S'], r['entropy_S_std'], 4), _num(r['corr_S_beta'], r['corr_S_beta_std']),
+            _num(r['target_spread'], None, 4), *_loc_cells(r)]
+
+
 def _loc_cells(r: Dict[str, Any]) -> List[str]:
     def pct(v: Optional[float]) -> str:
-        return '–' if v is None else f'{100 * v:.1f}'
+        return fmt_pct(v, empty='–')
 
     def pair(kind: str) -> str:
         return f'{pct(r.get(f"loc_T_{kind}"))} / {pct(r.get(f"loc_cam_{kind}"))}'
@@ -586,17 +588,13 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              "the cell of the bird's body centre (it finds the bird but no part). A map guided to the parts beats "
              'both.', '']
     if tables['ablation']:
-        lines += ['## Table 3: ablation (test top-1, %)', '',
-                  '| Spatial attention | Channel attention | GGAM loss | paper (CUB-200-2011, ResNet-50) | ours | '
-                  'Δ vs baseline | Δ vs same row without loss | H(S) | peak on the eye ring | '
-                  'peak on a deciding part | peak in part box |',
-                  '|' + ' --- |' * 11]
-        for r in tables['ablation']:
-            lines.append('| ' + ' | '.join([
-                _mark(r['spatial_attn']), _mark(r['channel_attn']), _mark(r['ggam_loss']), f'{r["paper_top1"]:.2f}',
-                _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_baseline']),
-                _diff_cell(r['vs_no_loss']) if r['vs_no_loss'] else '', _num(r['entropy_S'], None, 4),
-                *_loc_cells(r)]) + ' |')
+        lines += ['## Table 3: ablation (test top-1, %)', '']
+        lines += markdown_table(
+            ['Spatial attention', 'Channel attention', 'GGAM loss', 'paper (CUB-200-2011, ResNet-50)', 'ours',
+             'Δ vs baseline', 'Δ vs same row without loss', 'H(S)', *LOC_COLUMNS],
+            [[_mark(r['spatial_attn']), _mark(r['channel_attn']), _mark(r['ggam_loss']), f'{r["paper_top1"]:.2f}',
+              _pct(r), fmt_paired(r['vs_baseline']), fmt_paired(r['vs_no_loss']) if r['vs_no_loss'] else '',
+              _num(r['entropy_S'], None, 4), *_loc_cells(r)] for r in tables['ablation']])
         lines += ['', f'GGAM loss rows: λ = {budget.lam:g}, target `{budget.ablation_target}` '
                   f'({TARGET_TEXT[budget.ablation_target]}). Without channel attention S is the constant 1/C: the '
                   'loss is then a constant without gradient, and those rows train exactly as the rows without it, so '
@@ -606,48 +604,37 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
         lines += ['## The channel-only collapse and the C * S rescale (test top-1, %)', '',
                   'Without the spatial map, eq. 1 hands the classifier S * A: with a softmax S that is A at 1/C '
                   'scale on average. `channel_rescale` hands it C * S * A instead (an SE-like gain: a uniform S '
-                  'passes A unchanged).', '',
-                  '| GGAM loss | C * S * A | Δ vs baseline | Δ vs S * A (same loss) | H(S) |',
-                  '| --- | --- | --- | --- | --- |']
-        for r in tables['rescale']:
-            lines.append('| ' + ' | '.join([
-                _mark(r['ggam_loss']), _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_baseline']),
-                _diff_cell(r['vs_unscaled']), _num(r['entropy_S'], r['entropy_S_std'], 4)]) + ' |')
+                  'passes A unchanged).', '']
+        lines += markdown_table(
+            ['GGAM loss', 'C * S * A', 'Δ vs baseline', 'Δ vs S * A (same loss)', 'H(S)'],
+            [[_mark(r['ggam_loss']), _pct(r), fmt_paired(r['vs_baseline']), fmt_paired(r['vs_unscaled']),
+              _num(r['entropy_S'], r['entropy_S_std'], 4)] for r in tables['rescale']])
         lines.append('')
     if tables['sweep']:
         ref = tables['reference']
-        ref_cell = _pct(ref['test_top1'], ref['test_top1_std'])
+        ref_cell = _pct(ref)
         lines += ['## Fig. 4: λ sensitivity of the full model (test top-1, %)', '',
                   f'Reference, channel-spatial attention without the GGAM loss: {ref_cell} '
-                  f'(H(S) {_num(ref["entropy_S"], ref["entropy_S_std"], 4)}).', '',
-                  '| λ | top-1 | Δ vs no loss | H(S) | corr(S, β) | train L_GGAM |',
-                  '| --- | --- | --- | --- | --- | --- |']
-        for r in tables['sweep']:
-            lines.append('| ' + ' | '.join([
-                f'{r["lam"]:g}', _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_no_loss']),
-                _num(r['entropy_S'], r['entropy_S_std'], 4), _num(r['corr_S_beta'], r['corr_S_beta_std']),
-                format_value(r['train_ggam'])]) + ' |')
+                  f'(H(S) {_num(ref["entropy_S"], ref["entropy_S_std"], 4)}).', '']
+        lines += markdown_table(
+            ['λ', 'top-1', 'Δ vs no loss', 'H(S)', 'corr(S, β)', 'train L_GGAM'],
+            [[f'{r["lam"]:g}', _pct(r), fmt_paired(r['vs_no_loss']), _num(r['entropy_S'], r['entropy_S_std'], 4),
+              _num(r['corr_S_beta'], r['corr_S_beta_std']), format_value(r['train_ggam'])] for r in tables['sweep']])
         if png is not None:
             lines += ['', f'![λ sensitivity]({png.name})']
         lines.append('')
     if tables['target']:
         ref = tables['reference']
-        lines += ['## Target scale (DESIGN.md 2.3)', '',
-                  '| target | squash | KL | target norm | temperature | λ | top-1 | Δ vs no loss | '
-                  'Δ vs uniform control | H(S) | corr(S, β) | target spread | peak on the eye ring | '
-                  'peak on a deciding part | peak in part box |',
-                  '|' + ' --- |' * 15,
-                  '| none (no GGAM loss) | | | | | 0 | ' + ' | '.join([
-                      _pct(ref['test_top1'], ref['test_top1_std']), '', '',
-                      _num(ref['entropy_S'], ref['entropy_S_std'], 4), _num(ref['corr_S_beta'], ref['corr_S_beta_std']),
-                      _num(ref['target_spread'], None, 4), *_loc_cells(ref)]) + ' |']
-        for r in tables['target']:
-            lines.append('| ' + ' | '.join([
-                r['target_name'], r['squash'], r['kl'], r['target_norm'], format_value(r['cam_temperature']),
-                f'{r["lam"]:g}', _pct(r['test_top1'], r['test_top1_std']), _diff_cell(r['vs_no_loss']),
-                _diff_cell(r['vs_uniform']) if r.get('vs_uniform') else '',
-                _num(r['entropy_S'], r['entropy_S_std'], 4), _num(r['corr_S_beta'], r['corr_S_beta_std']),
-                _num(r['target_spread'], None, 4), *_loc_cells(r)]) + ' |')
+        none = ['none (no GGAM loss)', '', '', '', '', '0', _pct(ref), '', '']
+        lines += ['## Target scale (docs/design.md)', '']
+        lines += markdown_table(
+            ['target', 'squash', 'KL', 'target norm', 'temperature', 'λ', 'top-1', 'Δ vs no loss',
+             'Δ vs uniform control', 'H(S)', 'corr(S, β)', 'target spread', *LOC_COLUMNS],
+            [[*none, *_analysis_cells(ref)]]
+            + [[r['target_name'], r['squash'], r['kl'], r['target_norm'], format_value(r['cam_temperature']),
+                f'{r["lam"]:g}', _pct(r), fmt_paired(r['vs_no_loss']),
+                fmt_paired(r['vs_uniform']) if r.get('vs_uniform') else '', *_analysis_cells(r)]
+               for r in tables['target']])
         lines += ['', 'Targets: ' + '; '.join(f'`{k}`: {TARGET_TEXT[k]}' for k in budget.targets) + '. '
                   'Target spread: C * (max - min) of the target distribution beta~ (0: uniform; for the no-loss row, '
                   'the literal target). corr(S, β): Pearson correlation over channels per test image, averaged. '
@@ -796,7 +783,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         invocations = invocations or [this]
     meta = {
         'machine': machine_info(),
-        'command': 'python benchmarks/ablation.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+        'command': command_line('ablation', argv),
         'wall_s': _wall_union(invocations), 'cpu_s': sum(i['cpu_s'] for i in invocations),
         'cpu_s_runs': sum(r['cpu_s'] for r in rows), 'jobs': jobs, 'threads': args.threads,
         'runs_trained': len(tasks), 'runs_reused': reused, 'runs': len(rows), 'invocations': invocations,
@@ -827,31 +814,15 @@ def _wall_union(invocations: Sequence[Dict[str, Any]]) -> float:
 
 
 def _provenance() -> Dict[str, Any]:
-    """The commit and the md5 of the files that decide the numbers (the data generator above all)."""
-    root = Path(__file__).resolve().parents[1]
-    files = ['ggam_layers/data/synthetic.py', 'ggam_layers/loss.py', 'ggam_layers/head.py',
-             'ggam_layers/attention.py', 'ggam_layers/train.py', 'ggam_layers/train_build.py',
-             'ggam_layers/evaluate.py', 'ggam_layers/engine/loop.py',
-             'benchmarks/localization.py', 'benchmarks/ablation.py']
-    out: Dict[str, Any] = {'md5': {f: hashlib.md5((root / f).read_bytes()).hexdigest() for f in files
-                                   if (root / f).is_file()}}
-    try:
-        out['commit'] = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
-                                       timeout=30).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--', *files], cwd=root, capture_output=True,
-                               text=True, timeout=30).stdout.split('\n')
-        out['uncommitted'] = [line[3:] for line in dirty if line.strip()]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
+    """The commit, and the md5 and uncommitted changes of the files that decide the numbers (`PROVENANCE_FILES`)."""
+    return git_provenance(PROVENANCE_FILES, hash_files=True)
 
 
 def _budget_id(budget: Budget) -> str:
     """What a stored row must match to be reused: the budget (less the lists of configurations) and the generator."""
     d = dataclasses.replace(budget, seeds=(), lambdas=(), target_lambdas=(), targets=(), ablation_target='',
                             lam=0.0).__dict__
-    generator = Path(sys.modules[SyntheticFineGrained.__module__].__file__)
-    d['synthetic_md5'] = hashlib.md5(generator.read_bytes()).hexdigest()
+    d['synthetic_md5'] = source_md5(SyntheticFineGrained)
     return json.dumps(d, sort_keys=True)
 
 

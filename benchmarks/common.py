@@ -1,16 +1,34 @@
-"""Helpers shared by the benchmark scripts: what machine ran them, and writing results as JSON plus Markdown.
+"""The one copy of what the benchmark scripts share: what machine ran them, which code they ran (commit, uncommitted
+files, md5 of the sources), the command line to record, Markdown tables, and results as JSON plus Markdown.
 
-Import from a script in this folder with `from common import machine_info, write_results` (the script's folder is
-on `sys.path`), or from the repository root with `from benchmarks.common import ...`.
+Every script is a module of the `benchmarks` package, run from the repository root with `python -m benchmarks.<name>`,
+and imports these with `from benchmarks.common import ...`. Statistics over seeds and percent cells come from
+`ggam_layers.train.stats` (`mean_std`, `paired`, `fmt_pct`, `fmt_mean_std`, `fmt_paired`), trainings from
+`ggam_layers.train.train`.
+
+Process isolation is not shared, on purpose: the three scripts that use other processes need different things.
+`ablation.py` runs long trainings side by side in a spawned `ProcessPoolExecutor` whose workers are reused (each keeps
+the generated data between its runs) and has no time limit; `timm_coverage.py` runs thousands of short checks in
+persistent forked workers, each task with a CPU and a wall-clock limit, a worker replaced when a task hangs or kills
+it; `step_time.py` measures peak resident memory, which needs a fresh interpreter per measurement (nothing inherited,
+not the parent's heap) and a timeout. Reused against fresh, fork against spawn, limits against none: one helper would
+be a switch between three implementations.
 """
+import hashlib
 import json
+import logging
 import math
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-__all__ = ['machine_info', 'machine_line', 'write_results', 'format_value']
+__all__ = ['REPO_ROOT', 'machine_info', 'machine_line', 'command_line', 'git_provenance', 'file_md5', 'source_md5',
+           'print_training_log', 'format_value', 'markdown_table', 'write_results']
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cpu_model() -> str:
@@ -26,6 +44,7 @@ def _cpu_model() -> str:
 
 def machine_info() -> Dict[str, Any]:
     """The machine and software a benchmark ran on: CPU model, cores, threads, versions, GPU name if any."""
+    import numpy as np
     import torch
 
     info: Dict[str, Any] = {
@@ -35,6 +54,7 @@ def machine_info() -> Dict[str, Any]:
         'platform': platform.platform(),
         'python': platform.python_version(),
         'torch': torch.__version__,
+        'numpy': np.__version__,
     }
     try:
         import timm
@@ -57,6 +77,65 @@ def machine_line(info: Mapping[str, Any]) -> str:
             f'torch {info.get("torch")}, timm {info.get("timm")}, Python {info.get("python")}')
 
 
+def command_line(name: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that ran `benchmarks.<name>`: `python -m benchmarks.<name>` and its arguments (default sys.argv)."""
+    return ' '.join(['python', '-m', f'benchmarks.{name}', *(sys.argv[1:] if argv is None else argv)])
+
+
+def file_md5(path: Union[str, Path]) -> str:
+    """The md5 of a file's bytes."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def source_md5(obj: Any) -> str:
+    """The md5 of the source file defining `obj` (a module, class or function): results are only comparable when it
+    is the same, e.g. for the synthetic set's generator."""
+    module = obj if hasattr(obj, '__file__') else sys.modules[obj.__module__]
+    return file_md5(module.__file__)
+
+
+def git_provenance(paths: Sequence[str] = ('ggam_layers',), hash_files: bool = False) -> Dict[str, Any]:
+    """Which code ran: the commit of the checkout and which of `paths` have uncommitted changes.
+
+    Args:
+        paths: Files or folders, relative to the repository root.
+        hash_files: Also record the md5 of each of `paths` that is a file (under 'md5'; kept without git too).
+
+    Returns:
+        {'commit', 'uncommitted' (paths with changes, as git status names them), 'md5' (with hash_files)}; without git
+        (not a checkout, git missing) only 'md5'.
+    """
+    out: Dict[str, Any] = {}
+    if hash_files:
+        out['md5'] = {p: file_md5(REPO_ROOT / p) for p in paths if (REPO_ROOT / p).is_file()}
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=30)
+        status = subprocess.run(['git', 'status', '--porcelain', '--', *paths], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return out
+    if commit.returncode == 0:
+        out['commit'] = commit.stdout.strip()
+        out['uncommitted'] = [line[3:] for line in status.stdout.split('\n') if line.strip()]
+    return out
+
+
+class _PrintHandler(logging.Handler):
+    """Prints each record on the current `sys.stdout` (looked up at every record, so a swapped stream is followed)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+def print_training_log() -> None:
+    """Print the engine's line per epoch: `ggam_layers.train` logs it (at INFO) when `progress=False`."""
+    logger = logging.getLogger('ggam_layers.train')
+    if not any(isinstance(h, _PrintHandler) for h in logger.handlers):
+        logger.addHandler(_PrintHandler())
+    logger.setLevel(logging.INFO)
+
+
 def format_value(v: Any) -> str:
     """A table cell: floats to 4 significant digits, None as an empty cell."""
     if v is None:
@@ -72,6 +151,22 @@ def format_value(v: Any) -> str:
     return str(v).replace('|', '\\|')
 
 
+def markdown_table(columns: Sequence[str], rows: Sequence[Union[Mapping[str, Any], Sequence[Any]]],
+                   fmt=format_value) -> List[str]:
+    """The lines of a Markdown table.
+
+    Args:
+        columns: Header cells.
+        rows: Mappings (cells looked up by column, formatted with `fmt`) or sequences of cells already formatted.
+        fmt: Cell formatter of mapping rows.
+    """
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
+    for row in rows:
+        cells = [fmt(row.get(c)) for c in columns] if isinstance(row, Mapping) else [str(c) for c in row]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def write_results(
         name: str,
         rows: Sequence[Mapping[str, Any]],
@@ -79,39 +174,42 @@ def write_results(
         out_dir: str = 'benchmarks/results',
         columns: Optional[Sequence[str]] = None,
         notes: Optional[Sequence[str]] = None,
+        title: Optional[str] = None,
+        table_rows: Optional[Sequence[Mapping[str, Any]]] = None,
 ) -> List[Path]:
     """Write `<name>.json` (meta and rows) and `<name>.md` (a table of the rows, then the meta) to `out_dir`.
 
     Args:
         name: File stem.
         rows: One mapping per table row.
-        meta: Run settings; a `machine` entry (as from `machine_info`) is named in the Markdown header.
+        meta: Run settings; a `machine` entry (as from `machine_info`) is named in the Markdown header, a `command`
+            entry printed under it.
         out_dir: Folder, created if missing.
         columns: Table columns in order; default all keys of the rows in first-seen order.
         notes: Markdown paragraphs printed under the table.
+        title: Markdown heading (default `name`).
+        table_rows: The rows of the Markdown table, when they are not `rows` (e.g. cells formatted from them).
 
     Returns:
         The two paths written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    table_rows = rows if table_rows is None else table_rows
     if columns is None:
-        columns = list(dict.fromkeys(k for row in rows for k in row))
+        columns = list(dict.fromkeys(k for row in table_rows for k in row))
     json_path = out / f'{name}.json'
     with open(json_path, 'w') as f:
         json.dump({'meta': dict(meta), 'rows': [dict(r) for r in rows]}, f, indent=2, default=str)
         f.write('\n')
 
-    lines = [f'# {name}', '']
+    lines = [f'# {title or name}', '']
     machine = meta.get('machine')
     if isinstance(machine, Mapping):
         lines += [f'Machine: {machine_line(machine)}.', '']
     if meta.get('command'):
         lines += [f'Command: `{meta["command"]}`', '']
-    lines.append('| ' + ' | '.join(columns) + ' |')
-    lines.append('| ' + ' | '.join('---' for _ in columns) + ' |')
-    for row in rows:
-        lines.append('| ' + ' | '.join(format_value(row.get(c)) for c in columns) + ' |')
+    lines += markdown_table(columns, table_rows)
     lines.append('')
     for note in notes or ():
         lines += [note, '']

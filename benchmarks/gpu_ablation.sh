@@ -33,11 +33,11 @@ common=(--budget gpu224 --device "$DEVICE" --parallel "${PARALLEL:-8}" --threads
 start=$SECONDS
 left() { echo $((BUDGET_S - 30 - (SECONDS - start))); }
 
-timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target rescale "$@" \
+timeout "$(left)" "$PYTHON" -m benchmarks.ablation "${common[@]}" --parts ablation target rescale "$@" \
     || echo "gpu_ablation: phase 1 stopped (exit $?) after $((SECONDS - start)) s; finished runs are kept"
 if [[ $(left) -gt 60 ]]; then
-    timeout "$(left)" "$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target rescale sweep "$@" \
+    timeout "$(left)" "$PYTHON" -m benchmarks.ablation "${common[@]}" --parts ablation target rescale sweep "$@" \
         || echo "gpu_ablation: phase 2 stopped (exit $?) after $((SECONDS - start)) s; finished runs are kept"
 fi
-"$PYTHON" benchmarks/ablation.py "${common[@]}" --parts ablation target rescale sweep --report-only "$@"
+"$PYTHON" -m benchmarks.ablation "${common[@]}" --parts ablation target rescale sweep --report-only "$@"
 echo "gpu_ablation: done in $((SECONDS - start)) s"

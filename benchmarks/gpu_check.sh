@@ -63,7 +63,7 @@ eager_s=$(((BUDGET_S - (SECONDS - start)) * 65 / 100))
 # 1. eager: everything that must come back, with a hard limit that leaves room for part 2
 head=(--head)
 [[ "${HEAD_COMPILE:-0}" == 1 ]] && head+=(--head-compile)
-timeout "$eager_s" "$PYTHON" benchmarks/step_time.py "${common[@]}" --sync-check "${head[@]}" \
+timeout "$eager_s" "$PYTHON" -m benchmarks.step_time "${common[@]}" --sync-check "${head[@]}" \
     --compile-methods \
     --name "step_time_gpu$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@"
 left=$((BUDGET_S - (SECONDS - start)))
@@ -73,7 +73,7 @@ echo "gpu_check: eager part done in $((SECONDS - start)) s, ${left} s left"
 compiled=(plain ggam)
 [[ $left -gt 150 ]] && compiled+=(ggam_unfused)
 if [[ $quick -eq 0 && $left -gt 60 ]]; then
-    timeout "$left" "$PYTHON" benchmarks/step_time.py "${common[@]}" --methods "${compiled[@]}" \
+    timeout "$left" "$PYTHON" -m benchmarks.step_time "${common[@]}" --methods "${compiled[@]}" \
         --compile-methods "${compiled[@]}" --memory off --no-grad-check --no-inference --warmup 2 --repeats 10 \
         --name "step_time_gpu_compiled$([[ $device == cuda ]] || echo _dryrun)" "${out[@]}" "$@" \
         || echo "gpu_check: compiled part stopped (exit $?), eager results are in place"

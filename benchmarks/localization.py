@@ -11,18 +11,21 @@ union of the individual part boxes (tighter than their bounding box), the share 
 next to the box's share of the image, and the test accuracy.
 
 Models come from `--model` (any spec `ggam-layers cam` accepts: a registered tag such as
-`ggam_test_resnet.synthetic`, `hf-hub:`, `local-dir:` or a checkpoint folder) or are trained here briefly with
-`--train` (clearly labelled as such in the results; `--save-dir` keeps them for `ggam-layers cam --compare`).
+`ggam_test_resnet.synthetic`, `hf-hub:`, `local-dir:` or a checkpoint folder) or are trained here with `--train`
+through the package's training API (`ggam_layers.train.train`, the 'synthetic' preset with this command's backbone,
+size and recipe; clearly labelled as such in the results; `--save-dir` keeps their run directories, loadable by
+`ggam-layers cam --compare`).
 
 Example::
 
-    python benchmarks/localization.py --model ggam_test_resnet.synthetic
-    python benchmarks/localization.py --train ggam attention baseline --epochs 10 --save-dir runs/localization
+    python -m benchmarks.localization --model ggam_test_resnet.synthetic
+    python -m benchmarks.localization --train ggam attention baseline --epochs 10 --save-dir runs/localization
 """
 import argparse
-import hashlib
-import math
-import sys
+import dataclasses
+import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,17 +33,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine_info, write_results  # noqa: E402
-
-from ggam_layers.data.synthetic import SyntheticFineGrained  # noqa: E402
-from ggam_layers.engine.loop import lr_factor  # noqa: E402
-from ggam_layers.model import GGAMModel  # noqa: E402
-from ggam_layers.viz import cam_maps, load_cam_model  # noqa: E402
+from benchmarks.common import command_line, machine_info, markdown_table, print_training_log, source_md5, write_results
+from ggam_layers.data.synthetic import SyntheticFineGrained
+from ggam_layers.model import GGAMModel
+from ggam_layers.train.stats import fmt_mean_std, mean_std
+from ggam_layers.viz import cam_maps, load_cam_model
 
 __all__ = ['DECISIVE_PARTS', 'GROUP_COLUMNS', 'VARIANTS', 'group_summary', 'group_table', 'localization',
-           'train_variant', 'main']
+           'train_config', 'train_variant', 'main']
 
 # the parts that decide the class (wing-bar colour x eye-ring colour); beak and crest only follow from the pair
 DECISIVE_PARTS = ('wing_bar', 'eye_ring')
@@ -196,10 +196,9 @@ def group_summary(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         members = [r for r in rows if r['group'] == group]
         entry: Dict[str, Any] = {'group': group, 'models': len(members)}
         for col in GROUP_COLUMNS:
-            values = [float(r[col]) for r in members if r.get(col) is not None]
-            if values:
-                entry[col] = float(np.mean(values))
-                entry[f'{col}_std'] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            ms = mean_std([r.get(col) for r in members])
+            if ms['mean'] is not None:
+                entry[col], entry[f'{col}_std'] = ms['mean'], ms['std']
         out.append(entry)
     return out
 
@@ -207,75 +206,64 @@ def group_summary(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def group_table(groups: Sequence[Dict[str, Any]]) -> str:
     """A Markdown table of `group_summary`: 'mean ± std' cells (percent), one row per group."""
     def cell(g: Dict[str, Any], col: str) -> str:
-        if col not in g:
-            return ''
-        std = g.get(f'{col}_std')
-        return f'{100 * g[col]:.1f}' + (f' ± {100 * std:.1f}' if std is not None else '')
+        return fmt_mean_std({'mean': g.get(col), 'std': g.get(f'{col}_std')}, empty='')
 
-    lines = ['Per group (mean ± sample std over its models, percent):', '',
-             '| group | models | ' + ' | '.join(GROUP_COLUMNS) + ' |',
-             '| --- | --- | ' + ' | '.join('---' for _ in GROUP_COLUMNS) + ' |']
-    lines += [f"| {g['group']} | {g['models']} | " + ' | '.join(cell(g, c) for c in GROUP_COLUMNS) + ' |'
-              for g in groups]
-    return '\n'.join(lines)
+    rows = [[g['group'], g['models'], *(cell(g, c) for c in GROUP_COLUMNS)] for g in groups]
+    return '\n'.join(['Per group (mean ± sample std over its models, percent):', '',
+                      *markdown_table(['group', 'models', *GROUP_COLUMNS], rows)])
 
 
-def train_variant(variant: str, args: argparse.Namespace, x_tr: torch.Tensor, y_tr: torch.Tensor) -> GGAMModel:
-    """Train one ablation variant from scratch with a short AdamW + cosine recipe (a CPU-sized stand-in).
+def train_config(variant: str, args: argparse.Namespace, train_images: int, output: str):
+    """The `TrainConfig` of one variant: the 'synthetic' preset with this command's backbone, size and recipe.
 
     Args:
         variant: A key of `VARIANTS`.
-        args: Parsed command line (backbone, epochs, lr, ...).
-        x_tr: Training images, N x 3 x S x S uint8.
-        y_tr: Labels, N.
+        args: Parsed command line (backbone, output stride, epochs, batch size, lr, weight decay, lambda, seeds).
+        train_images: Size of the training set (the batch is at most that).
+        output: The run directory.
     """
-    import timm
-    import torch.nn.functional as F
-
-    from ggam_layers.loss import GGAMLoss
+    from ggam_layers.train import TrainConfig
 
     options, use_loss = VARIANTS[variant]
-    torch.manual_seed(args.seed)
-    backbone_kw = {'output_stride': args.output_stride} if args.output_stride else {}
-    model = timm.create_model('ggam', backbone=args.backbone, num_classes=args.num_classes, **options, **backbone_kw)
-    size = x_tr.shape[-1]
-    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, size, size))
-    criterion = GGAMLoss(lam=args.lam) if use_loss else None
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = math.ceil(x_tr.shape[0] / args.batch_size)
-    total, warmup = steps * args.epochs, steps // 2
+    cfg = TrainConfig.from_preset(
+        'synthetic', model=args.backbone, img_size=args.image_size, epochs=args.epochs,
+        batch_size=min(args.batch_size, train_images), lr=args.lr, weight_decay=args.weight_decay,
+        lam=args.lam if use_loss else 0.0, seed=args.seed, eval_every=args.epochs, threads=args.threads,
+        device='cpu', progress=False, output=output, overwrite=True, **options)
+    # exactly this command's backbone and data arguments (the preset's would otherwise be merged in)
+    return dataclasses.replace(
+        cfg, dataset_kwargs=dict(num_classes=args.num_classes, samples_per_class=args.train_per_class,
+                                 image_size=args.image_size, seed=args.data_seed, difficulty=args.difficulty),
+        model_kwargs={'output_stride': args.output_stride} if args.output_stride else {})
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup))
-    g = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(x_tr.shape[0], generator=g)
-        loss_sum = 0.0
-        for i in range(0, x_tr.shape[0], args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            xb = x_tr[idx]
-            flip = torch.rand(xb.shape[0], generator=g) < 0.5
-            xb = _normalise(model, torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb))
-            yb = y_tr[idx]
-            if criterion is not None:
-                loss = criterion(model.forward_ggam(xb), yb)
-            else:
-                loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * xb.shape[0]
-        print(f'  {variant} epoch {epoch + 1}/{args.epochs}: loss {loss_sum / x_tr.shape[0]:.3f} '
-              f'({time.perf_counter() - t0:.0f} s)', flush=True)
-    return model.eval()
+
+def train_variant(variant: str, args: argparse.Namespace, train_ds: SyntheticFineGrained,
+                  eval_ds: SyntheticFineGrained, output: str, recipe: str) -> Tuple[GGAMModel, Dict[str, Any]]:
+    """Train one ablation variant from scratch with `ggam_layers.train.train` and load it back from its run.
+
+    Args:
+        variant: A key of `VARIANTS`.
+        args: Parsed command line (see `train_config`).
+        train_ds / eval_ds: The synthetic splits (the engine evaluates `eval_ds` after the last epoch).
+        output: The run directory (config.json, model.safetensors, metrics, checkpoints).
+        recipe: Recorded as the run's recipe in its config.json.
+
+    Returns:
+        The trained model (eval mode) and the engine's final metrics.
+    """
+    from ggam_layers.hub import load_checkpoint
+    from ggam_layers.train import train
+
+    res = train(train_config(variant, args, len(train_ds), output), train_ds, eval_ds, command=recipe)
+    print(f"  {variant}: {res['epochs_done']} epochs, train loss {res['train_loss']:.3f}, engine test top-1 "
+          f"{100 * res['test_top1']:.2f}% ({res['train_time_s']:.0f} s)", flush=True)
+    model, _ = load_checkpoint(output)
+    return model.eval(), res
 
 
 def _recipe(spec: str) -> str:
-    """' (recipe)' recorded in a checkpoint folder's config.json by `hub.save_pretrained`, else ''."""
-    import json
-
+    """' (recipe)' recorded in a checkpoint folder's config.json (a run of `ggam_layers.train`, or
+    `hub.save_pretrained`), else ''."""
     config = Path(spec) / 'config.json'
     if not config.is_file():
         return ''
@@ -306,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--weight-decay', type=float, default=0.05)
     p.add_argument('--lam', type=float, default=1.0, help='GGAM loss weight of variants with the loss')
     p.add_argument('--seed', type=int, default=0, help='training seed')
-    p.add_argument('--save-dir', default=None, help='save --train models here (loadable by ggam-layers cam)')
+    p.add_argument('--save-dir', default=None,
+                   help='keep the run directories of --train models here (loadable by ggam-layers cam)')
     p.add_argument('--threads', type=int, default=None, help='torch threads')
     p.add_argument('--out-dir', default='benchmarks/results')
     p.add_argument('--name', default='localization', help='result file stem')
@@ -329,31 +318,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.image_size is None:
         args.image_size = int(first.pretrained_cfg.get('input_size', (3, 64, 64))[-1]) if first is not None else 64
     t0 = time.perf_counter()
+    ds = _dataset(args.split, args, args.num_classes, args.image_size)
     if args.train:
-        from ggam_layers import hub
-
+        print_training_log()
         train_ds = _dataset('train', args, args.num_classes, args.image_size, args.train_per_class)
-        x_tr = torch.from_numpy(train_ds.materialize()).permute(0, 3, 1, 2).contiguous()
-        y_tr = torch.tensor(train_ds.targets)
-        for variant in args.train:
-            print(f'training {variant} ({args.backbone}, {args.epochs} epochs, {len(train_ds)} images)', flush=True)
-            model = train_variant(variant, args, x_tr, y_tr)
-            loss_name = f'CE + GGAM loss, lambda {args.lam}' if VARIANTS[variant][1] else 'CE'
-            stride = f' output_stride {args.output_stride}' if args.output_stride else ''
-            source = (f'trained here: {variant}, {args.backbone}{stride}, {args.epochs} epochs AdamW lr {args.lr}, '
-                      f'{loss_name}')
-            if args.save_dir:
-                folder = Path(args.save_dir) / variant.replace('+', '_')
-                hub.save_pretrained(model, folder, label_names=train_ds.classes, overwrite=True,
-                                    dataset={'name': 'synthetic', 'num_classes': args.num_classes,
-                                             'image_size': args.image_size, 'difficulty': args.difficulty,
-                                             'seed': args.data_seed},
-                                    recipe=source)
-                source += f' (saved to {folder})'
-            models[f'{variant} (trained here)'] = (model, source)
+        tmp = None if args.save_dir else tempfile.mkdtemp(prefix='ggam-localization-')
+        try:
+            for variant in args.train:
+                print(f'training {variant} ({args.backbone}, {args.epochs} epochs, {len(train_ds)} images)',
+                      flush=True)
+                loss_name = f'CE + GGAM loss, lambda {args.lam}' if VARIANTS[variant][1] else 'CE'
+                stride = f' output_stride {args.output_stride}' if args.output_stride else ''
+                source = (f'trained here with ggam_layers.train (preset synthetic: flip, weight decay '
+                          f'{args.weight_decay:g}, half an epoch of warm-up, cosine): {variant}, {args.backbone}'
+                          f'{stride}, {args.epochs} epochs AdamW lr {args.lr:g}, {loss_name}, seed {args.seed}')
+                folder = Path(args.save_dir or tmp) / variant.replace('+', '_')
+                model, res = train_variant(variant, args, train_ds, ds, str(folder), source)
+                source += f"; engine {args.split} top-1 {100 * res['test_top1']:.2f}%"
+                if args.save_dir:
+                    source += f' (run saved to {folder})'
+                models[f'{variant} (trained here)'] = (model, source)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     train_s = time.perf_counter() - t0
 
-    ds = _dataset(args.split, args, args.num_classes, args.image_size)
     rows = []
     for name, (model, source) in models.items():
         t1 = time.perf_counter()
@@ -391,14 +380,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ]
     meta = {
         'machine': machine_info(),
-        'command': 'python benchmarks/localization.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+        'command': command_line('localization', argv),
         'dataset': {'name': 'SyntheticFineGrained', 'split': args.split, 'num_classes': args.num_classes,
                     'image_size': args.image_size, 'difficulty': args.difficulty, 'seed': args.data_seed,
                     'images': rows[0]['images'] if rows else 0},
         'train_seconds': train_s if args.train else None,
         'groups': groups,
-        'synthetic_py_md5': hashlib.md5(Path(sys.modules[SyntheticFineGrained.__module__].__file__).read_bytes())
-        .hexdigest(),  # the generator's version: results are only comparable on the same one
+        'synthetic_py_md5': source_md5(SyntheticFineGrained),  # results are only comparable on the same generator
     }
     for path in write_results(args.name, rows, meta, out_dir=args.out_dir, columns=columns, notes=notes):
         print(f'wrote {path}')

@@ -7,7 +7,7 @@ trained here: the runs come from the package's own command, so the table is what
 
 Example::
 
-    python benchmarks/recipe_seeds.py --name recipe_seeds --reference plain \\
+    python -m benchmarks.recipe_seeds --name recipe_seeds --reference plain \\
         --group plain runs/plain_s0 runs/plain_s1 --group GGAM runs/ggam_s0 runs/ggam_s1 --pair GGAM plain
 """
 import argparse
@@ -16,11 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine_info, write_results  # noqa: E402
-
-from ggam_layers.seeds import _mean_std as mean_std  # noqa: E402  (mean and sample std, None for one value)
+from benchmarks.common import machine_info, write_results
+from ggam_layers.train.stats import fmt_mean_std, fmt_paired, mean_std, paired
 
 __all__ = ['read_run', 'paired', 'summarise', 'main']
 
@@ -36,13 +33,12 @@ def read_run(run: Path) -> Tuple[int, float, Optional[str]]:
     return seed, float(results['test_top1']), recipe if isinstance(recipe, str) else None
 
 
-def paired(a: Dict[int, float], b: Dict[int, float]) -> Dict[str, Any]:
-    """a - b on the seeds both have: per seed, mean ± std, and the seeds where a is ahead."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
+def _paired(a: Dict[int, float], b: Dict[int, float]) -> Dict[str, Any]:
+    """`stats.paired`, refusing two groups without a common seed."""
+    d = paired(a, b)
+    if not d['n']:
         raise ValueError('the two groups share no seed')
-    diffs = [a[s] - b[s] for s in seeds]
-    return {'seeds': seeds, 'per_seed': diffs, **mean_std(diffs), 'wins': sum(d > 0 for d in diffs), 'n': len(diffs)}
+    return d
 
 
 def summarise(groups: Dict[str, Dict[int, float]], reference: str, pairs: Sequence[Tuple[str, str]] = ()
@@ -54,19 +50,10 @@ def summarise(groups: Dict[str, Dict[int, float]], reference: str, pairs: Sequen
         row: Dict[str, Any] = {'recipe': name, 'seeds': seeds, 'per_seed': [by_seed[s] for s in seeds],
                                **mean_std(list(by_seed.values()))}
         if name != reference:
-            row['vs_reference'] = paired(by_seed, groups[reference])
+            row['vs_reference'] = _paired(by_seed, groups[reference])
         rows.append(row)
-    extra = [{'a': a, 'b': b, **paired(groups[a], groups[b])} for a, b in pairs]
+    extra = [{'a': a, 'b': b, **_paired(groups[a], groups[b])} for a, b in pairs]
     return rows, extra
-
-
-def _pct(v: Optional[float], signed: bool = False) -> str:
-    return '' if v is None else (f'{100 * v:+.2f}' if signed else f'{100 * v:.2f}')
-
-
-def _diff_cell(d: Dict[str, Any]) -> str:
-    return f"{_pct(d['mean'], True)} ± {_pct(d['std'])} ({d['wins']}/{d['n']})" if d['std'] is not None else (
-        f"{_pct(d['mean'], True)} ({d['wins']}/{d['n']})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -98,17 +85,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(f'{name!r} is not a --group (groups: {", ".join(groups)})')
     rows, extra = summarise(groups, args.reference, [tuple(x) for x in args.pair])
 
-    table = [{'recipe': r['recipe'], 'test top-1 (%)': f"{_pct(r['mean'])} ± {_pct(r['std'])}",
+    table = [{'recipe': r['recipe'], 'test top-1 (%)': fmt_mean_std(r),
               'per seed': ', '.join(f'{100 * v:.1f}' for v in r['per_seed']),
-              f'vs {args.reference}': _diff_cell(r['vs_reference']) if 'vs_reference' in r else ''} for r in rows]
+              f'vs {args.reference}': fmt_paired(r['vs_reference']) if 'vs_reference' in r else ''} for r in rows]
     notes = ['Cells: mean ± sample std over seeds; paired differences in points with (seeds ahead / seeds).']
     if extra:
-        notes.append('Pairs: ' + '; '.join(f"{e['a']} - {e['b']}: {_diff_cell(e)} (per seed "
+        notes.append('Pairs: ' + '; '.join(f"{e['a']} - {e['b']}: {fmt_paired(e)} (per seed "
                                            + ', '.join(f'{100 * d:+.1f}' for d in e['per_seed']) + ')'
                                            for e in extra) + '.')
     notes.append('Runs: ' + '; '.join(f'{n}: ' + ' | '.join(r) for n, r in recipes.items()) + '.')
     notes += args.note
-    meta = {'machine': machine_info(), 'command': 'python benchmarks/recipe_seeds.py ' + ' '.join(
+    meta = {'machine': machine_info(), 'command': 'python -m benchmarks.recipe_seeds ' + ' '.join(
         sys.argv[1:] if argv is None else argv), 'groups': rows, 'pairs': extra}
     for path in write_results(args.name, table, meta, out_dir=args.out_dir, notes=notes):
         print(f'wrote {path}')

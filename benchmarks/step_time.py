@@ -30,9 +30,9 @@ against the exact gradient of its loss, and on CUDA whether the GGAM loss makes 
 
 Examples::
 
-    PYTHONPATH=. python benchmarks/step_time.py --threads 2      # CPU: resnet50 @ 448 b2 and resnet18 @ 224 b2
-    PYTHONPATH=. python benchmarks/step_time.py --quick          # CI smoke run, < 60 s
-    PYTHONPATH=. python benchmarks/step_time.py --device cuda --amp bf16 --sync-check  # see gpu_check.sh
+    python -m benchmarks.step_time --threads 2      # CPU: resnet50 @ 448 b2 and resnet18 @ 224 b2
+    python -m benchmarks.step_time --quick          # CI smoke run, < 60 s
+    python -m benchmarks.step_time --device cuda --amp bf16 --sync-check  # see gpu_check.sh
 """
 import argparse
 import ctypes
@@ -53,13 +53,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks.common import REPO_ROOT, command_line, machine_info, markdown_table, write_results
 from ggam_layers import GGAMHead, GGAMLoss, wrap_timm_model
 from ggam_layers.kernels import load_ops, triton_available
-
-try:
-    from benchmarks.common import format_value, machine_info, write_results
-except ImportError:  # run as a script: this folder is on sys.path
-    from common import format_value, machine_info, write_results
 
 __all__ = [
     'METHODS', 'Setting', 'TrainStep', 'AuthorsStep', 'build_step', 'time_steps', 'gradient_check', 'head_benchmark',
@@ -136,6 +132,10 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         with _autocast(self.device, self.amp):
             loss = self.loss_fn(x, y)
+        return self._backward(loss, reference)
+
+    def _backward(self, loss: torch.Tensor, reference: bool) -> Tuple[torch.Tensor, Any]:
+        """`loss.backward()`; with `reference`, first the exact gradient of the loss (autograd.grad)."""
         ref = None
         if reference:
             params = [p for p in self.model.parameters() if p.requires_grad]
@@ -149,7 +149,7 @@ class TrainStep:
         return loss
 
 
-class AuthorsStep:
+class AuthorsStep(TrainStep):
     """The training step of the authors' cars_sp_CAM.py, on a GGAM model (see the module docstring).
 
     As in their `Spatial_SEModule`, a forward hook stores S (softmax of the channel-attention logits) and registers a
@@ -183,17 +183,7 @@ class AuthorsStep:
         weights = grad_val.float().mean(dim=(2, 3)).softmax(dim=1)
         kl_loss = F.kl_div(weights.log(), sig.float(), reduction='sum')
         loss = F.cross_entropy(outputs.float(), y) + kl_loss
-        ref = None
-        if reference:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            ref = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        loss.backward()
-        return loss.detach(), ref
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss, _ = self.grads(x, y)
-        self.optimizer.step()
-        return loss
+        return self._backward(loss, reference)
 
     def remove(self) -> None:
         """Remove the hooks."""
@@ -400,12 +390,11 @@ def measure_memory(
 
 
 def _memory_subprocess(cfg: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    cmd = [sys.executable, os.path.abspath(__file__), '--memory-probe', json.dumps(cfg)]
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    """`measure_memory` in a fresh interpreter (`python -m benchmarks.step_time --memory-probe`, from the repository
+    root): nothing of this process's heap is inherited, and its allocator setting applies from the first byte."""
+    cmd = [sys.executable, '-m', 'benchmarks.step_time', '--memory-probe', json.dumps(cfg)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
     except subprocess.TimeoutExpired:
         return {'memory_error': f'timed out after {timeout:.0f} s'}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
@@ -786,7 +775,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     def write() -> List[Path]:
         meta = {
             'machine': machine_info(),
-            'command': 'python benchmarks/step_time.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+            'command': command_line('step_time', argv),
             'device': args.device, 'amp': args.amp, 'channels_last': args.channels_last,
             'num_classes': args.num_classes, 'warmup': args.warmup, 'repeats': args.repeats, 'memory': args.memory,
             'optimizer': 'SGD momentum 0.9', 'total_s': round(time.perf_counter() - t_start, 1),
@@ -905,7 +894,7 @@ def update_result(args: argparse.Namespace, name: str) -> List[Path]:
         gsetting = Setting.parse(args.settings[-1])
         meta['grad_check'] = [dict(r, setting=str(gsetting))
                               for r in gradient_check(gsetting, args.num_classes, args.device)]
-    meta.setdefault('updates', []).append('python benchmarks/step_time.py ' + ' '.join(sys.argv[1:]))
+    meta.setdefault('updates', []).append(command_line('step_time'))
     return write_report(name, args.out_dir, meta, rows)
 
 
@@ -969,9 +958,7 @@ def targets(
 
 
 def _table(rows: List[Dict[str, Any]], cols: List[str], title: str) -> str:
-    lines = [f'{title}:', '', '| ' + ' | '.join(cols) + ' |', '| ' + ' | '.join('---' for _ in cols) + ' |']
-    lines += ['| ' + ' | '.join(format_value(r.get(c)) for c in cols) + ' |' for r in rows]
-    return '\n'.join(lines)
+    return '\n'.join([f'{title}:', '', *markdown_table(cols, rows)])
 
 
 if __name__ == '__main__':

@@ -17,9 +17,9 @@ that hangs or dies is replaced and the model is recorded as failed. Results: JSO
 
 Example::
 
-    python benchmarks/timm_coverage.py                  # both parts, 2 workers -> benchmarks/results/timm_coverage.*
-    python benchmarks/timm_coverage.py --quick          # a handful of models (CI), -> timm_coverage_quick.*
-    python benchmarks/timm_coverage.py --part sample    # part 2 only, reusing part 1 from the existing JSON
+    python -m benchmarks.timm_coverage                  # both parts, 2 workers -> benchmarks/results/timm_coverage.*
+    python -m benchmarks.timm_coverage --quick          # a handful of models (CI), -> timm_coverage_quick.*
+    python -m benchmarks.timm_coverage --part sample    # part 2 only, reusing part 1 from the existing JSON
 """
 
 import argparse
@@ -44,7 +44,6 @@ import torch
 from timm.models import get_pretrained_cfg, model_entrypoint
 
 # the checkout, after site-packages: an installed ggam_layers (CI tests the wheel) wins over the checkout's
-sys.path.append(str(Path(__file__).resolve().parents[1]))
 import ggam_layers  # noqa: E402
 from benchmarks.common import machine_info, machine_line  # noqa: E402
 from ggam_layers.loss import GGAMLoss  # noqa: E402
@@ -716,7 +715,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     stem = args.name or ('timm_coverage_quick' if args.quick else 'timm_coverage')
     json_path, md_path = out_dir / f'{stem}.json', out_dir / f'{stem}.md'
     (out_dir / f'{stem}.partial.jsonl').unlink(missing_ok=True)
-    command = 'python benchmarks/timm_coverage.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    command = 'python -m benchmarks.timm_coverage ' + ' '.join(sys.argv[1:] if argv is None else argv)
     data: Dict[str, Any] = {}
     if (args.part == 'sample' or args.update) and json_path.exists():
         data = json.loads(json_path.read_text())

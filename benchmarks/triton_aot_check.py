@@ -21,8 +21,8 @@ dynamic shared memory from Triton's metadata. A fresh Triton cache is used, so e
 
 Examples::
 
-    python benchmarks/triton_aot_check.py                  # sm_90, writes benchmarks/results/triton_aot_sm90.*
-    python benchmarks/triton_aot_check.py --arch 80 --out-dir /tmp/aot   # A100
+    python -m benchmarks.triton_aot_check                  # sm_90, writes benchmarks/results/triton_aot_sm90.*
+    python -m benchmarks.triton_aot_check --arch 80 --out-dir /tmp/aot   # A100
 """
 import argparse
 import os
@@ -34,13 +34,11 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write_results  # noqa: E402
+from benchmarks.common import machine_info, write_results
 
 __all__ = ['KERNELS', 'DTYPES', 'SHAPES', 'LAYOUTS', 'Spec', 'parse_arch', 'make_target', 'Specialiser',
            'record_launches', 'drive_ops', 'collect_specs', 'compile_spec', 'main']

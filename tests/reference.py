@@ -76,7 +76,7 @@ def ref_kl(p, q):
 
 
 def ref_target(beta, squash='sigmoid', target_norm='none', temperature=1.0):
-    """beta~: squashed Grad-CAM weights as a distribution (sec. 2.3 of the paper; DESIGN.md 2.3)."""
+    """beta~: squashed Grad-CAM weights as a distribution (sec. 2.3 of the paper; docs/design.md)."""
     beta = [float(v) for v in beta]
     if target_norm == 'standardize':
         m = sum(beta) / len(beta)

@@ -1,31 +1,20 @@
 """benchmarks/ablation.py keeps working: its pure helpers, and its --quick mode end to end in a temp dir."""
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, benchmark_command, load_benchmark
 
 from ggam_layers.loss import cam_log_target, ggam_divergence
 
 __all__ = []
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / 'benchmarks' / 'ablation.py'
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location('ablation_script', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-abl = _load_script()
+abl = load_benchmark('ablation')
 
 
 @pytest.mark.parametrize('scale', [1e-8, 1e-3, 1.0, 1e8])
@@ -73,10 +62,10 @@ def test_summaries_and_paired_differences():
 @pytest.fixture(scope='module')
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp('ablation')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), '--quick', '--out-dir', str(out), '--work-dir', str(out / 'work')],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        benchmark_command('ablation', '--quick', '--out-dir', str(out), '--work-dir', str(out / 'work')),
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / 'ablation_quick.json').read_text())
     return data, (out / 'ablation_quick.md').read_text(), out
@@ -116,10 +105,10 @@ def test_quick_tables(quick_report):
 @pytest.mark.slow
 def test_quick_rerun_reuses_finished_runs(quick_report):
     _, _, out = quick_report
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), '--quick', '--parts', 'sweep', '--out-dir', str(out / 'again'), '--work-dir',
-         str(out / 'work')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [*benchmark_command('ablation'), '--quick', '--parts', 'sweep', '--out-dir', str(out / 'again'), '--work-dir',
+         str(out / 'work')], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / 'again' / 'ablation_quick.json').read_text())
     assert data['meta']['runs_trained'] == 0 and data['meta']['runs_reused'] == len(data['runs']) > 0
@@ -156,12 +145,12 @@ def test_channel_stats_matches_a_direct_computation():
 @pytest.mark.slow
 def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_ablation.sh on the CPU with the on-device data path: phases, resume and the final report."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), PYTHON=sys.executable, DEVICE='cpu',
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), PYTHON=sys.executable, DEVICE='cpu',
                PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'))
     proc = subprocess.run(
-        ['bash', str(ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'quick', '--data-path', 'device',
+        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'quick', '--data-path', 'device',
          '--parts', 'ablation', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / 'out' / 'ablation_gpu224.json').read_text())
     assert len(data['runs']) == 6 and data['meta']['runs_trained'] == 0  # the report trains nothing

@@ -7,29 +7,18 @@ The authors' step (benchmarks/step_time.py, `AuthorsStep`) is the counter-exampl
 gradient left in `.grad`.
 """
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import load_benchmark
 
 from ggam_layers import GGAMHead, GGAMLoss, wrap_timm_model
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _step_time():
     """benchmarks/step_time.py as a module: the tests check the steps the benchmark times."""
-    if 'ggam_step_time' not in sys.modules:
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
-        spec = importlib.util.spec_from_file_location('ggam_step_time', ROOT / 'benchmarks' / 'step_time.py')
-        module = importlib.util.module_from_spec(spec)
-        sys.modules['ggam_step_time'] = module
-        spec.loader.exec_module(module)
-    return sys.modules['ggam_step_time']
+    return load_benchmark('step_time')
 
 
 def _head_and_loss(c=32, k=5, seed=0):

@@ -158,7 +158,7 @@ def test_spatial_gate_starts_as_the_plain_head_and_learns():
     with pytest.raises(ValueError, match='spatial_gate=True .* needs spatial_attn=True'):
         ChannelSpatialAttention(8, spatial_attn=False, spatial_gate=True)
     with pytest.raises(ValueError, match='--spatial-gate'):
-        from ggam_layers.train_config import TrainConfig
+        from ggam_layers.train.config import TrainConfig
         TrainConfig(spatial_attn=False, spatial_gate=True).validate()
 
 

@@ -2,15 +2,12 @@
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, benchmark_command
 
 __all__ = []
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / 'benchmarks' / 'timm_coverage.py'
 
 
 @pytest.fixture(scope='module')
@@ -18,8 +15,8 @@ def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp('coverage')
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), '--quick', '--out-dir', str(out), '--no-progress'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        benchmark_command('timm_coverage', '--quick', '--out-dir', str(out), '--no-progress'),
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / 'timm_coverage_quick.json').read_text()), (out / 'timm_coverage_quick.md').read_text()
 

@@ -4,10 +4,10 @@ import os
 import pytest
 import torch
 
+from ggam_layers.data.device import DeviceLoader, split_transform
+from ggam_layers.data.loader import EpochSampler, SeededTransformDataset, ShardSampler, build_transform
 from ggam_layers.data.synthetic import SyntheticFineGrained
 from ggam_layers.data.tensor_cache import GENERATOR_PARAMS, cache_key, synthetic_tensors
-from ggam_layers.engine.data import EpochSampler, SeededTransformDataset, ShardSampler, build_transform
-from ggam_layers.engine.device_data import DeviceLoader, split_transform
 
 
 def _data_config(size: int, crop_pct: float = 1.0):

@@ -25,25 +25,21 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ggam_layers._files import TMP_PREFIX, WEIGHTS_NAME, CheckpointError, check_safetensors, load_weights
 from ggam_layers.cli import main
 from ggam_layers.data import check_image, create_dataset, scan_images
 from ggam_layers.data.synthetic import SyntheticFineGrained
-from ggam_layers.engine.checkpoint import (
+from ggam_layers.train import TrainConfig, evaluate, train
+from ggam_layers.train.checkpoint import (
     CHECKPOINT_DIR,
     STATE_NAME,
-    TMP_PREFIX,
-    WEIGHTS_NAME,
-    CheckpointError,
     CheckpointWriteError,
-    check_safetensors,
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    load_weights,
+    load_training_state,
     save_checkpoint,
 )
-from ggam_layers.engine.signals import InterruptGuard, TrainingInterrupted
-from ggam_layers.train import TrainConfig, evaluate, train
+from ggam_layers.train.signals import InterruptGuard, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model='test_resnet', img_size=32, epochs=1, batch_size=4, eval_batch_size=8, threads=1, progress=False)
@@ -362,7 +358,7 @@ def test_damaged_epoch_checkpoint_gives_one_clear_error(run_dir, tmp_path, kind)
     words = _damage(ckpt / WEIGHTS_NAME, kind)
     model = torch.nn.Linear(2, 2)
     with pytest.raises(CheckpointError, match=words) as e:
-        load_checkpoint(ckpt, model)
+        load_training_state(ckpt, model)
     assert str(ckpt / WEIGHTS_NAME) in str(e.value)
     from ggam_layers.hub import load_checkpoint as hub_load_checkpoint
     with pytest.raises(CheckpointError, match=words):
@@ -374,7 +370,7 @@ def test_damaged_training_state_and_config_are_named(run_dir, tmp_path):
     shutil.copytree(run_dir, d)
     (d / CHECKPOINT_DIR / 'epoch-0002' / STATE_NAME).write_bytes(b'\x80\x04garbage')
     with pytest.raises(CheckpointError, match=f'{d / CHECKPOINT_DIR / "epoch-0002" / STATE_NAME} is damaged'):
-        load_checkpoint(d / CHECKPOINT_DIR / 'epoch-0002')
+        load_training_state(d / CHECKPOINT_DIR / 'epoch-0002')
     (d / 'config.json').write_text('{"architecture": "ggam", ')
     with pytest.raises(ValueError, match=f'{d / "config.json"} is damaged'):
         evaluate(str(d), progress=False)
@@ -512,7 +508,7 @@ def test_signal_ends_the_run_cleanly_and_resume_matches_an_uninterrupted_run(tmp
     assert f'interrupted by {sig.name}: the last complete checkpoint is {done} (epoch {n})' in err
     assert f'ggam-layers train --resume {out}' in err and 'Traceback' not in err
     _no_leftovers(out)
-    check_safetensors(done / WEIGHTS_NAME) and load_checkpoint(done)  # complete and readable
+    check_safetensors(done / WEIGHTS_NAME) and load_training_state(done)  # complete and readable
     result = train(_syn(epochs=30, stop_after=n + 1, resume=True, output=str(out)))
     assert result['epochs_done'] == n + 1
     train(_syn(epochs=30, stop_after=n + 1, output=str(tmp_path / 'ref')))
@@ -639,7 +635,7 @@ def test_torchrun_with_one_process_killed_then_resume(tmp_path):
     assert n < epochs, 'the job finished before the kill: make it longer'
     assert f'the last complete checkpoint is {done} (epoch {n}). Continue with: ggam-layers train --resume {out}' in err
     _no_leftovers(out)
-    check_safetensors(done / WEIGHTS_NAME) and load_checkpoint(done)
+    check_safetensors(done / WEIGHTS_NAME) and load_training_state(done)
     resumed = _torchrun(['--epochs', str(epochs), '--stop-after', str(n + 1), '--resume', str(out)])
     _, err = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, err[-3000:]

@@ -1,4 +1,4 @@
-"""Our Grad-CAM weights against independent implementations (captum, torchcam; DESIGN.md section 5).
+"""Our Grad-CAM weights against independent implementations (captum, torchcam; docs/design.md, Grad-CAM).
 
 The target is the GGAM head's input A, produced by a small conv stem, so that beta depends on the input through the
 attention (for a plain GAP + linear head beta would just be W[k] / N).

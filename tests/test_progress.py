@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ggam_layers.engine.progress import LineProgress, progress, progress_interval
+from ggam_layers.train.progress import LineProgress, progress, progress_interval
 
 
 def test_line_progress_writes_plain_lines_at_the_interval_and_at_the_end():

@@ -3,9 +3,10 @@ import json
 import math
 
 import pytest
+from conftest import load_benchmark
 
-from ggam_layers.seeds import format_seed_summary, seed_summary, train_compare_seeds
 from ggam_layers.train import TrainConfig, train_compare
+from ggam_layers.train.seeds import format_seed_summary, seed_summary, train_compare_seeds
 
 
 def _res(top1):
@@ -60,13 +61,7 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
     assert stored['command'].startswith('ggam-layers train --seeds 0 1')
 
     # benchmarks/recipe_seeds.py on the same run directories gives the same per-seed values and paired differences
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'recipe_seeds.py'
-    spec = importlib.util.spec_from_file_location('recipe_seeds', script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark('recipe_seeds')
     runs = {k: [str(tmp_path / 'seeds' / f'seed{i}' / k) for i in (1, 0)] for k in ('ggam', 'plain')}
     assert module.main(['--group', 'plain', *runs['plain'], '--group', 'GGAM', *runs['ggam'], '--reference', 'plain',
                         '--pair', 'GGAM', 'plain', '--out-dir', str(tmp_path), '--name', 'rs']) == 0

@@ -13,7 +13,7 @@ from timm.layers import get_channel_dim, get_spatial_dim
 
 import ggam_layers  # noqa: F401  (registers the entrypoints)
 from ggam_layers import GGAMModel, wrap_timm_model
-from ggam_layers.engine.loop import amp_dtype_for, normalize_amp_dtype
+from ggam_layers.train.loop import amp_dtype_for, normalize_amp_dtype
 
 # backbone -> (timm kwargs, input size, layout); test_vit is built without dynamic_img_size for FX (see README)
 LAYOUTS = {
@@ -256,8 +256,8 @@ def test_amp_dtype_aliases_fp16(alias):
 
 
 def test_amp_dtype_cli_and_config():
-    from ggam_layers.train_cli import add_train_args
-    from ggam_layers.train_config import TrainConfig
+    from ggam_layers.train.cli import add_train_args
+    from ggam_layers.train.config import TrainConfig
 
     parser = argparse.ArgumentParser()
     add_train_args(parser)

@@ -12,20 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ggam_layers._files import TMP_PREFIX, WEIGHTS_NAME, atomic_write, atomic_write_text
 from ggam_layers.cli import build_parser, main
-from ggam_layers.engine.checkpoint import (
-    STATE_NAME,
-    TMP_PREFIX,
-    WEIGHTS_NAME,
-    atomic_write,
-    atomic_write_text,
-    clean_partial,
-    latest_checkpoint,
-    list_checkpoints,
-    save_checkpoint,
-)
-from ggam_layers.engine.data import EpochSampler, SeededTransformDataset, derive_seed
-from ggam_layers.engine.metrics import METRIC_COLUMNS
+from ggam_layers.data.loader import EpochSampler, SeededTransformDataset, derive_seed
 from ggam_layers.train import (
     PRESETS,
     TrainConfig,
@@ -36,6 +25,8 @@ from ggam_layers.train import (
     train,
     train_compare,
 )
+from ggam_layers.train.checkpoint import STATE_NAME, clean_partial, latest_checkpoint, list_checkpoints, save_checkpoint
+from ggam_layers.train.metrics import METRIC_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -409,8 +400,9 @@ def test_default_workers_follow_the_data(tmp_path):
     from torchvision.datasets import ImageFolder
 
     from ggam_layers.data.synthetic import SyntheticFineGrained
-    from ggam_layers.engine.distributed import DistInfo
-    from ggam_layers.train import _num_workers, _usable_cores
+    from ggam_layers.train.build import _usable_cores
+    from ggam_layers.train.distributed import DistInfo
+    from ggam_layers.train.evaluate import _num_workers
 
     (tmp_path / 'a').mkdir()
     from PIL import Image

@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 triton = pytest.importorskip('triton')
 
@@ -50,15 +51,7 @@ pytestmark = pytest.mark.skipif(bool(REASON), reason=REASON)
 
 def _aot_module():
     """benchmarks/triton_aot_check.py, which records the ops' launches and compiles each specialisation."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(os.environ.get('GGAM_REPO_ROOT') or Path(__file__).resolve().parents[1]) / 'benchmarks' / \
-        'triton_aot_check.py'
-    spec = importlib.util.spec_from_file_location('triton_aot_check', script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('triton_aot_check')
 
 
 @pytest.mark.parametrize('layout', ['nchw', 'channels_last'])

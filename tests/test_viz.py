@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import load_benchmark
 
 from ggam_layers import wrap_timm_model
 from ggam_layers.model import GGAMModel
@@ -352,13 +353,9 @@ def test_load_image_inputs(tmp_path):
 def test_localization_benchmark_runs(tmp_path):
     """benchmarks/localization.py end to end at toy size: trains a model here, saves it, measures, writes results."""
     pytest.importorskip('ggam_layers.data.synthetic')
-    import importlib.util
     import json
 
-    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'localization.py'
-    spec = importlib.util.spec_from_file_location('localization_benchmark', script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark('localization')
     assert module.main(['--train', 'ggam', '--epochs', '1', '--train-per-class', '2', '--num-classes', '4',
                         '--limit', '8', '--out-dir', str(tmp_path), '--save-dir', str(tmp_path / 'models')]) == 0
     rows = json.loads((tmp_path / 'localization.json').read_text())['rows']

@@ -1,10 +1,6 @@
-"""File names, paper metadata and lazy package accessors shared by the `ggam_layers.hub` modules."""
-__all__ = ['CONFIG_NAME', 'PAPER_BIBTEX', 'PAPER_ID', 'PAPER_NAME', 'PICKLE_SUFFIXES', 'README_NAME', 'WEIGHTS_NAME']
+"""Paper metadata and lazy package accessors shared by the `ggam_layers.hub` modules (file names: `_files`)."""
+__all__ = ['PAPER_BIBTEX', 'PAPER_ID', 'PAPER_NAME']
 
-CONFIG_NAME = 'config.json'
-WEIGHTS_NAME = 'model.safetensors'
-README_NAME = 'README.md'
-PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.tar', '.pkl', '.pickle')
 PAPER_ID = 'arXiv:2101.09666'
 PAPER_NAME = 'Grad-CAM Guided Channel-Spatial Attention Module for Fine-Grained Visual Classification'
 PAPER_BIBTEX = """@article{xu2021gradcam,

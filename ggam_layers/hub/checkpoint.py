@@ -7,14 +7,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
-from ..engine.checkpoint import load_weights
+from .._files import CONFIG_NAME, DATA_CONFIG_KEYS, PICKLE_SUFFIXES, WEIGHTS_NAME, load_weights, refuse_pickle
 from ..model import GGAMModel
-from ._common import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME
-from .load import _read_config, _refuse_pickle, load_model
+from .load import _read_config, load_model
 
 __all__ = ['load_checkpoint']
-
-_DATA_CONFIG_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 
 
 def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
@@ -35,7 +32,7 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     path = Path(path)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
-            _refuse_pickle(path)
+            refuse_pickle(path)
         path = path.parent
     if not path.is_dir():
         raise FileNotFoundError(f'checkpoint {path}: no such folder')
@@ -56,7 +53,7 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     save_kwargs: Dict[str, Any] = {k: info.pop(k) for k in ('dataset', 'metrics', 'recipe') if k in info}
     data_config = info.pop('data_config', None)
     if data_config:
-        save_kwargs['data_config'] = {k: v for k, v in data_config.items() if k in _DATA_CONFIG_KEYS}
+        save_kwargs['data_config'] = {k: v for k, v in data_config.items() if k in DATA_CONFIG_KEYS}
     if config.get('label_names'):
         save_kwargs['label_names'] = config['label_names']
     info.pop('paper', None)

@@ -21,24 +21,13 @@ from huggingface_hub.errors import (
 )
 from timm.models import get_pretrained_cfg, is_model, parse_model_name, split_model_name_tag
 
-from ..engine.checkpoint import check_safetensors
+from .._files import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, check_safetensors, refuse_pickle
 from ..model import GGAMModel
-from ._common import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, _registry, _version
+from ._common import _registry, _version
 
 __all__ = ['load_model']
 
 _logger = logging.getLogger(__name__)
-
-_CONVERT_HINT = (
-    "convert it once, in a process you trust: `import torch, safetensors.torch; sd = torch.load(PATH, "
-    "map_location='cpu', weights_only=True); safetensors.torch.save_file(sd.get('state_dict', sd), "
-    "'model.safetensors')`")
-
-
-def _refuse_pickle(path: Path) -> None:
-    raise ValueError(f'{path} is a pickle checkpoint; ggam_layers loads safetensors only (a pickle can run code when '
-                     f'loaded). To use it, {_CONVERT_HINT.replace("PATH", repr(str(path)))}')
-
 
 def _read_config(path: Path, origin: str) -> Dict[str, Any]:
     try:
@@ -103,7 +92,7 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
         path = Path(name_or_path)
         if path.is_file():
             if path.suffix in PICKLE_SUFFIXES:
-                _refuse_pickle(path)
+                refuse_pickle(path)
             if path.name != WEIGHTS_NAME:
                 raise ValueError(f'{path}: pass the folder holding {CONFIG_NAME} and {WEIGHTS_NAME} (a weights file '
                                  f'must be named {WEIGHTS_NAME} to load with its config)')
@@ -125,7 +114,7 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
         if pretrained and not weights.is_file():
             pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickles:
-                _refuse_pickle(pickles[0])
+                refuse_pickle(pickles[0])
             raise FileNotFoundError(f'{weights} is missing (pass pretrained=False for an untrained model)')
         return name_or_path, weights, str(folder)
     if source == 'hf-hub':
@@ -148,7 +137,7 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
         if cfg is not None and cfg.file:
             weights = Path(cfg.file)
             if weights.suffix in PICKLE_SUFFIXES:
-                _refuse_pickle(weights)
+                refuse_pickle(weights)
             if not weights.is_file():
                 raise FileNotFoundError(f'{ident}: its weights file {weights} is missing (a broken installation? '
                                         'reinstall ggam-layers)')

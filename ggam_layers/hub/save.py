@@ -9,17 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-import safetensors.torch
 import timm
 import torch.nn as nn
 from timm.layers import get_act_layer
 from timm.models import save_for_hf
 
+from .._files import CONFIG_NAME, DATA_CONFIG_KEYS, README_NAME, TMP_PREFIX, WEIGHTS_NAME, save_weights
 from ..model import GGAMModel
-from ._common import _LIBRARY_URL, CONFIG_NAME, PAPER_ID, PAPER_NAME, README_NAME, WEIGHTS_NAME, _registry, _version
+from ._common import _LIBRARY_URL, PAPER_ID, PAPER_NAME, _registry, _version
 from .card import model_card
 
-__all__ = ['ggam_model_args', 'save_pretrained']
+__all__ = ['ggam_model_args', 'model_config_json', 'save_pretrained']
 
 # activations the channel attention may use, by timm name (get_act_layer resolves each to a class)
 _ACT_NAMES = ('relu', 'gelu', 'gelu_tanh', 'quick_gelu', 'silu', 'swish', 'mish', 'sigmoid', 'tanh', 'hard_sigmoid',
@@ -96,6 +96,38 @@ def _check_json(name: str, value: Any) -> None:
         json.dumps(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f'{name} must be JSON-serialisable (str, numbers, lists, dicts), got {value!r}: {e}') from e
+
+
+def model_config_json(
+        model: nn.Module,
+        *,
+        model_config: Dict[str, Any],
+        model_args: Dict[str, Any],
+        data_config: Optional[Dict[str, Any]] = None,
+        tmp_parent: Optional[Union[str, Path]] = None,
+) -> Dict[str, Any]:
+    """timm's `config.json` of `model` as a dict: what `timm.models.save_for_hf` writes, the one place it is called.
+
+    A GGAM model drops timm's `global_pool` (the head pools D itself, `pool_type`); `pretrained_cfg` keeps only the
+    keys that have a value.
+
+    Args:
+        model: A GGAM model or a plain timm model.
+        model_config: Extra top-level keys (`label_names`, `ggam_layers`, ...).
+        model_args: The keyword arguments that rebuild the architecture.
+        data_config: Preprocessing to record (`DATA_CONFIG_KEYS`); defaults to the model's `pretrained_cfg`.
+        tmp_parent: Folder for the temporary files (the system's temporary folder by default).
+    """
+    data_config = {k: v for k, v in data_config.items() if k in DATA_CONFIG_KEYS} if data_config else None
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX + 'config.', dir=tmp_parent) as tmp:
+        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True,
+                    data_config=data_config)
+        config = json.loads((Path(tmp) / CONFIG_NAME).read_text(encoding='utf-8'))
+    if isinstance(model, GGAMModel):
+        config.pop('global_pool', None)
+        config.get('model_args', {}).pop('global_pool', None)
+    config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
+    return config
 
 
 def save_pretrained(
@@ -184,14 +216,9 @@ def save_pretrained(
 
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix='.ggam-save-') as tmp:
-        save_for_hf(model, tmp, model_config=model_config, model_args=args, safe_serialization=True,
-                    data_config=data_config)
+        config = model_config_json(model, model_config=model_config, model_args=args, data_config=data_config,
+                                   tmp_parent=tmp)
         config_path = Path(tmp) / CONFIG_NAME
-        config = json.loads(config_path.read_text(encoding='utf-8'))
-        # timm records the resolved pooling as `global_pool`; the GGAM head pools itself (`pool_type`)
-        config.pop('global_pool', None)
-        config.get('model_args', {}).pop('global_pool', None)
-        config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
         config['pretrained_cfg']['first_conv'] = model_config['pretrained_cfg']['first_conv']
         size = args.get('img_size')
         if size is not None and (data_config or {}).get('input_size') is None:  # a resized ViT / Swin backbone
@@ -203,13 +230,12 @@ def save_pretrained(
         config_path.write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
         _verify_rebuild(model, config)
         weights = Path(tmp) / WEIGHTS_NAME
-        tensors = safetensors.torch.load_file(str(weights))
         header = {'format': 'pt', 'architecture': arch, 'backbone': str(args.get('backbone')),
                   'ggam_layers_version': _version(), 'paper': PAPER_ID}
         if isinstance(recipe, str):
             header['recipe'] = recipe
         header.update(metadata or {})
-        safetensors.torch.save_file(tensors, str(weights), metadata=header)
+        save_weights(model, weights, metadata=header)
         _canonical_header(weights)
         num_params = sum(p.numel() for p in model.parameters())
         card = model_card(config, repo_id.split('/')[-1] if repo_id else directory.resolve().name, repo_id=repo_id,

@@ -6,8 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .engine.checkpoint import CHECKPOINT_DIR, CONFIG_NAME, WEIGHTS_NAME, clean_partial
-from .train_config import RESUME_MUTABLE_FIELDS, TrainConfig
+from .._files import CONFIG_NAME, WEIGHTS_NAME
+from .checkpoint import CHECKPOINT_DIR, clean_partial
+from .config import RESUME_MUTABLE_FIELDS, TrainConfig
 
 __all__ = ['RESULTS_NAME', 'RUN_ARTEFACTS', 'default_output', 'is_nonempty_dir', 'clear_run_dir',
            'config_differences', 'read_run_config']

@@ -1,29 +1,8 @@
-"""Train and evaluate GGAM models, and the plain timm backbone as the baseline, on fine-grained datasets.
+"""The training run: `train(cfg)` trains one model (GGAM, or the plain backbone) and evaluates it.
 
-Python::
-
-    from ggam_layers.train import TrainConfig, train, evaluate
-    cfg = TrainConfig.from_preset('synthetic', output='runs/ggam', lam=1.0)
-    result = train(cfg)                       # dict of final metrics (test_top1, test_top5, ...)
-    evaluate('runs/ggam')['top1'] == result['test_top1']
-
-Command line (`ggam-layers train --help`)::
-
-    ggam-layers train --compare-plain                    # GGAM and the plain backbone on the synthetic set
-    ggam-layers train --preset paper --data-root CUB_200_2011 --output runs/cub
-    torchrun --nproc-per-node 4 -m ggam_layers train --preset paper --data-root CUB_200_2011
-    ggam-layers eval --checkpoint runs/cub
-
-A run directory holds `config.json` (timm model config; the run's settings under `ggam_layers`), the latest
-`model.safetensors`, `metrics.csv` / `metrics.jsonl` (one row per epoch), `results.json` (final metrics) and
-`checkpoints/epoch-NNNN/` (weights + optimizer, schedule and RNG state) for `--resume`. The data order and every
-random augmentation depend only on (seed, epoch, sample index), so a resumed run ends with the same weights as an
-uninterrupted one, and `--batch-size` is the global batch whatever the number of processes.
-
-This module holds the training loop and re-exports the public names of the modules around it: the building blocks
-(datasets, model, data config, optimizer, config.json) in `ggam_layers.train_build`, `evaluate` in
-`ggam_layers.evaluate`, GGAM against the plain backbone in `ggam_layers.compare`, the settings in
-`ggam_layers.train_config` and the command line in `ggam_layers.train_cli`.
+Runs under DDP when launched by `torchrun`; only rank 0 writes files. Every check comes before the first write, each
+epoch ends in a complete checkpoint, and a signal waits until the checkpoint is written (see `checkpoint.py`,
+`signals.py`). The per-step work is `loop.py`; the building blocks (datasets, model, optimizer) are `build.py`.
 """
 import dataclasses
 import json
@@ -32,7 +11,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,37 +19,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .compare import format_comparison, train_compare
-from .engine.checkpoint import (
-    CONFIG_NAME,
-    CheckpointError,
-    CheckpointWriteError,
-    atomic_write_json,
-    clean_partial,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .engine.data import EpochSampler, SeededTransformDataset, ShardSampler, build_loader, build_transform, derive_seed
-from .engine.device_data import device_loaders, wants_device_data
-from .engine.distributed import (
-    DistInfo,
-    barrier,
-    broadcast_buffers,
-    broadcast_object,
-    cleanup_distributed,
-    init_distributed,
-    replica_max_abs_diff,
-)
-from .engine.loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, lr_factor, train_one_epoch
-from .engine.metrics import METRIC_COLUMNS, MetricsWriter
-from .engine.signals import InterruptGuard, TrainingInterrupted
-from .evaluate import _eval_loader, _num_workers, evaluate
-from .loss import GGAMLoss
-from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
-from .train_build import (
+from .._files import CONFIG_NAME, CheckpointError, atomic_write_json
+from ..data.device import device_loaders, wants_device_data
+from ..data.loader import EpochSampler, SeededTransformDataset, ShardSampler, build_loader, build_transform, derive_seed
+from ..loss import GGAMLoss
+from .build import (
     _class_names,
-    _fmt_pct,
     _model_config,
     _num_classes,
     _optimizer,
@@ -83,15 +37,25 @@ from .train_build import (
     build_model,
     resolve_data_config,
 )
-from .train_cli import add_train_args, compare_requested, config_from_args, register_cli
-from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, RESUME_MUTABLE_FIELDS, SCHEDULES, TrainConfig
+from .checkpoint import CheckpointWriteError, clean_partial, list_checkpoints, load_training_state, save_checkpoint
+from .config import RESUME_MUTABLE_FIELDS, TrainConfig
+from .distributed import (
+    DistInfo,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    cleanup_distributed,
+    init_distributed,
+    replica_max_abs_diff,
+)
+from .evaluate import _eval_loader, _num_workers
+from .loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, train_one_epoch
+from .metrics import METRIC_COLUMNS, MetricsWriter
+from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
+from .signals import InterruptGuard, TrainingInterrupted
+from .stats import percent
 
-__all__ = [
-    'TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'train', 'train_compare', 'evaluate', 'evaluate_model',
-    'build_model', 'build_datasets', 'resolve_data_config', 'lr_factor', 'register_cli', 'format_comparison',
-    'add_train_args', 'config_from_args', 'compare_requested', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES',
-    'RESULTS_NAME',
-]
+__all__ = ['train']
 
 _logger = logging.getLogger(__name__)
 
@@ -145,7 +109,7 @@ def _resume_state(out: Path, model: nn.Module, label: str, main: bool) -> Tuple[
     damaged = []
     for ckpt in reversed(ckpts):
         try:
-            state = load_checkpoint(ckpt, model, map_location='cpu')
+            state = load_training_state(ckpt, model, map_location='cpu')
         except CheckpointError as e:
             damaged.append(f'{ckpt.name}: {e}')
             if main:
@@ -365,9 +329,9 @@ def _epoch_line(label: str, row: Dict[str, Any], epochs: int) -> str:
     parts = [f'[{label}] epoch {row["epoch"]}/{epochs}', f'train loss {row["train_loss"]:.4f}']
     if row.get('train_ggam') is not None:
         parts[-1] += f' (ce {row["train_ce"]:.4f}, ggam {row["train_ggam"]:.4f})'
-    parts.append(f'train top-1 {_fmt_pct(row["train_top1"])}')
+    parts.append(f'train top-1 {percent(row["train_top1"])}')
     if row.get('test_top1') is not None:
-        parts.append(f'test top-1 {_fmt_pct(row["test_top1"])} top-5 {_fmt_pct(row["test_top5"])}')
+        parts.append(f'test top-1 {percent(row["test_top1"])} top-5 {percent(row["test_top5"])}')
     parts.append(f'{row["images_per_s"]:.0f} img/s, {row["epoch_time_s"]:.1f} s')
     return ' | '.join(parts)
 
@@ -402,15 +366,3 @@ def _final_result(cfg: TrainConfig, history: List[Dict[str, Any]], out: Path, nu
         'replica_max_abs_diff': replica_diff,
         'history': history,
     }
-
-
-# --- command line ----------------------------------------------------------------------------------------------------
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`python -m ggam_layers.train ...`, the same as `ggam-layers train ...`."""
-    from .cli import main as cli_main
-    return cli_main(['train', *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == '__main__':
-    raise SystemExit(main())

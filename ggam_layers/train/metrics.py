@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .checkpoint import atomic_write_text
+from .._files import atomic_write_text
 
 __all__ = ['METRIC_COLUMNS', 'MetricsWriter', 'read_jsonl']
 

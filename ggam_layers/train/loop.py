@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import derive_seed
+from ..data.loader import derive_seed
 from .distributed import DistInfo, all_reduce_sum
 from .progress import progress as progress_bar
 

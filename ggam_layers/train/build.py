@@ -3,11 +3,8 @@
 `ggam_layers.train` puts them together (and re-exports the public ones: `build_datasets`, `build_model`,
 `resolve_data_config`); `ggam_layers.evaluate` and `ggam_layers.compare` use them too.
 """
-import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,11 +15,15 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .engine.checkpoint import CONFIG_NAME, TMP_PREFIX, CheckpointError
-from .engine.distributed import DistInfo
-from .engine.progress import progress
-from .model import GGAMModel
-from .train_config import RESUME_MUTABLE_FIELDS, TrainConfig
+from .. import __version__
+from .._files import CheckpointError
+from ..data.builder import create_dataset
+from ..data.integrity import scan_images
+from ..hub.save import ggam_model_args, model_config_json
+from ..model import GGAMModel
+from .config import RESUME_MUTABLE_FIELDS, TrainConfig
+from .distributed import DistInfo
+from .progress import progress
 
 __all__ = ['build_datasets', 'build_model', 'resolve_data_config']
 
@@ -35,7 +36,6 @@ def _usable_cores() -> int:
 
 
 def _create_dataset(cfg: TrainConfig, split: str) -> Any:
-    from .data.builder import create_dataset
     kw = dict(cfg.dataset_kwargs)
     if cfg.dataset == 'synthetic':
         kw.setdefault('image_size', cfg.img_size)  # render at the input size
@@ -178,12 +178,8 @@ def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
 def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
                   command: Optional[str], tmp_parent: Optional[Path] = None) -> Dict[str, Any]:
     """timm's config.json of the model (what `local-dir:` reads) with the run under the `ggam_layers` key."""
-    from timm.models import save_for_hf
-
-    from . import __version__
     model_args: Dict[str, Any] = {}
     if isinstance(model, GGAMModel):
-        from .hub import ggam_model_args
         model_args = ggam_model_args(model)
     info = {
         'version': __version__,
@@ -198,19 +194,8 @@ def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any
     model_config: Dict[str, Any] = {'ggam_layers': info}
     if class_names and len(class_names) == num_classes:
         model_config['label_names'] = list(class_names)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + 'config.', dir=tmp_parent))
-    try:
-        save_for_hf(model, tmp, model_config=model_config, model_args=model_args, safe_serialization=True,
-                    data_config={k: v for k, v in data_config.items()
-                                 if k in ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')})
-        config = json.loads((tmp / CONFIG_NAME).read_text(encoding='utf-8'))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if isinstance(model, GGAMModel):  # the GGAM head pools D itself (pool_type); timm's global_pool does not apply
-        config.pop('global_pool', None)
-        config.get('model_args', {}).pop('global_pool', None)
-    config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
-    return config
+    return model_config_json(model, model_config=model_config, model_args=model_args, data_config=data_config,
+                             tmp_parent=tmp_parent)
 
 
 def _recipe(cfg: TrainConfig) -> Dict[str, Any]:
@@ -218,15 +203,10 @@ def _recipe(cfg: TrainConfig) -> Dict[str, Any]:
     return {k: v for k, v in d.items() if k not in RESUME_MUTABLE_FIELDS}
 
 
-def _fmt_pct(v: Optional[float]) -> str:
-    return '-' if v is None else f'{100 * v:.2f}%'
-
-
 def _scan_data(cfg: TrainConfig, datasets: Dict[str, Any], info: DistInfo, show: bool) -> Tuple[Dict[str, Any],
                                                                                                   Dict[str, Any]]:
     """Check the image files of each split once (`data.integrity.scan_images`); returns the datasets without the
     unreadable files and a report {'train': n, 'eval': n, 'files': [{'split', 'path', 'reason'}, ...]}."""
-    from .data.integrity import scan_images
     report: Dict[str, Any] = {'files': []}
     out = {}
     for split, ds in datasets.items():

@@ -5,10 +5,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .engine.checkpoint import check_safetensors
-from .engine.data import TRAIN_AUGS
-from .engine.device_data import DATA_PATHS
-from .engine.loop import AMP_DTYPE_ALIASES
+from .._files import check_safetensors
+from ..data.device import DATA_PATHS
+from ..data.loader import TRAIN_AUGS
+from .loop import AMP_DTYPE_ALIASES
 
 __all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES']
 

@@ -1,5 +1,5 @@
 """GGAM against the plain backbone: `train_compare` trains both with the same data, seed and recipe, and
-`format_comparison` prints their results side by side (over several seeds: `ggam_layers.seeds`).
+`format_comparison` prints their results side by side (over several seeds: `seeds.py`).
 
 Both are re-exported by `ggam_layers.train`.
 """
@@ -8,11 +8,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .engine.checkpoint import CONFIG_NAME, atomic_write_json
-from .engine.distributed import broadcast_object, cleanup_distributed, init_distributed
+from .._files import CONFIG_NAME, atomic_write_json
+from .build import _scan_data, build_datasets
+from .config import TrainConfig
+from .distributed import broadcast_object, cleanup_distributed, init_distributed
 from .run_dir import default_output
-from .train_build import _fmt_pct, _scan_data, build_datasets
-from .train_config import TrainConfig
+from .runner import train
+from .stats import percent
 
 __all__ = ['format_comparison', 'train_compare']
 
@@ -20,9 +22,9 @@ __all__ = ['format_comparison', 'train_compare']
 def format_comparison(ggam: Dict[str, Any], plain: Dict[str, Any]) -> str:
     """A side-by-side table of two `train` results."""
     rows = [
-        ('test top-1', _fmt_pct(ggam.get('test_top1')), _fmt_pct(plain.get('test_top1'))),
-        ('test top-5', _fmt_pct(ggam.get('test_top5')), _fmt_pct(plain.get('test_top5'))),
-        ('train top-1', _fmt_pct(ggam.get('train_top1')), _fmt_pct(plain.get('train_top1'))),
+        ('test top-1', percent(ggam.get('test_top1')), percent(plain.get('test_top1'))),
+        ('test top-5', percent(ggam.get('test_top5')), percent(plain.get('test_top5'))),
+        ('train top-1', percent(ggam.get('train_top1')), percent(plain.get('train_top1'))),
         ('epochs', str(ggam.get('epochs_done')), str(plain.get('epochs_done'))),
         ('train time', f'{ggam.get("train_time_s", 0):.0f} s', f'{plain.get("train_time_s", 0):.0f} s'),
     ]
@@ -46,7 +48,6 @@ def train_compare(
     Returns:
         {'ggam': result, 'plain': result} (see `train`); rank 0 also writes OUT/comparison.json and prints the table.
     """
-    from .train import train  # not at the top: ggam_layers.train imports this module
     cfg = cfg.validate()
     t0 = time.perf_counter()
     info = init_distributed(cfg.device)

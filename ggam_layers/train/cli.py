@@ -10,13 +10,18 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .engine.checkpoint import CONFIG_NAME, CheckpointWriteError, atomic_write_json
-from .engine.data import TRAIN_AUGS
-from .engine.device_data import DATA_PATHS
-from .engine.signals import TrainingInterrupted, exit_code
+from .._files import CONFIG_NAME, atomic_write_json
+from ..data.device import DATA_PATHS
+from ..data.loader import TRAIN_AUGS
+from .checkpoint import CheckpointWriteError
+from .compare import train_compare
+from .config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from .evaluate import evaluate
 from .run_dir import read_run_config
-from .train_build import _fmt_pct
-from .train_config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from .runner import train
+from .seeds import train_compare_seeds
+from .signals import TrainingInterrupted, exit_code
+from .stats import percent
 
 __all__ = ['add_train_args', 'config_from_args', 'compare_requested', 'register_cli']
 
@@ -205,8 +210,6 @@ def compare_requested(flag: Optional[bool], train_argv: Optional[Sequence[str]])
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .compare import train_compare
-    from .train import train
     cfg, compare = config_from_args(args)
     argv = getattr(args, '_argv', None)
     seeds = getattr(args, 'seeds', None)
@@ -221,7 +224,6 @@ def _run_train(args: argparse.Namespace) -> int:
     command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
     try:
         if seeds is not None:
-            from .seeds import train_compare_seeds
             train_compare_seeds(cfg, seeds, command=command)
             return 0
         if compare:
@@ -242,7 +244,7 @@ def _run_train(args: argparse.Namespace) -> int:
               f'{where}`', file=sys.stderr, flush=True)
         return 1
     if int(os.environ.get('RANK', '0')) == 0:
-        print(f'\n{result["label"]}: test top-1 {_fmt_pct(result["test_top1"])}, top-5 {_fmt_pct(result["test_top5"])}'
+        print(f'\n{result["label"]}: test top-1 {percent(result["test_top1"])}, top-5 {percent(result["test_top5"])}'
               f' after {result["epochs_done"]}/{cfg.epochs} epochs ({result["train_time_s"]:.0f} s); '
               f'run: {result["output"]}{_skipped_note(result)}', flush=True)
     return 0
@@ -257,17 +259,16 @@ def _skipped_note(result: Dict[str, Any]) -> str:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
     res = evaluate(args.checkpoint, split=args.split, data_root=args.data_root, batch_size=args.batch_size,
                    device=args.device, workers=args.workers, progress=args.progress)
     if int(os.environ.get('RANK', '0')) == 0:
-        line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images]: top-1 {_fmt_pct(res["top1"])}, '
-                f'top-5 {_fmt_pct(res["top5"])}, loss {res["loss"]:.4f}')
+        line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images]: top-1 {percent(res["top1"])}, '
+                f'top-5 {percent(res["top5"])}, loss {res["loss"]:.4f}')
         if res.get('skipped_images'):
             line += f' ({res["skipped_images"]} unreadable images skipped)'
         if res['recorded_top1'] is not None:
             same = 'the same' if res['matches_recorded'] else 'DIFFERENT'
-            line += f' ({same} as recorded at the end of training: {_fmt_pct(res["recorded_top1"])})'
+            line += f' ({same} as recorded at the end of training: {percent(res["recorded_top1"])})'
         print(line, flush=True)
         if args.json:
             atomic_write_json(args.json, res)

@@ -7,23 +7,20 @@ of each model, and the paired difference GGAM - plain (same seed: same initialis
 order and augmentation) with the number of seeds where GGAM is ahead.
 """
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from .._files import atomic_write_json
+from .build import build_datasets
+from .compare import train_compare
+from .distributed import broadcast_object, cleanup_distributed, init_distributed
+from .run_dir import default_output
+from .stats import fmt_mean_std, fmt_pct, mean_std, paired
+
 __all__ = ['seed_summary', 'format_seed_summary', 'train_compare_seeds']
 
 _METRICS = ('test_top1', 'test_top5', 'train_top1')
-
-
-def _mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
-    n = len(values)
-    if n == 0:
-        return {'mean': None, 'std': None}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return {'mean': mean, 'std': std}
 
 
 def seed_summary(results: Mapping[int, Mapping[str, Mapping[str, Any]]], metric: str = 'test_top1') -> Dict[str, Any]:
@@ -44,29 +41,20 @@ def seed_summary(results: Mapping[int, Mapping[str, Mapping[str, Any]]], metric:
             raise ValueError(f'seed {seed}: no {metric} for {", ".join(missing)}')
         g, p = float(pair['ggam'][metric]), float(pair['plain'][metric])
         per_seed.append({'seed': seed, 'ggam': g, 'plain': p, 'diff': g - p})
-    diffs = [r['diff'] for r in per_seed]
+    diff = paired({r['seed']: r['ggam'] for r in per_seed}, {r['seed']: r['plain'] for r in per_seed})
     return {
         'metric': metric, 'seeds': [r['seed'] for r in per_seed], 'per_seed': per_seed, 'n': len(per_seed),
-        'ggam': _mean_std([r['ggam'] for r in per_seed]), 'plain': _mean_std([r['plain'] for r in per_seed]),
-        'diff': _mean_std(diffs), 'wins': sum(d > 0 for d in diffs), 'ties': sum(d == 0 for d in diffs),
+        'ggam': mean_std([r['ggam'] for r in per_seed]), 'plain': mean_std([r['plain'] for r in per_seed]),
+        'diff': {'mean': diff['mean'], 'std': diff['std']}, 'wins': diff['wins'], 'ties': diff['ties'],
     }
-
-
-def _pct(v: Optional[float], signed: bool = False) -> str:
-    if v is None:
-        return '-'
-    return f'{100 * v:+.2f}' if signed else f'{100 * v:.2f}'
-
-
-def _ms(d: Mapping[str, Optional[float]], signed: bool = False) -> str:
-    return _pct(d['mean'], signed) + (f' ± {100 * d["std"]:.2f}' if d['std'] is not None else '')
 
 
 def format_seed_summary(summary: Mapping[str, Any], ggam_name: str = 'GGAM', plain_name: str = 'plain') -> str:
     """A table: one row per seed (GGAM, plain, GGAM - plain, in %), then mean ± std and the win count."""
-    rows = [(f'seed {r["seed"]}', _pct(r['ggam']), _pct(r['plain']), _pct(r['diff'], True))
+    rows = [(f'seed {r["seed"]}', fmt_pct(r['ggam']), fmt_pct(r['plain']), fmt_pct(r['diff'], True))
             for r in summary['per_seed']]
-    rows.append(('mean ± std', _ms(summary['ggam']), _ms(summary['plain']), _ms(summary['diff'], True)))
+    rows.append(('mean ± std', fmt_mean_std(summary['ggam']), fmt_mean_std(summary['plain']),
+                 fmt_mean_std(summary['diff'], True)))
     head = (summary['metric'].replace('_', ' ') + ' (%)', ggam_name, plain_name, 'GGAM - plain')
     widths = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(4)]
     def line(cells: Sequence[str]) -> str:
@@ -92,12 +80,6 @@ def train_compare_seeds(cfg: Any, seeds: Sequence[int], train_dataset: Any = Non
     Returns:
         {'summary': `seed_summary` of test top-1, 'summaries': {metric: summary}, 'results': {seed: {...}}}.
     """
-    from .compare import train_compare
-    from .engine.checkpoint import atomic_write_json
-    from .engine.distributed import broadcast_object, cleanup_distributed, init_distributed
-    from .run_dir import default_output
-    from .train_build import build_datasets
-
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f'seeds must be distinct integers, at least one, got {list(seeds)}')

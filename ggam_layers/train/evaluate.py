@@ -9,13 +9,13 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .engine.checkpoint import WEIGHTS_NAME, check_safetensors, load_weights
-from .engine.data import SeededTransformDataset, ShardSampler, build_loader, build_transform
-from .engine.distributed import DistInfo, cleanup_distributed, init_distributed
-from .engine.loop import amp_dtype_for, evaluate_model
+from .._files import WEIGHTS_NAME, check_safetensors, load_weights
+from ..data.loader import SeededTransformDataset, ShardSampler, build_loader, build_transform
+from .build import _create_dataset, _num_classes, _prepare_generated, _scan_data, _usable_cores, build_model
+from .config import TrainConfig
+from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .loop import amp_dtype_for, evaluate_model
 from .run_dir import RESULTS_NAME, read_run_config
-from .train_build import _create_dataset, _num_classes, _prepare_generated, _scan_data, _usable_cores, build_model
-from .train_config import TrainConfig
 
 __all__ = ['evaluate']
 

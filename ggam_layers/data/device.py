@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Sampler
 
-from .data import derive_seed
+from .loader import derive_seed
 
 __all__ = ['DATA_PATHS', 'DeviceAugment', 'DeviceLoader', 'device_loaders', 'split_transform', 'wants_device_data']
 
@@ -174,7 +174,7 @@ def wants_device_data(data_path: str, device: torch.device, dataset: Any, train_
         dataset: The training set.
         train_transform: The run's training transform.
     """
-    from ..data.synthetic import SyntheticFineGrained
+    from .synthetic import SyntheticFineGrained
 
     if data_path not in DATA_PATHS:
         raise ValueError(f'data_path must be one of {DATA_PATHS}, got {data_path!r}')
@@ -199,7 +199,7 @@ def device_loaders(train_ds: Any, eval_ds: Any, train_transform: Callable, eval_
                    batch_size: int, eval_batch_size: int, sampler: Sampler, eval_sampler: Sampler,
                    device: torch.device, seed: int) -> Tuple[DeviceLoader, DeviceLoader]:
     """Training and evaluation `DeviceLoader`s of the synthetic set (tensors from `data.tensor_cache`)."""
-    from ..data.tensor_cache import synthetic_tensors
+    from .tensor_cache import synthetic_tensors
 
     pre, augment = split_transform(train_transform)
     images, targets = synthetic_tensors(train_ds, pre)
