@@ -16,8 +16,9 @@ the default) or over an FX graph (`feature_cls='fx'`); `feature_info` names the 
 prefix. The default `out_indices` are all of the backbone's levels when it has at most 6 (CNNs, Swin), else its last
 3 (ViTs: one level per block, timm's own default for them).
 """
+import json
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import timm
 import torch
@@ -48,6 +49,8 @@ GGAM_BACKBONES = {
     'ggam_test_resnet': ('test_resnet', 'r160_in1k'),
 }
 
+
+_PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')  # the embedded models
 
 # model arguments that a tag's weights were trained with, beyond the entrypoint's defaults: a tag load reads only the
 # weights, so `timm.create_model('NAME.TAG')` builds this architecture (arguments given to create_model still win)
@@ -175,23 +178,30 @@ def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
     return cfg
 
 
+def _embedded_label_names(tag: str) -> Optional[List[str]]:
+    """The class names of an embedded model, from the config.json shipped beside its weights."""
+    path = os.path.join(_PRETRAINED_DIR, f'{tag}.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            names = json.load(f).get('label_names')
+    except (OSError, ValueError):  # a broken installation: the model still loads, with class indices for names
+        return None
+    return list(names) if names else None
+
+
 default_cfgs = generate_default_cfgs({
     'ggam': {'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'classifier': 'head.fc',
              'license': 'apache-2.0'},
     **{f'{name}.{tag}': _backbone_cfg(backbone, tag) for name, (backbone, tag) in GGAM_BACKBONES.items()},
-    # whole-model GGAM checkpoints (ggam_layers.hub.push_to_hub); after the backbone tags, which stay the defaults
-    'ggam_resnet50.cub_448': {
-        'hf_hub_id': 'ggam-layers/ggam_resnet50.cub_448', 'hf_hub_filename': 'model.safetensors', 'num_classes': 200,
-        'input_size': (3, 448, 448), 'pool_size': (14, 14), 'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225), 'classifier': 'head.fc',
-        'first_conv': 'backbone.conv1', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666'},
     # shipped inside the package (no network): see ggam_layers/pretrained/README.md for how it was made
     'ggam_test_resnet.synthetic': {
-        'file': os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained',
-                             'ggam_test_resnet.synthetic.safetensors'),
+        'file': os.path.join(_PRETRAINED_DIR, 'ggam_test_resnet.synthetic.safetensors'),
         'num_classes': 20, 'input_size': (3, 112, 112), 'pool_size': (7, 7), 'crop_pct': 1.0, 'crop_mode': 'center',
         'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'classifier': 'head.fc',
-        'first_conv': 'backbone.conv1.0', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666'},
+        'first_conv': 'backbone.conv1.0', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666',
+        'label_names': _embedded_label_names('ggam_test_resnet.synthetic')},
+    # A whole-model GGAM checkpoint gets its tag here once its weights are published (docs/predict.md, 'Your own
+    # weights'); a tag without weights is never listed.
 })
 
 

@@ -2,7 +2,10 @@
 
 from .builder import DATASET_LAYOUTS, ClassInfoDataset, create_dataset, list_datasets
 from .cub import CUB_LAYOUT, Cub2011
+from .dogs import DOGS_LAYOUT, StanfordDogs
+from .inat import INAT_LAYOUT, INaturalist
 from .integrity import BadSample, ScanReport, SkipBadSamples, check_image, sample_paths, scan_images
+from .nabirds import NABIRDS_LAYOUT, NABirds
 from .synthetic import BEAK_SHAPES, PART_COLORS, SYNTHETIC_SPLITS, SyntheticFineGrained
 
 __all__ = [
@@ -17,6 +20,12 @@ __all__ = [
     'ClassInfoDataset',
     'Cub2011',
     'DATASET_LAYOUTS',
+    'DOGS_LAYOUT',
+    'INAT_LAYOUT',
+    'INaturalist',
+    'NABIRDS_LAYOUT',
+    'NABirds',
+    'StanfordDogs',
     'PART_COLORS',
     'SYNTHETIC_SPLITS',
     'SyntheticFineGrained',

@@ -9,6 +9,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch.utils.data
 
 from .cub import CUB_LAYOUT, Cub2011
+from .dogs import DOGS_LAYOUT, StanfordDogs
+from .inat import INAT_LAYOUT, INaturalist
+from .nabirds import NABIRDS_LAYOUT, NABirds
 from .synthetic import SyntheticFineGrained
 
 __all__ = ['create_dataset', 'list_datasets', 'ClassInfoDataset', 'DATASET_LAYOUTS']
@@ -18,6 +21,9 @@ PathLike = Union[str, os.PathLike]
 DATASET_LAYOUTS: Dict[str, str] = {
     'synthetic': 'generated in memory, no root',
     'cub': CUB_LAYOUT,
+    'nabirds': NABIRDS_LAYOUT,
+    'dogs': DOGS_LAYOUT,
+    'inat': INAT_LAYOUT,
     'aircraft': """FGVC-Aircraft layout (torchvision) expected under root:
   fgvc-aircraft-2013b/data/images/<image_id>.jpg
   fgvc-aircraft-2013b/data/variants.txt | families.txt | manufacturers.txt    one class name per line
@@ -38,7 +44,8 @@ or torchvision's devkit layout (needs scipy):
 }
 DATASET_LAYOUTS['imagefolder'] = DATASET_LAYOUTS['folder']
 
-_KNOWN = ('synthetic', 'cub', 'aircraft', 'cars', 'flowers', 'pets', 'folder', 'imagefolder', 'hfds/<name>')
+_KNOWN = ('synthetic', 'cub', 'nabirds', 'dogs', 'inat', 'aircraft', 'cars', 'flowers', 'pets', 'folder', 'imagefolder',
+          'hfds/<name>')
 _ALIASES = {
     'cub200': 'cub',
     'cub2011': 'cub',
@@ -47,6 +54,9 @@ _ALIASES = {
     'stanford_cars': 'cars',
     'flowers102': 'flowers',
     'oxford_pets': 'pets',
+    'na_birds': 'nabirds',
+    'stanford_dogs': 'dogs',
+    'inaturalist': 'inat',
     'image_folder': 'folder',
     'imagefolder': 'folder',
 }
@@ -231,11 +241,15 @@ def create_dataset(
         name: One of 'synthetic' (default, no root), 'cub', 'aircraft', 'cars', 'flowers', 'pets',
             'folder' / 'imagefolder', or 'hfds/<hugging face name>' (passed to ``timm.data.create_dataset``).
         root: Data folder (see ``DATASET_LAYOUTS``); unused for 'synthetic'.
-        split: Split name. Datasets without a val split ('cub', 'cars') map 'val' / 'validation' to 'test';
-            'pets' maps 'train' to 'trainval' and 'val' to 'test'; 'aircraft' accepts train, val, trainval, test.
+        split: Split name. Datasets without a val split ('cub', 'nabirds', 'dogs', 'cars') map 'val' / 'validation'
+            to 'test'; 'pets' maps 'train' to 'trainval' and 'val' to 'test'; 'aircraft' accepts train, val,
+            trainval, test; 'inat' accepts train, train_mini (2021), val, and reads val for 'test' (the iNaturalist
+            test sets have no labels).
         transform: Transform applied to each PIL image.
         **kwargs: Passed to the underlying dataset, e.g. ``annotation_level`` ('variant', 'family',
-            'manufacturer') for 'aircraft', or ``num_classes`` / ``difficulty`` / ``seed`` for 'synthetic'.
+            'manufacturer') for 'aircraft', ``version`` ('2017', '2018', '2019', '2021') for 'inat', or
+            ``num_classes`` / ``difficulty`` / ``seed`` for 'synthetic'. The readers of 'cub', 'nabirds', 'dogs' and
+            'inat' take ``check_files`` (check at construction that every listed image exists; default True).
 
     Returns:
         A map-style dataset yielding (image, label) with ``num_classes`` and ``class_names`` attributes.
@@ -273,6 +287,12 @@ def create_dataset(
     if name == 'cub':
         split = _map_split(name, split, ('train', 'test'), val_to_test)
         return Cub2011(root, split=split, transform=transform, **kwargs)
+    if name in ('nabirds', 'dogs'):
+        split = _map_split(name, split, ('train', 'test'), val_to_test)
+        return (NABirds if name == 'nabirds' else StanfordDogs)(root, split=split, transform=transform, **kwargs)
+    if name == 'inat':  # the test sets have no labels: 'test' reads val, as papers report
+        split = _map_split(name, split, ('train', 'train_mini', 'val'), {s: 'val' for s in ('test',) + _VAL_SYNONYMS})
+        return INaturalist(root, split=split, transform=transform, **kwargs)
 
     if name == 'folder':
         return _image_folder(name, root, split, transform, **kwargs)
