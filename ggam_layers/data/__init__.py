@@ -7,6 +7,7 @@ from .inat import INAT_LAYOUT, INaturalist
 from .integrity import BadSample, ScanReport, SkipBadSamples, check_image, sample_paths, scan_images
 from .nabirds import NABIRDS_LAYOUT, NABirds
 from .synthetic import BEAK_SHAPES, PART_COLORS, SYNTHETIC_SPLITS, SyntheticFineGrained
+from .synthetic_pretrain import PRETRAIN_NUM_CLASSES, SyntheticPretrain, pretrain_class_table
 
 __all__ = [
     'BEAK_SHAPES',
@@ -27,8 +28,11 @@ __all__ = [
     'NABirds',
     'StanfordDogs',
     'PART_COLORS',
+    'PRETRAIN_NUM_CLASSES',
     'SYNTHETIC_SPLITS',
     'SyntheticFineGrained',
+    'SyntheticPretrain',
     'create_dataset',
     'list_datasets',
+    'pretrain_class_table',
 ]

@@ -13,6 +13,7 @@ from .dogs import DOGS_LAYOUT, StanfordDogs
 from .inat import INAT_LAYOUT, INaturalist
 from .nabirds import NABIRDS_LAYOUT, NABirds
 from .synthetic import SyntheticFineGrained
+from .synthetic_pretrain import SyntheticPretrain
 
 __all__ = ['create_dataset', 'list_datasets', 'ClassInfoDataset', 'DATASET_LAYOUTS']
 
@@ -20,6 +21,7 @@ PathLike = Union[str, os.PathLike]
 
 DATASET_LAYOUTS: Dict[str, str] = {
     'synthetic': 'generated in memory, no root',
+    'synthetic_pretrain': 'generated in memory, no root (the generic pretraining corpus, docs/pretraining.md)',
     'cub': CUB_LAYOUT,
     'nabirds': NABIRDS_LAYOUT,
     'dogs': DOGS_LAYOUT,
@@ -44,8 +46,8 @@ or torchvision's devkit layout (needs scipy):
 }
 DATASET_LAYOUTS['imagefolder'] = DATASET_LAYOUTS['folder']
 
-_KNOWN = ('synthetic', 'cub', 'nabirds', 'dogs', 'inat', 'aircraft', 'cars', 'flowers', 'pets', 'folder', 'imagefolder',
-          'hfds/<name>')
+_KNOWN = ('synthetic', 'synthetic_pretrain', 'cub', 'nabirds', 'dogs', 'inat', 'aircraft', 'cars', 'flowers', 'pets',
+          'folder', 'imagefolder', 'hfds/<name>')
 _ALIASES = {
     'cub200': 'cub',
     'cub2011': 'cub',
@@ -238,8 +240,9 @@ def create_dataset(
     """Create a classification dataset by name.
 
     Args:
-        name: One of 'synthetic' (default, no root), 'cub', 'aircraft', 'cars', 'flowers', 'pets',
-            'folder' / 'imagefolder', or 'hfds/<hugging face name>' (passed to ``timm.data.create_dataset``).
+        name: One of 'synthetic' (default, no root), 'synthetic_pretrain' (no root), 'cub', 'aircraft', 'cars',
+            'flowers', 'pets', 'folder' / 'imagefolder', or 'hfds/<hugging face name>' (passed to
+            ``timm.data.create_dataset``).
         root: Data folder (see ``DATASET_LAYOUTS``); unused for 'synthetic'.
         split: Split name. Datasets without a val split ('cub', 'nabirds', 'dogs', 'cars') map 'val' / 'validation'
             to 'test'; 'pets' maps 'train' to 'trainval' and 'val' to 'test'; 'aircraft' accepts train, val,
@@ -282,6 +285,9 @@ def create_dataset(
     if name == 'synthetic':
         split = _map_split(name, split, ('train', 'val', 'test'), {s: 'val' for s in _VAL_SYNONYMS})
         return SyntheticFineGrained(split=split, transform=transform, **kwargs)
+    if name == 'synthetic_pretrain':
+        split = _map_split(name, split, ('train', 'val', 'test'), {s: 'val' for s in _VAL_SYNONYMS})
+        return SyntheticPretrain(split=split, transform=transform, **kwargs)
 
     root = _require_root(name, root)
     if name == 'cub':

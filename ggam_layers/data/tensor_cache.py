@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .synthetic import SyntheticFineGrained
+from .synthetic_pretrain import SyntheticPretrain, pretrain_generator_params
 
 __all__ = ['GENERATOR_PARAMS', 'default_cache_dir', 'generator_params', 'cache_key', 'synthetic_tensors']
 
@@ -37,10 +38,13 @@ def default_cache_dir() -> Path:
     return Path(base) / 'ggam_layers' / 'tensors'
 
 
-def generator_params(ds: SyntheticFineGrained) -> Dict[str, Any]:
-    """Every parameter that decides the images of `ds`, plus the md5 of the generator's source file."""
+def generator_params(ds: Union[SyntheticFineGrained, SyntheticPretrain]) -> Dict[str, Any]:
+    """Every parameter that decides the images of `ds`, plus the md5 of the generator's source file (for the
+    pretraining corpus: `synthetic_pretrain.pretrain_generator_params`)."""
+    if isinstance(ds, SyntheticPretrain):
+        return pretrain_generator_params(ds)
     if not isinstance(ds, SyntheticFineGrained):
-        raise TypeError(f'ds must be a SyntheticFineGrained, got {type(ds).__name__}')
+        raise TypeError(f'ds must be a SyntheticFineGrained or a SyntheticPretrain, got {type(ds).__name__}')
     params: Dict[str, Any] = {k: getattr(ds, k) for k in GENERATOR_PARAMS}
     source = Path(sys.modules[SyntheticFineGrained.__module__].__file__)
     params['generator_md5'] = hashlib.md5(source.read_bytes()).hexdigest()

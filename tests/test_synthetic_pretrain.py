@@ -1,0 +1,162 @@
+"""The generic pretraining corpus: disjoint from the fine-grained task, deterministic, cached under complete keys."""
+import inspect
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import ToTensor
+
+from ggam_layers.data import create_dataset, list_datasets
+from ggam_layers.data.synthetic import BEAK_SHAPES, PART_COLORS, SyntheticFineGrained
+from ggam_layers.data.synthetic_pretrain import (
+    PRETRAIN_COLORS,
+    PRETRAIN_GENERATOR_PARAMS,
+    PRETRAIN_NUM_CLASSES,
+    PRETRAIN_PARTS,
+    PRETRAIN_SHAPES,
+    PRETRAIN_TEXTURES,
+    SyntheticPretrain,
+    pretrain_class_table,
+)
+from ggam_layers.data.tensor_cache import cache_key, generator_params, synthetic_tensors
+
+FINE_GRAINED_MAX = len(PART_COLORS) ** 2
+
+
+def _ds(split: str = 'train', **kw) -> SyntheticPretrain:
+    args = dict(num_classes=6, samples_per_class=2, image_size=32, seed=3)
+    args.update(kw)
+    return SyntheticPretrain(split, **args)
+
+
+def test_no_class_definition_is_shared_with_the_fine_grained_task() -> None:
+    fine = SyntheticFineGrained(num_classes=FINE_GRAINED_MAX, samples_per_class=1)
+    pre = SyntheticPretrain(samples_per_class=1)
+    fine_keys = set(itertools.chain.from_iterable(a.keys() for a in fine.class_attributes))
+    pre_keys = set(itertools.chain.from_iterable(a.keys() for a in pre.class_attributes))
+    assert fine_keys == {'beak', 'crest', 'eye_ring', 'wing_bar'}
+    assert pre_keys == {'shape', 'colour', 'parts', 'texture'}
+    assert not fine_keys & pre_keys  # no attribute, so neither the deciding cue nor its redundant cues, is shared
+    assert not set(fine.class_names) & set(pre.class_names)
+    fine_words = {'bird', 'beak', 'crest', 'crested', 'eye', 'ring', 'wing', 'bar', *BEAK_SHAPES}
+    for name in pre.class_names:
+        words = set(name.replace('-', ' ').split())
+        assert not words & fine_words, name
+    # no class is decided by a part's colour: the colour is the body's, the parts have a shape and a place only
+    assert set(PRETRAIN_PARTS).isdisjoint(PART_COLORS) and set(PRETRAIN_SHAPES).isdisjoint(PART_COLORS)
+    for fa, pa in itertools.product(fine.class_attributes, pre.class_attributes):
+        assert fa != pa
+
+
+def test_class_table_is_a_full_factorial() -> None:
+    table = pretrain_class_table()
+    assert len(table) == PRETRAIN_NUM_CLASSES == 96
+    combos = {(a['shape'], a['colour'], a['parts'], a['texture']) for a in table}
+    assert combos == set(itertools.product(PRETRAIN_SHAPES, PRETRAIN_COLORS, PRETRAIN_PARTS, PRETRAIN_TEXTURES))
+    # every attribute is needed: classes that differ in one attribute only exist for each of them
+    for key in ('shape', 'colour', 'parts', 'texture'):
+        rest = [tuple(v for k, v in a.items() if k != key) for a in table]
+        assert len(set(rest)) < len(rest), key
+    assert pretrain_class_table(24) == table[:24]
+    assert {a['shape'] for a in table[:24]} == {'ellipse'}
+    assert len({(a['colour'], a['parts'], a['texture']) for a in table[:24]}) == 24
+
+
+def test_shapes_labels_and_factory() -> None:
+    ds = _ds()
+    assert len(ds) == 12 and ds.num_classes == 6 and len(ds.class_names) == 6
+    assert ds.targets == [i % 6 for i in range(12)]
+    img, label = ds[7]
+    assert img.size == (32, 32) and label == 1
+    arr, ann = ds.generate(7)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8 and ann['label'] == 1
+    assert ds.materialize().shape == (12, 32, 32, 3)
+    t = _ds(transform=ToTensor(), target_transform=lambda y: y + 10)[0]
+    assert isinstance(t[0], torch.Tensor) and t[0].shape == (3, 32, 32) and t[1] == 10
+    for split, n in (('train', 64), ('val', 16), ('test', 20)):
+        d = SyntheticPretrain(split)
+        assert len(d) == 96 * n and d.image_size == 112 and d.difficulty == 0.6
+    assert 'synthetic_pretrain' in list_datasets()
+    val = create_dataset('synthetic-pretrain', split='validation', num_classes=4, samples_per_class=1)
+    assert isinstance(val, SyntheticPretrain) and val.split == 'val' and val.num_classes == 4
+    for x0, y0, x1, y1 in (ann['object_box'], ann['part_box']):
+        assert 0 <= x0 <= x1 <= 32 and 0 <= y0 <= y1 <= 32
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(split='dev'), 'split'), (dict(num_classes=97), 'num_classes'), (dict(num_classes=1), 'num_classes'),
+    (dict(samples_per_class=0), 'samples_per_class'), (dict(image_size=8), 'image_size'),
+    (dict(difficulty=-0.1), 'difficulty'), (dict(num_distractors=-1.0), 'num_distractors'),
+    (dict(occlusion_prob=1.5), 'occlusion_prob'), (dict(part_scale=0.0), 'part_scale')])
+def test_bad_arguments_are_named(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        _ds(**kwargs)
+
+
+def test_deterministic_per_seed_split_and_index() -> None:
+    a, b = _ds(), _ds(cache=False)
+    for i in (5, 0, 11, 5):
+        assert np.array_equal(a.generate(i)[0], b.generate(i)[0])
+        assert a.annotation(i) == b.annotation(i)
+    assert not b._images  # cache=False keeps nothing
+    assert not np.array_equal(a.generate(0)[0], a.generate(6)[0])  # same class, another image
+    assert not np.array_equal(a.generate(0)[0], _ds(seed=4).generate(0)[0])
+    assert not np.array_equal(a.generate(0)[0], _ds(split='test').generate(0)[0])
+    with pytest.raises(IndexError):
+        a.generate(12)
+    assert np.array_equal(a.generate(-1)[0], a.generate(11)[0])
+
+
+def test_parts_sit_where_their_configuration_says() -> None:
+    ds = SyntheticPretrain('train', samples_per_class=1, image_size=64, difficulty=0.0)
+    for label, attrs in enumerate(ds.class_attributes):
+        ann = ds.annotation(label)
+        cx, cy = ann['center']
+        x0, y0, x1, y1 = ann['part_box']
+        dx, dy = (x0 + x1) / 2 - cx, (y0 + y1) / 2 - cy
+        if attrs['parts'] == 'spikes':  # on one side (the figure may be flipped)
+            assert abs(dx) > abs(dy), (label, attrs)
+        else:  # knobs and horns on top
+            assert dy < 0 and abs(dy) > abs(dx), (label, attrs)
+
+
+def test_texture_is_drawn_inside_the_object_only() -> None:
+    ds = SyntheticPretrain('train', samples_per_class=1, image_size=64, difficulty=0.0)
+    solid, striped = (ds._render(np.random.default_rng(0), label) for label in (0, 1))  # differ in texture only
+    diff = np.abs(solid[0].astype(int) - striped[0].astype(int)).sum(-1) > 0
+    assert diff.any()
+    x0, y0, x1, y1 = solid[1]['object_box']
+    outside = diff.copy()
+    outside[int(y0):int(y1) + 2, int(x0):int(x1) + 2] = False
+    assert not outside.any()
+
+
+def test_cache_keys_follow_every_generator_parameter(tmp_path) -> None:
+    own = set(inspect.signature(SyntheticPretrain).parameters) - {'transform', 'target_transform', 'cache'}
+    assert own == set(PRETRAIN_GENERATOR_PARAMS)  # a new generator argument must join the cache key
+    changed = {'split': 'test', 'num_classes': 5, 'samples_per_class': 3, 'image_size': 40, 'seed': 4,
+               'difficulty': 0.3, 'num_distractors': 2.0, 'occlusion_prob': 0.1, 'part_scale': 1.5}
+    assert set(changed) == set(PRETRAIN_GENERATOR_PARAMS)
+    base = cache_key(_ds())
+    keys = {cache_key(_ds(**{name: value})) for name, value in changed.items()}
+    assert base not in keys and len(keys) == len(changed)
+    fine = SyntheticFineGrained('train', num_classes=6, samples_per_class=2, image_size=32, seed=3)
+    assert cache_key(fine) != base  # the same arguments to another generator
+    params = generator_params(_ds())
+    assert params['generator'] == 'SyntheticPretrain' and len(params['generator_md5']) == 64
+
+    ds = _ds()
+    images, targets = synthetic_tensors(ds, None, cache_dir=tmp_path)
+    again, _ = synthetic_tensors(_ds(), None, cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1 and torch.equal(images, again)
+    assert images.shape == (12, 3, 32, 32) and targets.tolist() == ds.targets
+    assert torch.equal(images[3].permute(1, 2, 0), torch.from_numpy(ds.generate(3)[0]))
+
+
+def test_cache_key_follows_the_generator_sources(monkeypatch) -> None:
+    import ggam_layers.data.synthetic_pretrain as sp
+
+    before = cache_key(_ds())
+    monkeypatch.setattr(sp, '_source_md5', lambda module: '0' * 32)  # an edited source
+    assert cache_key(_ds()) != before
