@@ -1,8 +1,8 @@
 """The `ggam-layers` command line (also `python -m ggam_layers`).
 
-Subcommands come from the package's modules: each of `ggam_layers.train.cli` (train, eval), `ggam_layers.hub.cli`
-(publish) and `ggam_layers.viz` (cam) that exists and defines `register_cli(subparsers)` adds its own, and sets
-`func` on its parser; `main` calls `args.func(args)`.
+Subcommands come from the package's modules: each of `ggam_layers.train.cli` (train, eval), `ggam_layers.predict`
+(predict), `ggam_layers.hub.cli` (publish) and `ggam_layers.viz` (cam) that exists and defines
+`register_cli(subparsers)` adds its own, and sets `func` on its parser; `main` calls `args.func(args)`.
 """
 import argparse
 import importlib
@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 __all__ = ['CLI_MODULES', 'build_parser', 'main']
 
-CLI_MODULES = ('ggam_layers.train.cli', 'ggam_layers.hub.cli', 'ggam_layers.viz')
+CLI_MODULES = ('ggam_layers.train.cli', 'ggam_layers.predict', 'ggam_layers.hub.cli', 'ggam_layers.viz')
 
 _logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ On CUDA with Triton installed, `fused='auto'` runs the attention, pooling and be
 (`ggam_layers.kernels`: 5 reads of A forward, 2 reads and 1 write backward, no float32 copy of A); options it does
 not cover (`ggam_layers.kernels.FALLBACK`) take the PyTorch path below.
 """
-from typing import NamedTuple, Optional, Tuple, Type, Union
+import logging
+from typing import Dict, NamedTuple, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -34,7 +35,11 @@ from .attention import AttentionResult, ChannelSpatialAttention, check_features
 from .gradcam import grad_cam_weights, select_classes
 from .kernels.dispatch import fused_unsupported, load_ops
 
-__all__ = ['GGAMHead', 'GGAMOutput', 'POOL_TYPES', 'CAM_LAYERS', 'closed_form_cam_weights']
+__all__ = ['GGAMHead', 'GGAMOutput', 'POOL_TYPES', 'CAM_LAYERS', 'closed_form_cam_weights', 'fused_self_test']
+
+_logger = logging.getLogger(__name__)
+# device -> None (the fused kernels passed their self-test there) or why they are off on it for this process
+_FUSED_STATUS: Dict[str, Optional[str]] = {}
 
 POOL_TYPES = ('auto', 'avg', 'sum')
 CAM_LAYERS = ('features', 'attended')
@@ -226,7 +231,11 @@ class GGAMHead(nn.Module):
             x: Features, B x C x H x W.
             ggam: For `forward_ggam` (True) or `forward` (False).
         """
-        return fused_unsupported(self, x, ggam)
+        reason = fused_unsupported(self, x, ggam)
+        if reason is None:
+            key = str(x.device)
+            reason = fused_self_test(x.device) if key not in _FUSED_STATUS and is_eager() else _FUSED_STATUS.get(key)
+        return reason
 
     def uses_fused(self, x: torch.Tensor, ggam: bool = True) -> bool:
         """Whether `forward_ggam` (or `forward`, with `ggam=False`) runs the fused kernels on `x`.
@@ -325,3 +334,68 @@ class GGAMHead(nn.Module):
             attn.fc2.weight if attn.channel_attn else None, float(attn.temperature), attn.spatial_norm,
             attn.spatial_attn, self._kappa(x), float(attn.eps), self.cam_layer, self._gain(x))
         return GGAMOutput(logits, s.to(dtype), beta.to(x.dtype), t.view(b, h, w).to(dtype), classes)
+
+
+def fused_self_test(device: Union[str, torch.device]) -> Optional[str]:
+    """Check once per device and process that the fused kernels run there and agree with the PyTorch path.
+
+    What is knowable comes first (CUDA compute capability, Triton importable), then a small head (C=32, 5 classes,
+    a 4 x 4 map, float32) runs `forward_ggam` and a backward both ways. Any compile, launch or numeric failure turns
+    the fused path off on that device for the rest of the process, with one warning naming the cause: `fused='auto'`
+    then takes the PyTorch path, `fused=True` raises with the cause. Under torch.compile the test is not run (the
+    training command runs it before compiling); an untested device is taken as it is.
+
+    Returns:
+        None when the kernels passed, else the reason they are off.
+    """
+    device = torch.device(device)
+    key = str(device)
+    if key not in _FUSED_STATUS:
+        reason = _run_self_test(device)
+        _FUSED_STATUS[key] = reason
+        if reason is not None:
+            _logger.warning('the fused GGAM kernels are off on %s for this process (%s); the PyTorch path runs '
+                            'instead, with the same results', key, reason)
+    return _FUSED_STATUS[key]
+
+
+def _run_self_test(device: torch.device) -> Optional[str]:
+    if device.type == 'cuda':
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (7, 0):
+            return f'compute capability {major}.{minor}: the Triton kernels need 7.0 or newer'
+    try:
+        load_ops()
+    except Exception as e:  # an incompatible Triton fails here with any exception type
+        return f'Triton failed to load ({type(e).__name__}: {_first_line(e)})'
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), torch.inference_mode(False), \
+                torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            torch.manual_seed(0)
+            head = GGAMHead(32, 5, rd_channels=4, fused=False).to(device)
+            x = torch.randn(2, 32, 4, 4, device=device)
+            outs, grads = [], []
+            for fused in (False, True):
+                xi = x.clone().requires_grad_(True)
+                out = head._fused_forward_ggam(xi, None) if fused else head.forward_ggam(xi)
+                (out.logits.square().sum() + out.channel_weights.sum() + out.spatial_weights.square().sum()).backward()
+                outs.append(out)
+                grads.append(xi.grad)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+    except Exception as e:
+        return f'the self-test failed with {type(e).__name__}: {_first_line(e)}'
+    (ref, got), (g_ref, g_got) = outs, grads
+    for name, a, b in (('logits', ref.logits, got.logits), ('S', ref.channel_weights, got.channel_weights),
+                       ('T', ref.spatial_weights, got.spatial_weights), ('beta', ref.cam_weights, got.cam_weights),
+                       ('the gradient of A', g_ref, g_got)):
+        b = b.detach().float()
+        a = a.detach().float()
+        if a.shape != b.shape or not torch.isfinite(b).all() or not torch.allclose(a, b, rtol=1e-3, atol=1e-4):
+            diff = (a - b).abs().max().item() if a.shape == b.shape else float('nan')
+            return f'the kernels disagree with the PyTorch path on {name} (largest difference {diff:.3g})'
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [''])[0][:200]

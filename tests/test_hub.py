@@ -214,15 +214,15 @@ def test_fresh_process_plain_timm_and_offline_env(hub_cache, tmp_path):
     assert torch.equal(torch.load(tmp_path / 'y.pt', weights_only=True), _logits(hub_cache['new']))
 
 
-def test_registry_tag_resolves_to_its_hub_repo(tmp_path, offline):
-    cfg = timm.models.get_pretrained_cfg('ggam_resnet50.cub_448')
-    assert cfg.hf_hub_id == 'ggam-layers/ggam_resnet50.cub_448' and cfg.num_classes == 200
+def test_published_hub_repo_loads_from_the_hub_cache(tmp_path, offline):
+    """A GGAM model published to the Hub loads back by its repo id (no tag is registered before weights exist)."""
+    repo = 'ggam-layers/ggam_resnet50.cub_448'
     torch.manual_seed(0)
     model = timm.create_model('ggam_resnet50', num_classes=200).eval()
     cache = tmp_path / 'cache'
-    _cache_repo(cache, cfg.hf_hub_id, hub.save_pretrained(model, tmp_path / 'm'))
-    loaded = timm.create_model('ggam_resnet50.cub_448', pretrained=True, cache_dir=cache)
-    assert loaded.pretrained_cfg['hf_hub_id'] == cfg.hf_hub_id
+    _cache_repo(cache, repo, hub.save_pretrained(model, tmp_path / 'm'))
+    loaded = timm.create_model(f'hf-hub:{repo}', pretrained=True, cache_dir=cache)
+    assert loaded.pretrained_cfg['hf_hub_id'] == repo and loaded.num_classes == 200
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(_logits(loaded, x), _logits(model, x))
 

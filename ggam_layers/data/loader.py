@@ -141,6 +141,9 @@ def build_transform(
         is_training: bool,
         train_aug: str = 'flip',
         hflip: float = 0.5,
+        aa: Optional[str] = None,
+        reprob: float = 0.,
+        color_jitter: Optional[float] = 0.4,
 ) -> Callable:
     """The image transform of a run, built with timm's data pipeline.
 
@@ -150,8 +153,12 @@ def build_transform(
         is_training: Training transform (random) or evaluation transform (resize, centre crop).
         train_aug: 'flip' (resize to the input size, horizontal flip), 'paper' (resize the whole image to
             input / crop_pct, random crop of the input size, horizontal flip: the recipe of the GGAM paper's code),
-            'timm' (timm's default training transform: random resized crop, flip, colour jitter) or 'none'.
+            'timm' (timm's training transform: random resized crop, flip, colour jitter or `aa`, random erasing)
+            or 'none'.
         hflip: Probability of the horizontal flip.
+        aa: timm's auto-augment string ('rand-m9-mstd0.5-inc1', 'augmix-m5-w4-d2', 'original', ...); 'timm' only.
+        reprob: Random erasing probability; 'timm' only.
+        color_jitter: Colour jitter strength (timm turns it off with a RandAugment or AugMix `aa`); 'timm' only.
     """
     from timm.data import create_transform
     from timm.data.transforms import str_to_interp_mode
@@ -159,6 +166,9 @@ def build_transform(
 
     if train_aug not in TRAIN_AUGS:
         raise ValueError(f'train_aug must be one of {TRAIN_AUGS}, got {train_aug!r}')
+    if is_training and train_aug != 'timm' and (aa or reprob):
+        raise ValueError(f"aa={aa!r} and reprob={reprob!r} are options of timm's training transform: pass "
+                         f"train_aug='timm' (--train-aug timm), not {train_aug!r}")
     size = tuple(data_config['input_size'][-2:])
     interp = data_config.get('interpolation', 'bilinear')
     normalize = [T.ToTensor(), T.Normalize(data_config['mean'], data_config['std'])]
@@ -171,7 +181,7 @@ def build_transform(
     if train_aug == 'timm':
         return create_transform(
             data_config['input_size'], is_training=True, interpolation=interp, mean=data_config['mean'],
-            std=data_config['std'], hflip=hflip)
+            std=data_config['std'], hflip=hflip, auto_augment=aa or None, re_prob=reprob, color_jitter=color_jitter)
     flip = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
     if train_aug == 'flip':
         return T.Compose([T.Resize(size, interpolation=str_to_interp_mode(interp))] + flip + normalize)

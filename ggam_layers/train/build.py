@@ -1,13 +1,14 @@
 """The building blocks of a training run: its datasets, model, data config, optimizer, RNG state and config.json.
 
 `ggam_layers.train` puts them together (and re-exports the public ones: `build_datasets`, `build_model`,
-`resolve_data_config`); `ggam_layers.evaluate` and `ggam_layers.compare` use them too.
+`resolve_data_config`); `evaluate.py` and `compare.py` use them too.
 """
+import math
 import os
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import timm
@@ -120,30 +121,73 @@ def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dc.items()}
 
 
-def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
+def _head_names(model: nn.Module) -> Set[str]:
+    """Names of the parameters of the head: the GGAM head, or the plain model's classifier."""
     if isinstance(model, GGAMModel):
-        head_modules = [model.head]
-    else:  # the plain model's classifier; timm's get_classifier() may give a tuple of modules
+        modules = [model.head]
+    else:  # timm's get_classifier() may give a tuple of modules
         clf = model.get_classifier()
-        head_modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
-    head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
-    head_ids = {id(p) for p in head}
-    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups = [
-        {'params': backbone, 'lr': cfg.lr * cfg.backbone_lr_scale, 'name': 'backbone'},
-        {'params': head, 'lr': cfg.lr, 'name': 'head'},
-    ]
+        modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
+    """The optimizer's parameter groups: the head at `lr`, the backbone at `lr * backbone_lr_scale` (the paper's
+    split), and with `layer_decay` the backbone's layers further scaled by timm's `param_groups_layer_decay` (its
+    weight decay rule too: none on biases and norms). Each group has a `name` and its base lr as `initial_lr`."""
+    head = _head_names(model)
+    if cfg.layer_decay is None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {'params': [p for n, p in named if n not in head], 'lr_scale': cfg.backbone_lr_scale, 'name': 'backbone',
+             'weight_decay': cfg.weight_decay},
+            {'params': [p for n, p in named if n in head], 'lr_scale': 1.0, 'name': 'head',
+             'weight_decay': cfg.weight_decay},
+        ]
+    else:
+        from timm.optim import param_groups_layer_decay
+        names = {id(p): n for n, p in model.named_parameters()}
+        groups = []
+        for g in param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
+                                          no_weight_decay_list=getattr(model, 'no_weight_decay', set)()):
+            # timm's groups are one per (layer, decay or not); `depth` counts the layers below the top one
+            depth = round(math.log(g['lr_scale']) / math.log(cfg.layer_decay)) if cfg.layer_decay < 1 else 0
+            suffix = '' if g['weight_decay'] else '.no_decay'
+            for part in ('backbone', 'head'):
+                params = [p for p in g['params'] if (names[id(p)] in head) == (part == 'head')]
+                if params:
+                    groups.append({
+                        'params': params, 'weight_decay': g['weight_decay'],
+                        'lr_scale': g['lr_scale'] * (1.0 if part == 'head' else cfg.backbone_lr_scale),
+                        'name': ('head' if part == 'head' else f'backbone.top-{depth}') + suffix})
     for g in groups:
-        g['initial_lr'] = g['lr']
-        g['weight_decay'] = cfg.weight_decay
+        g['lr'] = g['initial_lr'] = cfg.lr * g.pop('lr_scale')
     return [g for g in groups if g['params']]
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg)
-    if cfg.opt == 'sgd':
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """timm's `create_optimizer_v2` over `_param_groups` ('sgd' is timm's 'momentum': no Nesterov, as the paper)."""
+    from timm.optim import create_optimizer_v2
+    opt = 'momentum' if cfg.opt.lower() == 'sgd' else cfg.opt.lower()
+    kwargs = {'momentum': cfg.momentum} if opt in ('momentum', 'nesterov', 'sgd', 'rmsprop', 'rmsproptf') else {}
+    return create_optimizer_v2(_param_groups(model, cfg), opt=opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               **kwargs)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int) -> Optional[Any]:
+    """timm's `create_scheduler_v2` for its schedule names, stepped per update; None for the package's own 'cosine'
+    and 'none' (`loop.lr_factor`)."""
+    if cfg.sched in ('cosine', 'none'):
+        return None
+    from timm.scheduler import create_scheduler_v2
+    step = max(1, int(round(cfg.decay_epochs)))
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
+        decay_milestones=list(range(step, cfg.epochs, step)) or [step], decay_rate=cfg.decay_rate,
+        min_lr=cfg.min_lr_ratio * cfg.lr, warmup_lr=cfg.lr / max(1, updates_per_epoch),
+        warmup_epochs=cfg.warmup_epochs, warmup_prefix=True, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    return scheduler
 
 
 def _rng_state() -> Dict[str, Any]:

@@ -35,11 +35,13 @@ from .._files import (
 )
 
 __all__ = [
-    'STATE_NAME', 'CHECKPOINT_DIR', 'CheckpointWriteError', 'save_checkpoint', 'load_training_state',
-    'list_checkpoints', 'latest_checkpoint', 'clean_partial',
+    'STATE_NAME', 'TRAINING_WEIGHTS_NAME', 'CHECKPOINT_DIR', 'CheckpointWriteError', 'save_checkpoint',
+    'load_training_state', 'list_checkpoints', 'latest_checkpoint', 'clean_partial',
 ]
 
 STATE_NAME = 'training_state.pt'
+# with an EMA of the weights, model.safetensors holds the EMA and this file the weights the optimizer trains
+TRAINING_WEIGHTS_NAME = 'training_weights.safetensors'
 CHECKPOINT_DIR = 'checkpoints'
 _EPOCH_RE = re.compile(r'^epoch-(\d+)$')
 
@@ -99,6 +101,7 @@ def save_checkpoint(
         state: Dict[str, Any],
         keep: int = 1,
         export: bool = True,
+        extra_weights: Optional[Dict[str, nn.Module]] = None,
 ) -> Path:
     """Write `OUT/checkpoints/epoch-NNNN/` in one atomic step, then drop all but the newest `keep` checkpoints.
 
@@ -109,6 +112,7 @@ def save_checkpoint(
         state: Training state: tensors and plain Python values only (read back with `weights_only=True`).
         keep: Checkpoints to keep (>= 1).
         export: Also point `OUT/model.safetensors` at the new weights.
+        extra_weights: More weights to save in the checkpoint, file name -> model (the trained weights beside an EMA).
 
     Returns:
         The checkpoint directory.
@@ -124,6 +128,8 @@ def save_checkpoint(
         os.chmod(tmp, 0o777 & ~_UMASK)
         try:
             save_weights(model, tmp / WEIGHTS_NAME, metadata={'format': 'pt', 'epoch': str(epoch)})
+            for name, extra in (extra_weights or {}).items():
+                save_weights(extra, tmp / name, metadata={'format': 'pt', 'epoch': str(epoch)})
             atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
             _fsync_dir(tmp)
             if final.exists():  # a checkpoint of the same epoch from an earlier attempt: replace it

@@ -15,8 +15,9 @@ from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
 from .checkpoint import CheckpointWriteError
 from .compare import train_compare
-from .config import AMP_DTYPES, CAM_CLASSES, OPTIMIZERS, PRESETS, SCHEDULES, TrainConfig
+from .config import AMP_DTYPES, CAM_CLASSES, MIXUP_MODES, PRESETS, SCHEDULES, TrainConfig
 from .evaluate import evaluate
+from .loop import TrainingDiverged
 from .run_dir import read_run_config
 from .runner import train
 from .seeds import train_compare_seeds
@@ -30,11 +31,10 @@ def _preset_help(name: str, text: str) -> str:
     default = {f.name: f.default for f in fields(TrainConfig) if f.default is not dataclasses.MISSING}
     if name not in default:
         return text
-    synthetic = PRESETS['synthetic'].get(name, default[name])
-    paper = PRESETS['paper'].get(name, default[name])
-    if paper == synthetic:
-        return f'{text} (default {synthetic})'
-    return f'{text} (synthetic: {synthetic}; paper: {paper})'
+    values = {preset: PRESETS[preset].get(name, default[name]) for preset in PRESETS}
+    if len(set(map(repr, values.values()))) == 1:
+        return f'{text} (default {values["synthetic"]})'
+    return f'{text} (' + '; '.join(f'{k}: {v}' for k, v in values.items()) + ')'
 
 
 def _parse_kv(text: str) -> Tuple[str, Any]:
@@ -58,8 +58,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """Add the `train` options; every default is SUPPRESS so that only explicit flags override the preset."""
     h = _preset_help
     p.add_argument('--preset', choices=tuple(PRESETS), default='synthetic',
-                   help='recipe to start from: synthetic (fast CPU run on the built-in data set, the default) or '
-                        "paper (the paper's CUB-200-2011 recipe); every option below overrides it")
+                   help='recipe to start from: synthetic (fast CPU run on the built-in data set, the default), '
+                        "paper (the paper's CUB-200-2011 recipe) or fgvc (a modern fine-tune: ConvNeXt-S at 384 px, "
+                        'EMA, mixup / cutmix, RandAugment, layer decay); every option below overrides it')
     p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
                    help='train GGAM and then the plain backbone the same way and print both test accuracies '
                         '(default: on when `train` gets no option at all)')
@@ -79,6 +80,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--crop-mode', choices=('center', 'squash', 'border'), help=h('crop_mode', 'evaluation crop mode'))
     g.add_argument('--train-aug', choices=TRAIN_AUGS, help=h('train_aug', 'training augmentation'))
     g.add_argument('--hflip', type=float, help=h('hflip', 'horizontal flip probability'))
+    g.add_argument('--aa', metavar='POLICY', help=h('aa', "timm auto-augment policy with --train-aug timm, e.g. "
+                                                     "rand-m9-mstd0.5-inc1 (RandAugment) or original (AutoAugment)"))
+    g.add_argument('--reprob', type=float, help=h('reprob', 'random erasing probability (--train-aug timm)'))
+    g.add_argument('--color-jitter', type=float, help=h('color_jitter', 'colour jitter strength (--train-aug timm; '
+                                                                        'off under RandAugment)'))
+    g.add_argument('--mixup', type=float, metavar='ALPHA', help=h('mixup', 'mixup alpha (0: off; timm Mixup)'))
+    g.add_argument('--cutmix', type=float, metavar='ALPHA', help=h('cutmix', 'cutmix alpha (0: off)'))
+    g.add_argument('--mixup-prob', type=float, help=h('mixup_prob', 'probability of mixing a batch'))
+    g.add_argument('--mixup-switch-prob', type=float,
+                   help=h('mixup_switch_prob', 'probability of cutmix instead of mixup when both are on'))
+    g.add_argument('--mixup-mode', choices=MIXUP_MODES, help=h('mixup_mode', 'mix per batch, pair or element'))
     g.add_argument('--interpolation', help="resize interpolation (default: the backbone's)")
     g.add_argument('--mean', type=_floats3, help="normalisation mean, three numbers (default: the backbone's)")
     g.add_argument('--std', type=_floats3, help="normalisation std, three numbers (default: the backbone's)")
@@ -118,15 +130,35 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--kl', choices=('symmetric', 'forward', 'reverse'), help=h('kl', 'KL direction'))
     g.add_argument('--target-norm', choices=('none', 'standardize'), help=h('target_norm', 'normalisation of beta'))
     g.add_argument('--cam-temperature', type=float, help=h('cam_temperature', 'beta is divided by it'))
-    g.add_argument('--cam-class', choices=CAM_CLASSES, help=h('cam_class', 'class explained by Grad-CAM'))
+    g.add_argument('--cam-class', choices=CAM_CLASSES,
+                   help=h('cam_class', 'class explained by Grad-CAM: the predicted one (paper) or the label (under '
+                                       'mixup / cutmix the larger-weight label)'))
     g.add_argument('--label-smoothing', type=float, help=h('label_smoothing', 'of the cross-entropy'))
     g = p.add_argument_group('optimisation')
-    g.add_argument('--opt', choices=OPTIMIZERS, help=h('opt', 'optimizer'))
+    g.add_argument('--opt', help=h('opt', "any optimizer of timm.optim.list_optimizers(); sgd: momentum without "
+                                          "Nesterov, as the paper (timm's momentum)"))
     g.add_argument('--lr', type=float, help=h('lr', 'learning rate of the head'))
     g.add_argument('--backbone-lr-scale', type=float, help=h('backbone_lr_scale', 'backbone lr / head lr'))
     g.add_argument('--momentum', type=float, help=h('momentum', 'SGD momentum'))
     g.add_argument('--weight-decay', type=float, help=h('weight_decay', 'weight decay'))
-    g.add_argument('--sched', choices=SCHEDULES, help=h('sched', 'learning rate schedule'))
+    g.add_argument('--sched', choices=SCHEDULES,
+                   help=h('sched', 'learning rate schedule: cosine / none per update after the linear warm-up, or '
+                                   "timm's create_scheduler_v2 names"))
+    g.add_argument('--decay-epochs', type=float, help=h('decay_epochs', "epochs between decays of timm's step "
+                                                                        'schedules'))
+    g.add_argument('--decay-rate', type=float, help=h('decay_rate', "decay factor of timm's step schedules"))
+    g.add_argument('--layer-decay', type=float, metavar='RATE',
+                   help='layer-wise lr decay of the backbone (timm param_groups_layer_decay), on top of '
+                        '--backbone-lr-scale')
+    g.add_argument('--model-ema', action=argparse.BooleanOptionalAction,
+                   help=h('model_ema', "keep timm's ModelEmaV3 of the weights: evaluated and saved as "
+                                       'model.safetensors'))
+    g.add_argument('--model-ema-decay', type=float, help=h('model_ema_decay', 'EMA decay'))
+    g.add_argument('--grad-accum-steps', type=int, metavar='N',
+                   help=h('grad_accum_steps', 'batches per optimizer update (the update of a batch N times larger)'))
+    g.add_argument('--max-nonfinite-steps', type=int, metavar='N',
+                   help=h('max_nonfinite_steps', 'stop after more than N updates in a row with a non-finite loss or '
+                                                 'gradient (each is skipped)'))
     g.add_argument('--warmup-epochs', type=float, help=h('warmup_epochs', 'linear warm-up epochs'))
     g.add_argument('--min-lr-ratio', type=float, help=h('min_lr_ratio', 'final lr / base lr'))
     g.add_argument('--epochs', type=int, help=h('epochs', 'epochs'))
@@ -137,6 +169,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, help=h('amp', 'mixed precision'))
     g.add_argument('--amp-dtype', choices=AMP_DTYPES, help=h('amp_dtype', 'autocast dtype'))
     g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, help=h('channels_last', 'NHWC memory'))
+    g.add_argument('--grad-checkpointing', action='store_true',
+                   help="recompute the backbone's activations in the backward (less memory)")
+    g.add_argument('--compile', action='store_true', help='torch.compile the training forward')
     g.add_argument('--device', help=h('device', 'auto, cpu, cuda or cuda:N'))
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
     g.add_argument('--deterministic', action='store_true', help='torch.use_deterministic_algorithms')
@@ -232,6 +267,8 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train(cfg, command=command)
     except TrainingInterrupted as e:  # train() said where the run stands and how to resume
         return exit_code(e)
+    except TrainingDiverged:  # train() said which update, the last good checkpoint and what to try
+        return 1
     except CheckpointWriteError as e:
         print(f'ggam-layers train: error: {e}', file=sys.stderr, flush=True)
         return 1

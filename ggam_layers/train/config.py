@@ -10,12 +10,18 @@ from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
 from .loop import AMP_DTYPE_ALIASES
 
-__all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES']
+__all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES',
+           'MIXUP_MODES']
 
 _logger = logging.getLogger('ggam_layers.train')
 
+# the paper's two optimizers; `opt` takes every name of timm's registry (`timm.optim.list_optimizers()`), and 'sgd'
+# keeps the paper's meaning (momentum, no Nesterov: timm's 'momentum'; timm's Nesterov SGD is 'nesterov')
 OPTIMIZERS = ('sgd', 'adamw')
-SCHEDULES = ('cosine', 'none')
+# 'cosine' and 'none': the package's per-step schedule (linear warm-up, cosine to min_lr_ratio, or constant); the
+# others are timm's `create_scheduler_v2`, stepped per optimizer update with the same warm-up
+SCHEDULES = ('cosine', 'none', 'tanh', 'step', 'multistep', 'poly', 'constant')
+MIXUP_MODES = ('batch', 'pair', 'elem')
 AMP_DTYPES = tuple(AMP_DTYPE_ALIASES)  # auto, bfloat16 / bf16, float16 / fp16 / half (amp_dtype_for normalises)
 CAM_CLASSES = ('pred', 'label')
 
@@ -35,8 +41,14 @@ class TrainConfig:
         crop_pct: Evaluation centre crop fraction (and 'paper' training: resize to img_size / crop_pct, random crop
             img_size); None takes the backbone's.
         crop_mode: timm's evaluation crop mode ('center', 'squash', 'border'); None takes the backbone's.
-        train_aug: 'flip', 'paper', 'timm' or 'none' (see `engine.data.build_transform`).
+        train_aug: 'flip', 'paper', 'timm' or 'none' (see `data.loader.build_transform`).
         hflip: Horizontal flip probability.
+        aa: timm's auto-augment policy string, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment) or 'original'
+            (AutoAugment); with train_aug='timm'.
+        reprob: Random erasing probability (timm's RandomErasing); with train_aug='timm'.
+        color_jitter: Colour jitter strength of timm's transform (off under a RandAugment / AugMix `aa`).
+        mixup / cutmix: Alpha of timm's `Mixup` (0: off); targets become soft, label smoothing moves into Mixup.
+        mixup_prob / mixup_switch_prob / mixup_mode: timm's `Mixup` prob, switch_prob and mode.
         interpolation / mean / std: Override the backbone's data config.
         strict_data: Stop at the first unreadable image file (default: skip it with a warning, and count it).
         max_bad_fraction: Stop when more than this fraction of a split's image files is unreadable (a broken copy).
@@ -57,15 +69,27 @@ class TrainConfig:
         lam: Weight of L_GGAM (0 trains the attention with cross-entropy only).
         squash / kl / target_norm / cam_temperature: Target options of `GGAMLoss` (cam_temperature is its
             `temperature`).
-        cam_class: Explain the 'pred'icted class (paper) or the 'label' with Grad-CAM.
+        cam_class: Explain the 'pred'icted class (paper) or the 'label' with Grad-CAM; under mixup / cutmix,
+            'label' is the label with the larger weight in the mixed target.
         label_smoothing: Of the cross-entropy.
 
     Optimisation:
-        opt: 'sgd' (momentum, nesterov off) or 'adamw'.
+        opt: A name of timm's optimizer registry (`timm.optim.list_optimizers()`, built by `create_optimizer_v2`):
+            'adamw', 'lamb', 'nesterov', ...; 'sgd' is SGD with momentum and no Nesterov, as in the paper (timm's
+            'momentum').
         lr: Learning rate of the head (GGAM attention + classifier, or the plain model's classifier).
         backbone_lr_scale: Backbone learning rate relative to `lr` (paper: 0.1).
         momentum / weight_decay: Of the optimizer (weight decay on every parameter, as the paper).
-        sched: 'cosine' (per step, after a linear warm-up) or 'none'.
+        sched: 'cosine' (per step, after a linear warm-up) or 'none' (constant after the warm-up); or one of timm's
+            `create_scheduler_v2` names ('tanh', 'step', 'multistep', 'poly', 'constant'), stepped per update.
+        decay_epochs / decay_rate: Of timm's 'step' / 'multistep' schedules.
+        layer_decay: timm's layer-wise learning rate decay (`param_groups_layer_decay`): the backbone's layer l of
+            L gets lr * backbone_lr_scale * layer_decay ** (L - l); None: off.
+        model_ema / model_ema_decay: Keep timm's `ModelEmaV3` of the weights; it is what is evaluated and saved.
+        grad_accum_steps: Accumulate the gradients of this many batches per update (the update of a batch this
+            many times larger, BatchNorm statistics aside).
+        max_nonfinite_steps: Stop the run after more than this many updates in a row with a non-finite loss or
+            gradient (each is skipped, as GradScaler skips an fp16 overflow).
         warmup_epochs: Linear warm-up length (may be fractional).
         min_lr_ratio: Final learning rate of the cosine, relative to the base.
         epochs: Total epochs (defines the schedule).
@@ -77,6 +101,8 @@ class TrainConfig:
         amp: Mixed precision (bfloat16 on the CPU; bfloat16 or float16 on CUDA, see amp_dtype).
         amp_dtype: 'auto' (bfloat16 where supported, else float16), 'bfloat16' or 'float16' (CUDA only).
         channels_last: Use the channels-last memory format.
+        grad_checkpointing: Recompute the backbone's activations in the backward (timm's set_grad_checkpointing).
+        compile: `torch.compile` the training forward (the GGAM head stays one graph).
         device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
         sync_bn: Convert BatchNorm to SyncBatchNorm under DDP.
         deterministic: `torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).
@@ -109,6 +135,14 @@ class TrainConfig:
     crop_mode: Optional[str] = None
     train_aug: str = 'flip'
     hflip: float = 0.5
+    aa: Optional[str] = None
+    reprob: float = 0.
+    color_jitter: Optional[float] = 0.4
+    mixup: float = 0.
+    cutmix: float = 0.
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = 'batch'
     interpolation: Optional[str] = None
     mean: Optional[Tuple[float, float, float]] = None
     std: Optional[Tuple[float, float, float]] = None
@@ -152,10 +186,19 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 250
     grad_clip: Optional[float] = None
+    decay_epochs: float = 30.
+    decay_rate: float = 0.1
+    layer_decay: Optional[float] = None
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    grad_accum_steps: int = 1
+    max_nonfinite_steps: int = 5
     # runtime
     amp: bool = False
     amp_dtype: str = 'auto'
     channels_last: bool = True
+    grad_checkpointing: bool = False
+    compile: bool = False
     device: str = 'auto'
     sync_bn: bool = False
     deterministic: bool = False
@@ -179,8 +222,9 @@ class TrainConfig:
         """The preset's values, then `overrides` on top.
 
         Args:
-            preset: 'synthetic' (the default: fast CPU run on the built-in synthetic set) or 'paper' (the paper's
-                CUB-200-2011 recipe).
+            preset: 'synthetic' (the default: fast CPU run on the built-in synthetic set), 'paper' (the paper's
+                CUB-200-2011 recipe) or 'fgvc' (a modern fine-tune: ConvNeXt-S at 384 px, EMA, mixup / cutmix,
+                RandAugment, layer decay).
             **overrides: Any `TrainConfig` field.
         """
         if preset not in PRESETS:
@@ -219,8 +263,9 @@ class TrainConfig:
         def choice(name, options):
             if getattr(self, name) not in options:
                 raise ValueError(f'{name} must be one of {options}, got {getattr(self, name)!r}')
-        choice('opt', OPTIMIZERS)
+        _check_optimizer(self.opt)
         choice('sched', SCHEDULES)
+        choice('mixup_mode', MIXUP_MODES)
         choice('amp_dtype', AMP_DTYPES)
         choice('cam_class', CAM_CLASSES)
         choice('train_aug', TRAIN_AUGS)
@@ -231,16 +276,35 @@ class TrainConfig:
         if self.spatial_gate and not self.spatial_attn:
             raise ValueError('spatial_gate=True (--spatial-gate) gates the spatial map and needs spatial_attn=True '
                              '(drop --no-spatial-attn)')
-        for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints'):
+        for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints',
+                     'grad_accum_steps', 'max_nonfinite_steps'):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f'{name} must be an int >= 1, got {getattr(self, name)!r}')
         for name in ('lr',):
             if not getattr(self, name) > 0:
                 raise ValueError(f'{name} must be > 0, got {getattr(self, name)!r}')
         for name in ('lam', 'weight_decay', 'warmup_epochs', 'backbone_lr_scale', 'momentum', 'min_lr_ratio',
-                     'drop_rate', 'label_smoothing'):
+                     'drop_rate', 'label_smoothing', 'mixup', 'cutmix', 'decay_rate', 'decay_epochs'):
             if not getattr(self, name) >= 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)!r}')
+        for name in ('reprob', 'mixup_prob', 'mixup_switch_prob'):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f'{name} must be in [0, 1], got {getattr(self, name)!r}')
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f'layer_decay must be in (0, 1] (or None for off), got {self.layer_decay!r}')
+        if not 0 < self.model_ema_decay < 1:
+            raise ValueError(f'model_ema_decay must be in (0, 1), got {self.model_ema_decay!r}')
+        if (self.aa or self.reprob) and self.train_aug != 'timm':
+            raise ValueError(f"aa / reprob (--aa, --reprob) are options of timm's training transform and need "
+                             f"train_aug='timm' (--train-aug timm), got train_aug={self.train_aug!r}")
+        if self.data_path == 'device':
+            refused = [flag for flag, on in (('--aa', self.aa), ('--reprob', self.reprob),
+                                             ('--train-aug timm', self.train_aug == 'timm')) if on]
+            if refused:
+                raise ValueError(f"data_path='device' (--data-path device) cannot apply {', '.join(refused)} (timm's "
+                                 'PIL transforms): use --data-path auto, which takes the DataLoader for them')
+        if (self.mixup or self.cutmix) and self.mixup_mode == 'batch' and self.batch_size % 2:
+            raise ValueError(f'mixup / cutmix in batch mode need an even batch_size, got {self.batch_size}')
         if not 0 <= self.hflip <= 1:
             raise ValueError(f'hflip must be in [0, 1], got {self.hflip!r}')
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
@@ -259,6 +323,16 @@ class TrainConfig:
             check_safetensors(self.pretrained_file, what='--pretrained-file')
         _check_model_name(self.model)
         return self
+
+
+def _check_optimizer(name: str) -> None:
+    """Refuse an optimizer name timm's registry does not know, with the closest names."""
+    from timm.optim import list_optimizers
+    known = set(list_optimizers()) | {'sgd'}
+    if not isinstance(name, str) or name.lower() not in known:
+        close = difflib.get_close_matches(str(name).lower(), sorted(known), n=5)
+        raise ValueError(f'opt {name!r} is not an optimizer of timm' + (f'; did you mean one of {close}?' if close
+                                                                       else '') + ' (timm.optim.list_optimizers())')
 
 
 def _check_model_name(name: str) -> None:
@@ -289,9 +363,20 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         train_aug='paper', opt='sgd', lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4,
         sched='cosine', warmup_epochs=0., epochs=100, batch_size=16, eval_batch_size=64, amp=True,
         channels_last=True, target_norm='none'),
+    # A modern fine-grained fine-tune (docs/training.md, "The fgvc preset", gives each value's source): an ImageNet-22k
+    # ConvNeXt-S fine-tuned at 384 px, AdamW with layer-wise lr decay 0.8, RandAugment (9, 0.5), random erasing 0.25,
+    # label smoothing 0.1 and an EMA of the weights (the ConvNeXt paper's fine-tuning settings), mixup / cutmix on
+    # half of the batches, 30 epochs of cosine after one warm-up epoch, batch 32 with bf16 autocast.
+    'fgvc': dict(
+        dataset='cub', model='convnext_small.fb_in22k_ft_in1k_384', pretrained=True, img_size=384, crop_pct=1.0,
+        crop_mode='squash', train_aug='timm', aa='rand-m9-mstd0.5-inc1', reprob=0.25, label_smoothing=0.1,
+        mixup=0.8, cutmix=1.0, mixup_prob=0.5, opt='adamw', lr=1e-4, backbone_lr_scale=1.0, layer_decay=0.8,
+        weight_decay=0.05, sched='cosine', warmup_epochs=1., epochs=30, batch_size=32, eval_batch_size=64,
+        model_ema=True, model_ema_decay=0.999, drop_path_rate=0.2, amp=True, channels_last=True),
 }
 
 # fields that may differ when a run is resumed (they do not change the trained weights)
 RESUME_MUTABLE_FIELDS = frozenset({
     'output', 'overwrite', 'resume', 'stop_after', 'workers', 'threads', 'tensorboard', 'progress', 'data_root',
-    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path', 'strict_data', 'max_bad_fraction'})
+    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path', 'strict_data', 'max_bad_fraction',
+    'max_nonfinite_steps', 'compile'})

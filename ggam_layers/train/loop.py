@@ -1,8 +1,10 @@
 """One training epoch and one evaluation pass, for GGAM models and plain timm models, alone or under DDP.
 
 A GGAM step is one forward (`forward_ggam`: logits, S and the closed-form Grad-CAM beta) and one backward of
-`GGAMLoss`; a plain step is cross-entropy on `model(x)`. Metrics are summed on the device and reduced over ranks
-once per epoch (the progress bar reads them every 10 steps).
+`GGAMLoss`; a plain step is cross-entropy on `model(x)` (timm's soft-target cross-entropy under mixup / cutmix).
+Gradients of `grad_accum_steps` batches make one update; an update whose loss or gradient is not finite is skipped
+and counted, and too many in a row raise `TrainingDiverged`. Metrics are summed on the device and reduced over
+ranks once per epoch (the progress bar reads them every 10 steps); the finiteness check is one host sync per update.
 """
 import contextlib
 import math
@@ -10,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,8 +21,8 @@ from ..data.loader import derive_seed
 from .distributed import DistInfo, all_reduce_sum
 from .progress import progress as progress_bar
 
-__all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'TrainForward', 'amp_dtype_for', 'autocast', 'evaluate_model',
-           'lr_factor', 'normalize_amp_dtype', 'train_one_epoch']
+__all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'StepState', 'TrainForward', 'TrainingDiverged', 'amp_dtype_for',
+           'autocast', 'evaluate_model', 'lr_factor', 'normalize_amp_dtype', 'train_one_epoch', 'updates_per_epoch']
 
 # every spelling of the autocast dtype that timm and PyTorch users type, to its canonical name
 AMP_DTYPE_ALIASES = {
@@ -92,16 +95,18 @@ class StepOptions:
 
     Attributes:
         ggam: GGAM model (`forward_ggam` + the GGAM loss) or plain model (cross-entropy).
-        cam_class: 'pred' (Grad-CAM of the predicted class) or 'label'.
-        label_smoothing: Of the plain model's cross-entropy (the GGAM loss has its own).
+        cam_class: 'pred' (Grad-CAM of the predicted class) or 'label' (under mixup: the larger-weight label).
+        label_smoothing: Of the plain model's cross-entropy (the GGAM loss has its own; under mixup, Mixup's).
         grad_clip: Gradient norm clip, or None.
         channels_last: Move inputs to channels-last.
         amp_dtype: Autocast dtype, or None.
-        seed: Run seed (dropout and drop-path are seeded from (seed, epoch, rank)).
+        seed: Run seed (dropout, drop-path and mixup are seeded from (seed, epoch, rank)).
         epochs: Total epochs (for the schedule and the bar).
-        sched: 'cosine' or 'none'.
-        warmup_steps: Linear warm-up steps.
+        sched: 'cosine' or 'none' (the package's schedule, `lr_factor`); other names step a timm scheduler.
+        warmup_steps: Linear warm-up updates.
         min_lr_ratio: Final cosine factor.
+        grad_accum_steps: Batches per optimizer update.
+        max_nonfinite_steps: Updates in a row with a non-finite loss or gradient that end the run (each is skipped).
     """
     ggam: bool = True
     cam_class: str = 'pred'
@@ -114,6 +119,43 @@ class StepOptions:
     sched: str = 'cosine'
     warmup_steps: int = 0
     min_lr_ratio: float = 0.
+    grad_accum_steps: int = 1
+    max_nonfinite_steps: int = 5
+
+
+class TrainingDiverged(RuntimeError):
+    """More than `max_nonfinite_steps` updates in a row had a non-finite loss or gradient."""
+
+    def __init__(self, epoch: int, step: int, count: int, what: str):
+        self.epoch, self.step, self.count, self.what = epoch, step, count, what
+        if what == 'weights':
+            super().__init__(f'non-finite weights after epoch {epoch}')
+        else:
+            super().__init__(f'{count} updates in a row had a non-finite {what} (epoch {epoch}, step {step})')
+
+
+@dataclass
+class StepState:
+    """What crosses epochs: optimizer updates done, skipped updates (in all and in a row), the timm scheduler, the
+    mixup function and the EMA of the weights (each None when off)."""
+    updates: int = 0
+    skipped: int = 0
+    skipped_in_a_row: int = 0
+    scheduler: Any = None
+    mixup: Any = None
+    ema: Any = None
+
+
+def updates_per_epoch(batches: int, grad_accum_steps: int) -> int:
+    """Optimizer updates of an epoch of `batches` batches (the last update may take fewer batches)."""
+    return max(1, math.ceil(batches / grad_accum_steps))
+
+
+def _soft_ce(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    if target.is_floating_point():  # mixup / cutmix targets: timm's soft-target cross-entropy
+        from timm.loss import SoftTargetCrossEntropy
+        return SoftTargetCrossEntropy()(logits.float(), target.float())
+    return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
 
 
 def train_one_epoch(
@@ -128,12 +170,17 @@ def train_one_epoch(
         info: DistInfo,
         show: bool = False,
         label: str = '',
+        state: Optional[StepState] = None,
 ) -> Dict[str, Any]:
     """Train one epoch; returns its metrics row (train loss / CE / GGAM term / top-1, learning rates, speed).
 
+    Each update accumulates `opts.grad_accum_steps` batches (each loss divided by the batches of its update, so the
+    update is that of the whole batch), skips itself when its loss or gradient is not finite, then steps the
+    optimizer, the schedule and the EMA.
+
     Args:
-        fwd: `TrainForward(model)`, possibly wrapped in DDP.
-        model: The unwrapped model (gradient clipping).
+        fwd: `TrainForward(model)`, possibly wrapped in DDP or compiled.
+        model: The unwrapped model (gradient clipping, EMA).
         loss_fn: `GGAMLoss` (used by GGAM models).
         optimizer: Its param groups carry `initial_lr` (the base lr the schedule multiplies) and a `name`.
         scaler: A `torch.amp.GradScaler` for float16, else None.
@@ -143,67 +190,129 @@ def train_one_epoch(
         info: Process placement.
         show: Show a progress bar.
         label: Prefix of the bar.
+        state: Updates, skipped updates, scheduler, mixup and EMA across epochs (a fresh one when None).
+
+    Raises:
+        TrainingDiverged: More than `opts.max_nonfinite_steps` updates in a row were not finite.
     """
+    state = state if state is not None else StepState()
     device = info.device
     steps = len(loader)
+    accum = max(1, opts.grad_accum_steps)
+    n_updates = updates_per_epoch(steps, accum)
     fwd.train()
     sampler = getattr(loader, 'sampler', None)
     if hasattr(sampler, 'set_epoch'):
         sampler.set_epoch(epoch)
-    # dropout / drop-path draw from the global RNG: make it a function of (seed, epoch, rank)
+    # dropout / drop-path (torch) and mixup (numpy) draw from global RNGs: make them a function of (seed, epoch, rank)
     torch.manual_seed(derive_seed(opts.seed, epoch, info.rank, 0xD0))
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, ce, ggam (each x n), correct, n
+    if state.mixup is not None:
+        np.random.seed(derive_seed(opts.seed, epoch, info.rank, 0x313) % 2 ** 32)
+    # loss, ce, ggam (each x n, over the batches with a finite loss), correct, n, n of the finite batches
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    skipped_before = state.skipped
+    params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     bar = progress_bar(loader, desc=f'{label} epoch {epoch + 1}/{opts.epochs}'.strip(), disable=not show)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     for i, (x, y) in enumerate(bar):
-        factor = lr_factor(epoch * steps + i, steps * opts.epochs, opts.warmup_steps, opts.sched, opts.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g['lr'] = g['initial_lr'] * factor
+        update, first = divmod(i, accum)
+        in_update = min(accum, steps - update * accum)  # batches of this update
+        last = first + 1 == in_update
+        if first == 0:
+            _set_lr(optimizer, state, epoch * n_updates + update, n_updates, opts)
+            optimizer.zero_grad(set_to_none=True)
+            finite = torch.ones((), dtype=torch.bool, device=device)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        hard = y
+        if state.mixup is not None:
+            x, y = state.mixup(x, y)
+            hard = y.argmax(1)  # the label with the larger weight: train top-1 and cam_class='label'
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, opts.amp_dtype):
-            out = fwd(x, y if opts.cam_class == 'label' else None) if opts.ggam else fwd(x)
-        if opts.ggam:
-            logits = out.logits
-            loss, ce, ggam = loss_fn.terms(out, y)
-        else:
-            logits = out
-            ce = F.cross_entropy(logits.float(), y, label_smoothing=opts.label_smoothing)
-            loss, ggam = ce, torch.zeros((), device=device)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if opts.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if opts.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            optimizer.step()
+        sync = contextlib.nullcontext() if last or not hasattr(fwd, 'no_sync') else fwd.no_sync()
+        with sync:
+            with autocast(device, opts.amp_dtype):
+                out = fwd(x, hard if opts.cam_class == 'label' else None) if opts.ggam else fwd(x)
+            if opts.ggam:
+                logits = out.logits
+                loss, ce, ggam = loss_fn.terms(out, y)
+            else:
+                logits = out
+                ce = _soft_ce(logits, y, opts.label_smoothing)
+                loss, ggam = ce, torch.zeros((), device=device)
+            finite &= torch.isfinite(loss.detach())
+            scaled = loss / in_update
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if last:
+            _finish_update(model, params, optimizer, scaler, finite, opts, state, epoch, update)
         with torch.no_grad():
             n = y.shape[0]
-            sums += torch.stack([loss.detach().double() * n, ce.detach().double() * n, ggam.detach().double() * n,
-                                 (logits.detach().argmax(1) == y).sum().double(),
-                                 torch.tensor(float(n), dtype=torch.float64, device=device)])
+            ok = torch.isfinite(loss.detach())
+            sums += torch.stack([
+                torch.where(ok, loss.detach().double(), 0.) * n, torch.where(ok, ce.detach().double(), 0.) * n,
+                torch.where(ok, ggam.detach().double(), 0.) * n, (logits.detach().argmax(1) == hard).sum().double(),
+                torch.tensor(float(n), dtype=torch.float64, device=device), ok.double() * n])
         if show and (i % 10 == 0 or i + 1 == steps):
             s = sums.tolist()
-            bar.set_postfix(loss=f'{s[0] / s[4]:.3f}', acc=f'{100 * s[3] / s[4]:.1f}%', refresh=False)
+            bar.set_postfix(loss=f'{s[0] / max(s[5], 1.0):.3f}', acc=f'{100 * s[3] / s[4]:.1f}%', refresh=False)
     bar.close()
     sums = all_reduce_sum(sums, info).tolist()
     dt = time.perf_counter() - t0
-    n = max(sums[4], 1.0)
+    n, n_ok = max(sums[4], 1.0), sums[5]
     lrs = {g.get('name'): g['lr'] for g in optimizer.param_groups}
+    backbone = [v for k, v in lrs.items() if str(k).startswith('backbone')]
+    head = [v for k, v in lrs.items() if str(k).startswith('head')]
     return {
-        'epoch': epoch + 1, 'train_loss': sums[0] / n, 'train_ce': sums[1] / n,
-        'train_ggam': sums[2] / n if opts.ggam else None, 'train_top1': sums[3] / n,
-        'lr_backbone': lrs.get('backbone'), 'lr_head': lrs.get('head'), 'images_per_s': sums[4] / dt,
+        'epoch': epoch + 1, 'train_loss': sums[0] / n_ok if n_ok else math.nan,
+        'train_ce': sums[1] / n_ok if n_ok else math.nan,
+        'train_ggam': (sums[2] / n_ok if n_ok else math.nan) if opts.ggam else None, 'train_top1': sums[3] / n,
+        'lr_backbone': max(backbone) if backbone else None, 'lr_head': max(head) if head else None,
+        'lr_groups': lrs, 'skipped_steps': state.skipped - skipped_before, 'images_per_s': sums[4] / dt,
         'epoch_time_s': dt,
     }
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, state: StepState, update: int, n_updates: int,
+            opts: StepOptions) -> None:
+    """The learning rate of every group for optimizer update `update` (0-based over the run)."""
+    if state.scheduler is not None:
+        state.scheduler.step_update(update)
+        return
+    factor = lr_factor(update, n_updates * opts.epochs, opts.warmup_steps, opts.sched, opts.min_lr_ratio)
+    for g in optimizer.param_groups:
+        g['lr'] = g['initial_lr'] * factor
+
+
+def _finish_update(model: nn.Module, params: list, optimizer: torch.optim.Optimizer, scaler: Optional[Any],
+                   finite: torch.Tensor, opts: StepOptions, state: StepState, epoch: int, update: int) -> None:
+    """Clip, check and apply the accumulated gradient, or skip the update when it is not finite."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    # the gradient norm (also without clipping: one fused reduction) tells whether every gradient is finite
+    norm = nn.utils.clip_grad_norm_(params, opts.grad_clip if opts.grad_clip is not None else float('inf'))
+    ok_loss = bool(finite)  # the one host sync of an update
+    ok_grad = bool(torch.isfinite(norm)) if ok_loss else False
+    if ok_loss and (ok_grad or scaler is not None):  # fp16: GradScaler skips an overflowing gradient itself
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        state.skipped_in_a_row = 0
+        if state.ema is not None:
+            state.ema.update(model, step=state.updates)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.update()  # the scale reacts to the non-finite gradient as after any fp16 overflow
+        state.skipped += 1
+        state.skipped_in_a_row += 1
+        if state.skipped_in_a_row > opts.max_nonfinite_steps:
+            raise TrainingDiverged(epoch + 1, update + 1, state.skipped_in_a_row,
+                                   'loss' if not ok_loss else 'gradient')
+    state.updates += 1
 
 
 @torch.no_grad()

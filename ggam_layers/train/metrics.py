@@ -13,7 +13,7 @@ __all__ = ['METRIC_COLUMNS', 'MetricsWriter', 'read_jsonl']
 
 METRIC_COLUMNS = (
     'epoch', 'train_loss', 'train_ce', 'train_ggam', 'train_top1', 'test_loss', 'test_top1', 'test_top5',
-    'lr_backbone', 'lr_head', 'images_per_s', 'epoch_time_s', 'eval_time_s',
+    'lr_backbone', 'lr_head', 'skipped_steps', 'images_per_s', 'epoch_time_s', 'eval_time_s',
 )
 
 

@@ -19,10 +19,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .._files import CONFIG_NAME, CheckpointError, atomic_write_json
+from .._files import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_write_json, load_weights
 from ..data.device import device_loaders, wants_device_data
 from ..data.loader import EpochSampler, SeededTransformDataset, ShardSampler, build_loader, build_transform, derive_seed
+from ..head import fused_self_test
 from ..loss import GGAMLoss
+from ..model import GGAMModel
 from .build import (
     _class_names,
     _model_config,
@@ -31,13 +33,21 @@ from .build import (
     _prepare_generated,
     _rng_state,
     _scan_data,
+    _scheduler,
     _set_rng_state,
     _usable_cores,
     build_datasets,
     build_model,
     resolve_data_config,
 )
-from .checkpoint import CheckpointWriteError, clean_partial, list_checkpoints, load_training_state, save_checkpoint
+from .checkpoint import (
+    TRAINING_WEIGHTS_NAME,
+    CheckpointWriteError,
+    clean_partial,
+    list_checkpoints,
+    load_training_state,
+    save_checkpoint,
+)
 from .config import RESUME_MUTABLE_FIELDS, TrainConfig
 from .distributed import (
     DistInfo,
@@ -49,7 +59,16 @@ from .distributed import (
     replica_max_abs_diff,
 )
 from .evaluate import _eval_loader, _num_workers
-from .loop import StepOptions, TrainForward, amp_dtype_for, evaluate_model, train_one_epoch
+from .loop import (
+    StepOptions,
+    StepState,
+    TrainForward,
+    TrainingDiverged,
+    amp_dtype_for,
+    evaluate_model,
+    train_one_epoch,
+    updates_per_epoch,
+)
 from .metrics import METRIC_COLUMNS, MetricsWriter
 from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
 from .signals import InterruptGuard, TrainingInterrupted
@@ -103,13 +122,23 @@ def _pow2_floor(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
 
 
-def _resume_state(out: Path, model: nn.Module, label: str, main: bool) -> Tuple[Optional[Path], Dict[str, Any]]:
-    """Load the newest intact checkpoint of `out` into `model`; a damaged newer one is reported and passed over."""
+def _resume_state(out: Path, model: nn.Module, ema: Any, label: str, main: bool
+                  ) -> Tuple[Optional[Path], Dict[str, Any]]:
+    """Load the newest intact checkpoint of `out` into `model` (and the EMA's weights into `ema`); a damaged newer
+    one is reported and passed over."""
     ckpts = list_checkpoints(out)
     damaged = []
     for ckpt in reversed(ckpts):
         try:
-            state = load_training_state(ckpt, model, map_location='cpu')
+            state = load_training_state(ckpt, map_location='cpu')
+            if (ckpt / TRAINING_WEIGHTS_NAME).is_file():  # a run with EMA: model.safetensors holds the EMA
+                load_weights(model, ckpt / TRAINING_WEIGHTS_NAME, what='checkpoint training weights')
+                if ema is not None:
+                    load_weights(ema.module, ckpt / WEIGHTS_NAME, what='checkpoint EMA weights')
+            else:
+                load_weights(model, ckpt / WEIGHTS_NAME, what='checkpoint weights')
+                if ema is not None:
+                    ema.module.load_state_dict(model.state_dict())
         except CheckpointError as e:
             damaged.append(f'{ckpt.name}: {e}')
             if main:
@@ -216,15 +245,23 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if device.type == 'cuda' and isinstance(model, GGAMModel):
+        fused_self_test(device)  # before any compile: a failing kernel turns the fused path off, with one warning
+    ema = _model_ema(model, cfg)
 
     optimizer = _optimizer(model, cfg)
     amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    mixup = _mixup(cfg, num_classes)
+    # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
+    smoothing = 0.0 if mixup is not None else cfg.label_smoothing
     loss_fn = GGAMLoss(lam=cfg.lam, squash=cfg.squash, kl=cfg.kl, target_norm=cfg.target_norm,
-                       temperature=cfg.cam_temperature, label_smoothing=cfg.label_smoothing)
+                       temperature=cfg.cam_temperature, label_smoothing=smoothing)
 
     start_epoch, history = 0, []
-    ckpt, state = _resume_state(out, model, label, main) if cfg.resume else (None, {})
+    ckpt, state = _resume_state(out, model, ema, label, main) if cfg.resume else (None, {})
     if ckpt is not None:
         optimizer.load_state_dict(state['optimizer'])
         if scaler is not None and state.get('scaler'):
@@ -243,7 +280,8 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
 
     pin = device.type == 'cuda'
     train_set = SeededTransformDataset(
-        train_ds, build_transform(data_config, True, cfg.train_aug, cfg.hflip), seed=cfg.seed, seeded=True)
+        train_ds, build_transform(data_config, True, cfg.train_aug, cfg.hflip, aa=cfg.aa, reprob=cfg.reprob,
+                                  color_jitter=cfg.color_jitter), seed=cfg.seed, seeded=True)
     sampler = EpochSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle=True)
     if wants_device_data(cfg.data_path, device, train_ds, train_set.transform):
         train_loader, eval_loader = device_loaders(
@@ -255,16 +293,22 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                                     num_workers=_num_workers(cfg, train_ds, info),
                                     drop_last=True, pin_memory=pin)
         eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = updates_per_epoch(len(train_loader), cfg.grad_accum_steps)  # optimizer updates
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    step_state = StepState(updates=start_epoch * steps_per_epoch, skipped=int(state.get('skipped_steps', 0)),
+                           scheduler=_scheduler(optimizer, cfg, steps_per_epoch), mixup=mixup, ema=ema)
 
     fwd = TrainForward(model, ggam=not cfg.plain)
     opts = StepOptions(
-        ggam=not cfg.plain, cam_class=cfg.cam_class, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
+        ggam=not cfg.plain, cam_class=cfg.cam_class, label_smoothing=smoothing, grad_clip=cfg.grad_clip,
         channels_last=cfg.channels_last, amp_dtype=amp_dtype, seed=cfg.seed, epochs=cfg.epochs, sched=cfg.sched,
-        warmup_steps=warmup_steps, min_lr_ratio=cfg.min_lr_ratio)
+        warmup_steps=warmup_steps, min_lr_ratio=cfg.min_lr_ratio, grad_accum_steps=cfg.grad_accum_steps,
+        max_nonfinite_steps=cfg.max_nonfinite_steps)
     if info.distributed:
         fwd = DistributedDataParallel(fwd, device_ids=[device.index] if device.type == 'cuda' else None)
+    if cfg.compile:
+        fwd = torch.compile(fwd)
+    eval_model = ema.module if ema is not None else model  # what is evaluated and saved as model.safetensors
     metrics_writer = MetricsWriter(str(out), cfg.tensorboard) if main else None
     if metrics_writer is not None and history:
         metrics_writer.write(history)  # drop rows of epochs after the checkpoint a killed run had logged
@@ -276,32 +320,39 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         guard.__enter__()
         for epoch in range(start_epoch, end_epoch):
             row = train_one_epoch(fwd, model, loss_fn, optimizer, scaler, train_loader, epoch, opts, info, show,
-                                  f'[{label}]')
+                                  f'[{label}]', step_state)
+            _check_finite_weights(model, ema, epoch + 1)
             broadcast_buffers(model, info)  # every rank evaluates (and rank 0 saves) the same running statistics
             is_last = epoch + 1 == end_epoch
             if (epoch + 1) % cfg.eval_every == 0 or is_last:
                 t0 = time.perf_counter()
-                res = evaluate_model(model, eval_loader, device, amp_dtype, cfg.channels_last, info, show,
+                res = evaluate_model(eval_model, eval_loader, device, amp_dtype, cfg.channels_last, info, show,
                                      desc=f'[{label}] eval')
                 row.update(test_loss=res['loss'], test_top1=res['top1'], test_top5=res['top5'],
                            eval_time_s=time.perf_counter() - t0)
             else:
                 row.update(test_loss=None, test_top1=None, test_top5=None, eval_time_s=None)
-            history.append({k: row.get(k) for k in METRIC_COLUMNS})
+            history.append({**{k: row.get(k) for k in METRIC_COLUMNS}, 'lr_groups': row['lr_groups']})
             if main:
                 state = {
                     'format_version': _STATE_VERSION, 'epoch': epoch + 1, 'global_step': (epoch + 1) * steps_per_epoch,
                     'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
                     'rng': _rng_state(), 'history': history, 'train_config': asdict(cfg),
+                    'skipped_steps': step_state.skipped,
                 }
+                extra = {TRAINING_WEIGHTS_NAME: model} if ema is not None else None
                 with guard.critical():  # a signal now waits until the checkpoint is complete
-                    save_checkpoint(out, epoch + 1, model, state, keep=cfg.keep_checkpoints)
+                    save_checkpoint(out, epoch + 1, eval_model, state, keep=cfg.keep_checkpoints, extra_weights=extra)
                     metrics_writer.write(history)
             barrier(info)
             if show:
                 tqdm.write(_epoch_line(label, history[-1], cfg.epochs), file=sys.stdout)
             elif main:
                 _logger.info(_epoch_line(label, history[-1], cfg.epochs))
+    except TrainingDiverged as e:
+        if main:
+            print(_diverged_message(out, label, e, cfg), file=sys.stderr, flush=True)
+        raise
     except (KeyboardInterrupt, RuntimeError) as e:  # a signal, or (DDP) a peer process that died
         if main and not isinstance(e, CheckpointWriteError):
             print(_stopped_message(out, label, e), file=sys.stderr, flush=True)
@@ -314,7 +365,12 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     replica_diff = replica_max_abs_diff(model, info)
     result = _final_result(cfg, history, out, num_classes, info, time.perf_counter() - t_run, replica_diff, label)
     result.update(skipped_train_images=skipped['train'], skipped_eval_images=skipped['eval'],
-                  skipped_files=skipped['files'])
+                  skipped_files=skipped['files'], skipped_steps=step_state.skipped,
+                  weights='ema' if ema is not None else 'model',
+                  model_ema_decay=cfg.model_ema_decay if ema is not None else None)
+    if ema is not None and history:  # the raw weights beside the EMA that model.safetensors holds
+        raw = evaluate_model(model, eval_loader, device, amp_dtype, cfg.channels_last, info, False)
+        result.update(test_top1_raw=raw['top1'], test_top5_raw=raw['top5'])
     if main and history:
         atomic_write_json(out / RESULTS_NAME, {k: v for k, v in result.items() if k != 'history'})
         config = json.loads((out / CONFIG_NAME).read_text(encoding='utf-8'))
@@ -325,6 +381,49 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     return result
 
 
+def _model_ema(model: nn.Module, cfg: TrainConfig) -> Any:
+    """timm's `ModelEmaV3` of `model` (ModelEmaV2 on timm releases without V3), or None."""
+    if not cfg.model_ema:
+        return None
+    import timm.utils
+    ema_cls = getattr(timm.utils, 'ModelEmaV3', None) or timm.utils.ModelEmaV2
+    return ema_cls(model, decay=cfg.model_ema_decay)
+
+
+def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
+    """timm's `Mixup` (mixup and / or cutmix, soft targets with the label smoothing), or None."""
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                 switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.label_smoothing,
+                 num_classes=num_classes)
+
+
+def _check_finite_weights(model: nn.Module, ema: Any, epoch: int) -> None:
+    """Refuse to checkpoint weights (or BatchNorm statistics) that are not finite: a checkpoint is never replaced
+    by a bad one."""
+    for m in (model, ema.module if ema is not None else None):
+        if m is not None and not all(bool(torch.isfinite(v).all()) for v in m.state_dict().values()
+                                     if v.is_floating_point()):
+            raise TrainingDiverged(epoch, 0, 0, 'weights')
+
+
+def _diverged_message(out: Path, label: str, e: TrainingDiverged, cfg: TrainConfig) -> str:
+    last = list_checkpoints(out)
+    kept = (f'the last good checkpoint is {last[-1]} (epoch {int(last[-1].name.split("-")[1])}; its weights are '
+            f'{out / WEIGHTS_NAME})' if last else 'no epoch had finished, so no weights were written')
+    what = (f'the weights stopped being finite in epoch {e.epoch}' if e.what == 'weights' else
+            f'{e.count} optimizer updates in a row had a non-finite {e.what} (epoch {e.epoch}, update {e.step}; '
+            f'each was skipped)')
+    hints = [f'a lower --lr (now {cfg.lr:g})', '--grad-clip 1.0' if cfg.grad_clip is None else
+             f'a smaller --grad-clip (now {cfg.grad_clip:g})']
+    if cfg.amp and cfg.amp_dtype in ('float16', 'fp16', 'half'):
+        hints.append('--amp-dtype bfloat16 instead of float16')
+    return (f'[{label}] training diverged: {what}. {kept[0].upper() + kept[1:]}, and no checkpoint was replaced. '
+            f'Try {", ".join(hints[:-1])} or {hints[-1]}.')
+
+
 def _epoch_line(label: str, row: Dict[str, Any], epochs: int) -> str:
     parts = [f'[{label}] epoch {row["epoch"]}/{epochs}', f'train loss {row["train_loss"]:.4f}']
     if row.get('train_ggam') is not None:
@@ -332,6 +431,8 @@ def _epoch_line(label: str, row: Dict[str, Any], epochs: int) -> str:
     parts.append(f'train top-1 {percent(row["train_top1"])}')
     if row.get('test_top1') is not None:
         parts.append(f'test top-1 {percent(row["test_top1"])} top-5 {percent(row["test_top5"])}')
+    if row.get('skipped_steps'):
+        parts.append(f'{row["skipped_steps"]} updates skipped (non-finite)')
     parts.append(f'{row["images_per_s"]:.0f} img/s, {row["epoch_time_s"]:.1f} s')
     return ' | '.join(parts)
 
