@@ -25,7 +25,8 @@ from .model import GGAMModel
 
 __all__ = [
     'CamMaps', 'cam_grid_size', 'cam_maps', 'feature_grid', 'grad_cam_map', 'load_cam_model', 'load_image', 'main',
-    'normalize_maps', 'overlay_heatmap', 'plot_cam_grid', 'register_cli', 'render_cam_grid', 'run_cam',
+    'normalize_maps', 'overlay_heatmap', 'plot_cam_grid', 'plot_confusion', 'register_cli', 'render_cam_grid',
+    'run_cam',
 ]
 
 Box = Tuple[float, float, float, float]
@@ -444,6 +445,46 @@ def render_cam_grid(
 
 # --- command line ------------------------------------------------------------------------------------------------
 _SYNTHETIC = re.compile(r'^synthetic:(train|val|test):([0-9,\-]+)$')
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Union[str, Path],
+                   dpi: int = 100) -> Path:
+    """Draw a confusion matrix (rows: true class, columns: predicted) as a PNG, each row as fractions of its images.
+
+    Readable up to a few hundred classes: the figure grows with the classes (0.06 inch each, at least 6 inches),
+    every class is labelled up to 60 classes, else every n-th, and counts are printed in the cells up to 20.
+    """
+    from matplotlib.figure import Figure
+
+    m = np.asarray(confusion, dtype=np.float64)
+    k = m.shape[0]
+    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+    side = max(6.0, 0.06 * k + 2.5)
+    fig = Figure(figsize=(side + 1.0, side), dpi=dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(rows, cmap='viridis', vmin=0.0, vmax=1.0, interpolation='nearest')
+    step = 1 if k <= 60 else int(np.ceil(k / 60))
+    ticks = list(range(0, k, step))
+    font = 8 if k <= 30 else 5
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([_wrap(str(class_names[i]), 24) for i in ticks], rotation=90, fontsize=font)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([str(class_names[i]) for i in ticks], fontsize=font)
+    ax.set_xlabel('predicted class')
+    ax.set_ylabel('true class')
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha='center', va='center', fontsize=7,
+                            color='black' if rows[i, j] > 0.5 else 'white')
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
+    acc = np.trace(m) / max(m.sum(), 1)
+    ax.set_title(f'confusion matrix: {k} classes, top-1 {100 * acc:.2f}%')
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
 
 
 def load_cam_model(spec: str, pretrained: bool = True, device: Union[str, torch.device] = 'cpu') -> GGAMModel:

@@ -17,7 +17,7 @@ from .checkpoint import CheckpointWriteError
 from .compare import train_compare
 from .config import AMP_DTYPES, CAM_CLASSES, MIXUP_MODES, PRESETS, SCHEDULES, TrainConfig
 from .evaluate import evaluate
-from .loop import TrainingDiverged
+from .loop import TTA_MODES, TrainingDiverged
 from .run_dir import read_run_config
 from .runner import train
 from .seeds import train_compare_seeds
@@ -68,7 +68,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help='with --compare-plain (implied): train both models once per seed into OUT/seed<S>/ and print '
                         'each pair, mean ± std and the paired difference with the seeds where GGAM wins')
     g = p.add_argument_group('data')
-    g.add_argument('--dataset', help=h('dataset', 'synthetic, cub, aircraft, cars, flowers, pets, folder or hfds/NAME'))
+    g.add_argument('--dataset', help=h('dataset', 'synthetic, synthetic_pretrain, cub, nabirds, dogs, inat, aircraft, '
+                                                  'cars, flowers, pets, folder or hfds/NAME'))
     g.add_argument('--data-root', help='dataset folder (not needed for synthetic)')
     g.add_argument('--train-split', help=h('train_split', 'split to train on'))
     g.add_argument('--eval-split', help=h('eval_split', 'split to evaluate on'))
@@ -296,17 +297,27 @@ def _skipped_note(result: Dict[str, Any]) -> str:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    report = args.report
+    if report is None:
+        run = Path(args.checkpoint).parent if Path(args.checkpoint).is_file() else Path(args.checkpoint)
+        split = args.split or read_run_config(run)['ggam_layers']['train_config'].get('eval_split', 'test')
+        report = str(run / 'eval' / f'{split}-{args.tta}')
     res = evaluate(args.checkpoint, split=args.split, data_root=args.data_root, batch_size=args.batch_size,
-                   device=args.device, workers=args.workers, progress=args.progress)
+                   device=args.device, workers=args.workers, progress=args.progress, tta=args.tta,
+                   report_dir=report or None)
     if int(os.environ.get('RANK', '0')) == 0:
-        line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images]: top-1 {percent(res["top1"])}, '
-                f'top-5 {percent(res["top5"])}, loss {res["loss"]:.4f}')
+        tta = {'none': 'no TTA', 'flip': 'TTA: flip', 'flip-crops': 'TTA: flip + 4 crops'}[res['tta']]
+        line = (f'{args.checkpoint} [{res["split"]}, {res["count"]} images, {tta}]: top-1 {percent(res["top1"])}, '
+                f'top-5 {percent(res["top5"])}, mean per-class {percent(res["mean_per_class_top1"])}, '
+                f'loss {res["loss"]:.4f}')
         if res.get('skipped_images'):
             line += f' ({res["skipped_images"]} unreadable images skipped)'
         if res['recorded_top1'] is not None:
             same = 'the same' if res['matches_recorded'] else 'DIFFERENT'
             line += f' ({same} as recorded at the end of training: {percent(res["recorded_top1"])})'
         print(line, flush=True)
+        if res['report_files']:
+            print(f'report: {", ".join(res["report_files"])}', flush=True)
         if args.json:
             atomic_write_json(args.json, res)
     return 0
@@ -340,6 +351,12 @@ def register_cli(subparsers: Any) -> List[argparse.ArgumentParser]:
     e.add_argument('--batch-size', type=int, default=None, help="batch size per process (default: the run's)")
     e.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     e.add_argument('--workers', type=int, default=None, help="DataLoader workers (default: the run's)")
+    e.add_argument('--tta', choices=TTA_MODES, default='none',
+                   help='test-time augmentation: the softmax averaged over a horizontal flip (flip), or over the flip '
+                        'and four corner crops of 87.5%% (flip-crops); the line printed says which was used')
+    e.add_argument('--report', default=None, metavar='DIR',
+                   help='folder for per_class.csv, confusion.csv and confusion.png (default: RUN/eval/SPLIT-TTA; '
+                        "'' for none)")
     e.add_argument('--json', default=None, metavar='FILE', help='also write the result to FILE')
     e.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bar')
     e.set_defaults(func=_run_eval)

@@ -15,6 +15,7 @@ from .build import _create_dataset, _num_classes, _prepare_generated, _scan_data
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .loop import amp_dtype_for, evaluate_model
+from .report import write_report
 from .run_dir import RESULTS_NAME, read_run_config
 
 __all__ = ['evaluate']
@@ -45,6 +46,8 @@ def evaluate(
         workers: Optional[int] = None,
         progress: bool = True,
         eval_dataset: Any = None,
+        tta: str = 'none',
+        report_dir: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate a run directory's model with the preprocessing it was trained with.
 
@@ -57,10 +60,14 @@ def evaluate(
         workers: DataLoader workers (default: the run's).
         progress: Show a progress bar.
         eval_dataset: Use this dataset instead of building it from the run's config.
+        tta: Test-time augmentation: 'none', 'flip' (the softmax averaged over the image and its horizontal flip) or
+            'flip-crops' (and over four corner crops of 87.5%, each flipped too: 10 views).
+        report_dir: Also write `per_class.csv`, `confusion.csv` and `confusion.png` (the viz extra) there.
 
     Returns:
-        {'top1', 'top5', 'loss', 'count', 'split', 'recorded_top1' (the run's final test top-1 when `split` is its
-        eval split), 'matches_recorded'}.
+        {'top1', 'top5', 'loss', 'count', 'tta', 'mean_per_class_top1', 'per_class_top1', 'per_class_count',
+        'confusion', 'class_names', 'split', 'recorded_top1' (the run's final test top-1 when `split` is its eval
+        split and no TTA is used), 'matches_recorded', 'report_files'}.
     """
     out = Path(checkpoint)
     if out.is_file():
@@ -100,15 +107,19 @@ def evaluate(
         loader = _eval_loader(eval_dataset, transform, cfg, dist_info, dist_info.device.type == 'cuda')
         amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, dist_info.device)
         res = evaluate_model(model, loader, dist_info.device, amp_dtype, cfg.channels_last, dist_info,
-                             progress and dist_info.is_main, desc=f'eval {split}')
+                             progress and dist_info.is_main, desc=f'eval {split}', tta=tta)
+        is_main = dist_info.is_main
     finally:
         cleanup_distributed(dist_info)
+    res['class_names'] = config.get('label_names')
+    res['report_files'] = [str(p) for p in write_report(res, Path(report_dir), res['class_names'])] if (
+        report_dir is not None and is_main) else []
     res['split'] = split
     res['skipped_images'] = skipped['eval']
     res['skipped_files'] = skipped['files']
     recorded = None
     results_file = out / RESULTS_NAME
-    if split == cfg.eval_split and results_file.is_file():
+    if split == cfg.eval_split and tta == 'none' and results_file.is_file():
         recorded = json.loads(results_file.read_text(encoding='utf-8')).get('test_top1')
     res['recorded_top1'] = recorded
     res['matches_recorded'] = None if recorded is None else recorded == res['top1']

@@ -22,7 +22,8 @@ from .distributed import DistInfo, all_reduce_sum
 from .progress import progress as progress_bar
 
 __all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'StepState', 'TrainForward', 'TrainingDiverged', 'amp_dtype_for',
-           'autocast', 'evaluate_model', 'lr_factor', 'normalize_amp_dtype', 'train_one_epoch', 'updates_per_epoch']
+           'autocast', 'evaluate_model', 'lr_factor', 'normalize_amp_dtype', 'train_one_epoch', 'updates_per_epoch',
+           'tta_views', 'TTA_MODES']
 
 # every spelling of the autocast dtype that timm and PyTorch users type, to its canonical name
 AMP_DTYPE_ALIASES = {
@@ -315,6 +316,31 @@ def _finish_update(model: nn.Module, params: list, optimizer: torch.optim.Optimi
     state.updates += 1
 
 
+TTA_MODES = ('none', 'flip', 'flip-crops')
+# the confusion matrix is kept up to this many classes (K x K counts); above, per-class accuracy only
+MAX_CONFUSION_CLASSES = 2048
+
+
+def tta_views(x: torch.Tensor, tta: str = 'none', crop: float = 0.875) -> list:
+    """The views of an evaluation batch that test-time augmentation averages over.
+
+    'none': the batch. 'flip': it and its horizontal flip. 'flip-crops': those two, and the four corner crops of
+    `crop` times its side, resized back to its size (bilinear), with their flips: 10 views.
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f'tta must be one of {TTA_MODES}, got {tta!r}')
+    views = [x]
+    if tta == 'flip-crops':
+        h, w = x.shape[-2:]
+        ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+        for top, left in ((0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)):
+            part = x[..., top:top + ch, left:left + cw]
+            views.append(F.interpolate(part.float(), size=(h, w), mode='bilinear', align_corners=False).to(x.dtype))
+    if tta != 'none':
+        views += [v.flip(-1) for v in views]
+    return views
+
+
 @torch.no_grad()
 def evaluate_model(
         model: nn.Module,
@@ -325,32 +351,77 @@ def evaluate_model(
         info: Optional[DistInfo] = None,
         progress: bool = False,
         desc: str = 'eval',
-) -> Dict[str, float]:
-    """Top-1, top-5 and mean cross-entropy of `model` over `loader`, summed over DDP ranks.
+        tta: str = 'none',
+) -> Dict[str, Any]:
+    """Top-1, top-5, mean cross-entropy, per-class accuracy and the confusion matrix of `model` over `loader`, summed
+    over DDP ranks.
+
+    Args:
+        tta: Test-time augmentation: 'none', 'flip' or 'flip-crops' (`tta_views`); the softmax is averaged over the
+            views and the loss is the cross-entropy of that average.
 
     Returns:
-        {'top1', 'top5', 'loss', 'count'}; top-5 is top-k with k = min(5, classes).
+        {'top1', 'top5', 'loss', 'count', 'tta', 'mean_per_class_top1' (the mean over the classes present),
+        'per_class_top1' (None for a class without images), 'per_class_count', 'confusion' (rows: true class,
+        columns: predicted; None above `MAX_CONFUSION_CLASSES` classes)}; top-5 is top-k with k = min(5, classes).
     """
+    if tta not in TTA_MODES:
+        raise ValueError(f'tta must be one of {TTA_MODES}, got {tta!r}')
     info = info or DistInfo(device=device)
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
+    confusion = per_class = None
     try:
         for x, y in progress_bar(loader, desc=desc, disable=not progress):
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                logits = model(x)
-            logits = logits.float()
-            k = min(5, logits.shape[1])
-            hit = logits.topk(k, dim=1).indices == y[:, None]
+            if tta == 'none':
+                with autocast(device, amp_dtype):
+                    logits = model(x)
+                scores = logits.float()
+                loss = F.cross_entropy(scores, y, reduction='sum')
+            else:
+                probs = None
+                for view in tta_views(x, tta):
+                    with autocast(device, amp_dtype):
+                        p = model(view).float().softmax(1)
+                    probs = p if probs is None else probs + p
+                scores = probs / len(tta_views(x[:1], tta))
+                loss = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction='sum')
+            k = min(5, scores.shape[1])
+            top = scores.topk(k, dim=1).indices
+            hit = top == y[:, None]
             sums += torch.stack([
-                F.cross_entropy(logits, y, reduction='sum').double(), hit[:, 0].sum().double(),
+                loss.double(), hit[:, 0].sum().double(),
                 hit.any(1).sum().double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
+            n_cls = scores.shape[1]
+            if n_cls <= MAX_CONFUSION_CLASSES:
+                counts = torch.bincount(y * n_cls + top[:, 0], minlength=n_cls * n_cls).view(n_cls, n_cls)
+                confusion = counts if confusion is None else confusion + counts
+            else:
+                counts = torch.stack([torch.bincount(y, minlength=n_cls),
+                                      torch.bincount(y[hit[:, 0]], minlength=n_cls)])
+                per_class = counts if per_class is None else per_class + counts
     finally:
         model.train(was_training)
     sums = all_reduce_sum(sums, info).tolist()
     n = max(sums[3], 1.0)
-    return {'top1': sums[1] / n, 'top5': sums[2] / n, 'loss': sums[0] / n, 'count': int(sums[3])}
+    res: Dict[str, Any] = {'top1': sums[1] / n, 'top5': sums[2] / n, 'loss': sums[0] / n, 'count': int(sums[3]),
+                           'tta': tta}
+    if confusion is not None:
+        confusion = all_reduce_sum(confusion, info).cpu()
+        count, correct = confusion.sum(1), confusion.diagonal()
+        res['confusion'] = confusion.tolist()
+    elif per_class is not None:
+        count, correct = all_reduce_sum(per_class, info).cpu()
+        res['confusion'] = None
+    else:  # an empty loader
+        return {**res, 'mean_per_class_top1': None, 'per_class_top1': [], 'per_class_count': [], 'confusion': None}
+    acc = [c / t if t else None for c, t in zip(correct.tolist(), count.tolist())]
+    present = [a for a in acc if a is not None]
+    res.update(mean_per_class_top1=sum(present) / len(present) if present else None, per_class_top1=acc,
+               per_class_count=count.tolist())
+    return res

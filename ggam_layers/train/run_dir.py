@@ -14,7 +14,8 @@ __all__ = ['RESULTS_NAME', 'RUN_ARTEFACTS', 'default_output', 'is_nonempty_dir',
            'config_differences', 'read_run_config']
 
 RESULTS_NAME = 'results.json'
-RUN_ARTEFACTS = (CONFIG_NAME, WEIGHTS_NAME, CHECKPOINT_DIR, 'metrics.csv', 'metrics.jsonl', RESULTS_NAME, 'tensorboard')
+RUN_ARTEFACTS = (CONFIG_NAME, WEIGHTS_NAME, CHECKPOINT_DIR, 'metrics.csv', 'metrics.jsonl', RESULTS_NAME, 'tensorboard',
+                 'per_class.csv', 'confusion.csv', 'confusion.png', 'eval')
 
 
 def default_output(cfg: TrainConfig, suffix: str = '') -> str:

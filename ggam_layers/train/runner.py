@@ -70,6 +70,7 @@ from .loop import (
     updates_per_epoch,
 )
 from .metrics import METRIC_COLUMNS, MetricsWriter
+from .report import write_report
 from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
 from .signals import InterruptGuard, TrainingInterrupted
 from .stats import percent
@@ -309,6 +310,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     if cfg.compile:
         fwd = torch.compile(fwd)
     eval_model = ema.module if ema is not None else model  # what is evaluated and saved as model.safetensors
+    last_eval: Dict[str, Any] = {}
     metrics_writer = MetricsWriter(str(out), cfg.tensorboard) if main else None
     if metrics_writer is not None and history:
         metrics_writer.write(history)  # drop rows of epochs after the checkpoint a killed run had logged
@@ -333,6 +335,8 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
             else:
                 row.update(test_loss=None, test_top1=None, test_top5=None, eval_time_s=None)
             history.append({**{k: row.get(k) for k in METRIC_COLUMNS}, 'lr_groups': row['lr_groups']})
+            if row.get('test_top1') is not None:
+                last_eval = res
             if main:
                 state = {
                     'format_version': _STATE_VERSION, 'epoch': epoch + 1, 'global_step': (epoch + 1) * steps_per_epoch,
@@ -368,11 +372,16 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                   skipped_files=skipped['files'], skipped_steps=step_state.skipped,
                   weights='ema' if ema is not None else 'model',
                   model_ema_decay=cfg.model_ema_decay if ema is not None else None)
+    if last_eval:  # what fine-grained papers report beside top-1 (the CSV files: report.py)
+        result.update(test_mean_per_class_top1=last_eval['mean_per_class_top1'],
+                      test_per_class_top1=last_eval['per_class_top1'])
     if ema is not None and history:  # the raw weights beside the EMA that model.safetensors holds
         raw = evaluate_model(model, eval_loader, device, amp_dtype, cfg.channels_last, info, False)
         result.update(test_top1_raw=raw['top1'], test_top5_raw=raw['top5'])
     if main and history:
         atomic_write_json(out / RESULTS_NAME, {k: v for k, v in result.items() if k != 'history'})
+        if last_eval:
+            write_report(last_eval, out, _class_names(train_ds), png=False)
         config = json.loads((out / CONFIG_NAME).read_text(encoding='utf-8'))
         config['ggam_layers']['metrics'] = {k: result[k] for k in ('test_top1', 'test_top5', 'epochs_done')
                                             if result.get(k) is not None}
