@@ -24,6 +24,8 @@ paired difference against a reference trained with the same seeds (same initiali
 augmentation).
 
 Writes `<name>.json` (every run and every table), `<name>.md` and `<name>_lambda.png` (Fig. 4) to `--out-dir`.
+With `--jobs N` the runs go side by side in a spawned process pool whose workers are reused (each keeps the generated
+data between its runs); why that is not shared with the other scripts' process isolation: `benchmarks/common.py`.
 
 Example::
 

@@ -176,6 +176,7 @@ def write_results(
         notes: Optional[Sequence[str]] = None,
         title: Optional[str] = None,
         table_rows: Optional[Sequence[Mapping[str, Any]]] = None,
+        settings: Optional[Sequence[str]] = None,
 ) -> List[Path]:
     """Write `<name>.json` (meta and rows) and `<name>.md` (a table of the rows, then the meta) to `out_dir`.
 
@@ -189,6 +190,7 @@ def write_results(
         notes: Markdown paragraphs printed under the table.
         title: Markdown heading (default `name`).
         table_rows: The rows of the Markdown table, when they are not `rows` (e.g. cells formatted from them).
+        settings: The meta keys listed under 'Settings' in the Markdown (default all but machine and command).
 
     Returns:
         The two paths written.
@@ -213,7 +215,8 @@ def write_results(
     lines.append('')
     for note in notes or ():
         lines += [note, '']
-    rest = {k: v for k, v in meta.items() if k not in ('machine', 'command') and v not in (None, [], {})}
+    shown = [k for k in meta if k not in ('machine', 'command')] if settings is None else settings
+    rest = {k: meta[k] for k in shown if meta.get(k) not in (None, [], {})}
     if rest:
         lines += ['Settings:', '']
         for k, v in rest.items():

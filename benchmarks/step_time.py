@@ -21,8 +21,9 @@ rounds (one step of every configuration per round, so a load change on a shared 
 min, max and IQR are kept, and on the CPU the process CPU time too. Peak memory: on CUDA,
 `torch.cuda.max_memory_allocated` during the measured steps minus what was allocated before building the model; on
 the CPU, peak resident set size (VmHWM, reset through /proc/self/clear_refs after warm-up) during the measured steps
-minus the RSS before building the model, each configuration in a fresh subprocess where glibc serves every allocation
-of 64 KiB or more by mmap (so a freed tensor leaves the resident set at once and the peak is that of live memory, not
+minus the RSS before building the model, each configuration in a fresh interpreter (`--memory-probe`, the process
+isolation of this script alone: see `benchmarks/common.py`) where glibc serves every allocation of 64 KiB or more by
+mmap (so a freed tensor leaves the resident set at once and the peak is that of live memory, not
 of heap fragmentation). Also measured: inference (`model(x)`, eval, no_grad) of GGAM against the plain backbone, the
 GGAM head + loss alone (fused and unfused, eager against torch.compile; with the fused kernels also each kernel
 alone, with the bytes of A it must move and the bandwidth that achieves), the gradient each method leaves in `.grad`
@@ -38,7 +39,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -391,7 +391,7 @@ def measure_memory(
 
 def _memory_subprocess(cfg: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     """`measure_memory` in a fresh interpreter (`python -m benchmarks.step_time --memory-probe`, from the repository
-    root): nothing of this process's heap is inherited, and its allocator setting applies from the first byte."""
+    root), so that nothing of this process's heap or allocator state is inherited."""
     cmd = [sys.executable, '-m', 'benchmarks.step_time', '--memory-probe', json.dumps(cfg)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)

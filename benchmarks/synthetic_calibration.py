@@ -151,7 +151,7 @@ def _cells(r: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _notes(rows: List[Dict[str, Any]], commands: Sequence[str]) -> List[str]:
+def _notes(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> List[str]:
     r0 = rows[0]
     notes = [
         f'Chance is {fmt_pct(r0["chance"])}%. Trainer `{ENGINE}`: `TrainConfig.from_preset("synthetic", plain=True, '
@@ -173,7 +173,13 @@ def _notes(rows: List[Dict[str, Any]], commands: Sequence[str]) -> List[str]:
             f'{fmt_pct(e["test_top1"])}% ({100 * (e["test_top1"] - o["test_top1"]):+.1f} points)'
             for o, e in both) + '. One seed each.')
     notes.append('Commands, in the order they ran (each row comes from the last one that measured it):\n\n'
-                 + '\n'.join(f'    {c}' for c in commands))
+                 + '\n'.join(f'    {c}' for c in meta['commands']))
+    git = meta.get('provenance') or {}
+    if git.get('commit'):
+        dirty = git.get('uncommitted')
+        notes.append(f'Code of the last command: commit {git["commit"][:10]}'
+                     + (f', uncommitted changes in {len(dirty)} files under ggam_layers/ (listed in the JSON)'
+                        if dirty else '') + f'; md5 of the synthetic generator {meta["synthetic_py_md5"]}.')
     return notes
 
 
@@ -199,25 +205,35 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         '--append', action='store_true', help='merge into existing results (the same measurement is replaced)')
     parser.add_argument('--output', default='benchmarks/results/synthetic_calibration',
                         help='result path without suffix (.json and .md are written)')
+    parser.add_argument('--note', action='append', default=[],
+                        help='a paragraph for the Markdown notes (repeatable; kept by later --append runs)')
+    parser.add_argument('--report-only', action='store_true',
+                        help='train nothing: rewrite the report of the existing results (e.g. with a --note)')
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print_training_log()
-
-    command = command_line('synthetic_calibration', argv)
-    results = [train_eval(args, d, command) for d in args.difficulty]
     out = Path(args.output)
-    rows, commands = results, [command]
-    if args.append and out.with_suffix('.json').exists():
-        old = json.loads(out.with_suffix('.json').read_text())
-        new_keys = {_key(r) for r in results}
-        rows = [r for r in old['rows'] if _key(r) not in new_keys] + results
-        rows.sort(key=lambda r: (r['model'], r['img_size'], r['difficulty'], r.get('trainer', OWN_LOOP) == ENGINE))
-        commands = old['meta'].get('commands', []) + commands
-    meta = {'machine': machine_info(), 'command': command, 'commands': commands,
-            'provenance': git_provenance(), 'synthetic_py_md5': source_md5(SyntheticFineGrained)}
-    paths = write_results(out.name, rows, meta, out_dir=str(out.parent), columns=COLUMNS, notes=_notes(rows, commands),
+    old = json.loads(out.with_suffix('.json').read_text()) if out.with_suffix('.json').exists() else None
+    if args.report_only and old is None:
+        parser.error(f'--report-only needs existing results in {out.with_suffix(".json")}')
+    if args.report_only:  # the measurements and the machine and command that made them stay as they are
+        results, rows, meta = [], old['rows'], dict(old['meta'], notes=old['meta'].get('notes', []) + args.note)
+    else:
+        torch.set_num_threads(args.threads)
+        print_training_log()
+        command = command_line('synthetic_calibration', argv)
+        results = [train_eval(args, d, command) for d in args.difficulty]
+        rows, commands, notes = results, [command], args.note
+        if args.append and old is not None:
+            new_keys = {_key(r) for r in results}
+            rows = [r for r in old['rows'] if _key(r) not in new_keys] + results
+            rows.sort(key=lambda r: (r['model'], r['img_size'], r['difficulty'], r.get('trainer', OWN_LOOP) == ENGINE))
+            commands = old['meta'].get('commands', []) + commands
+            notes = old['meta'].get('notes', []) + notes
+        meta = {'machine': machine_info(), 'command': command, 'commands': commands, 'notes': notes,
+                'provenance': git_provenance(), 'synthetic_py_md5': source_md5(SyntheticFineGrained)}
+    notes = _notes(rows, meta) + meta['notes']
+    paths = write_results(out.name, rows, meta, out_dir=str(out.parent), columns=COLUMNS, notes=notes,
                           title='Synthetic fine-grained calibration (plain backbone, from scratch)',
-                          table_rows=[_cells(r) for r in rows])
+                          table_rows=[_cells(r) for r in rows], settings=[])
     print('wrote', ' and '.join(map(str, paths)))
     return results
 

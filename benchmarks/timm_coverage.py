@@ -13,7 +13,9 @@ gradients on `head.attn.fc1` / `fc2` and `head.fc`), then in eval mode the close
 the autograd beta of the same model with `head.closed_form = False` (relative error at most ``--beta-rtol``).
 
 Models run in forked worker processes (one torch thread each), one model per task, with a time limit per model; a worker
-that hangs or dies is replaced and the model is recorded as failed. Results: JSON and a Markdown table.
+that hangs or dies is replaced and the model is recorded as failed (`run_tasks`: persistent workers with per-task CPU
+and wall-clock limits, which the other scripts' process isolation does not need; see `benchmarks/common.py`).
+Results: JSON and a Markdown report.
 
 Example::
 
@@ -31,8 +33,6 @@ import math
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import subprocess
-import sys
 import time
 import traceback
 import warnings
@@ -43,11 +43,10 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg, model_entrypoint
 
-# the checkout, after site-packages: an installed ggam_layers (CI tests the wheel) wins over the checkout's
-import ggam_layers  # noqa: E402
-from benchmarks.common import machine_info, machine_line  # noqa: E402
-from ggam_layers.loss import GGAMLoss  # noqa: E402
-from ggam_layers.model import UnsupportedBackboneError, wrap_timm_model  # noqa: E402
+import ggam_layers
+from benchmarks.common import command_line, git_provenance, machine_info, machine_line, markdown_table
+from ggam_layers.loss import GGAMLoss
+from ggam_layers.model import UnsupportedBackboneError, wrap_timm_model
 
 __all__ = ['list_architectures', 'model_module', 'wrap_check', 'sample_check', 'select_sample', 'run_tasks', 'main']
 
@@ -280,15 +279,21 @@ def sample_check(name: str, img_size: Sequence[int], beta_rtol: float = 1e-4, se
     return row
 
 
+def _by_module(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """The rows of each timm module."""
+    out: Dict[str, List[Dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        out[r['module']].append(r)
+    return out
+
+
 def select_sample(wrap_rows: Sequence[Dict[str, Any]], max_params: float) -> List[Dict[str, Any]]:
     """One entry per timm module: its smallest wrapped model with at most `max_params` parameters.
 
     Modules without such a model get a 'refused' (no wrappable model), 'failed' (only failures) or 'skipped'
     (all wrapped models too large) entry that is not run.
     """
-    by_module: Dict[str, List[Dict[str, Any]]] = collections.defaultdict(list)
-    for r in wrap_rows:
-        by_module[r['module']].append(r)
+    by_module = _by_module(wrap_rows)
     entries = []
     for module in sorted(by_module):
         rows = by_module[module]
@@ -579,16 +584,8 @@ def markdown(data: Dict[str, Any]) -> str:
     if wrap:
         rows = wrap['models']
         samples = {e['module']: e for e in sample['modules']} if sample else {}
-        by_module: Dict[str, List[Dict[str, Any]]] = collections.defaultdict(list)
-        for r in rows:
-            by_module[r['module']].append(r)
-        lines += [
-            '## Per timm module',
-            '',
-            '| module | archs | wrapped | refused | failed | layouts (NLC: prefix tokens) | sample model | params '
-            '| input | sample |',
-            '|---|---|---|---|---|---|---|---|---|---|',
-        ]
+        by_module = _by_module(rows)
+        table = []
         for module in sorted(by_module):
             mrows = by_module[module]
             c = _counts(mrows, ('wrapped', 'refused', 'failed'))
@@ -597,21 +594,21 @@ def markdown(data: Dict[str, Any]) -> str:
                 for r in mrows if r['status'] == 'wrapped')
             e = samples.get(module, {})
             size = 'x'.join(str(v) for v in e.get('img_size', [])) if e else ''
-            lines.append(
-                f"| {module} | {len(mrows)} | {c['wrapped']} | {c['refused']} | {c['failed']} | "
-                + ', '.join(f'{k} {v}' for k, v in sorted(lay.items()))
-                + f" | {e.get('model', '')} | {_fmt_params(e.get('params'))} | {size} | {e.get('status', '')} |")
-        lines.append('')
+            table.append([module, len(mrows), c['wrapped'], c['refused'], c['failed'],
+                          ', '.join(f'{k} {v}' for k, v in sorted(lay.items())), e.get('model', ''),
+                          _fmt_params(e.get('params')), size, e.get('status', '')])
+        lines += ['## Per timm module', '', *markdown_table(
+            ['module', 'archs', 'wrapped', 'refused', 'failed', 'layouts (NLC: prefix tokens)', 'sample model',
+             'params', 'input', 'sample'], table), '']
 
         refused = [r for r in rows if r['status'] == 'refused']
         lines += ['## Refused architectures', '']
         if refused:
-            lines += ['| module | models | reason |', '|---|---|---|']
             groups: Dict[Tuple[str, str], List[str]] = collections.defaultdict(list)
             for r in refused:
                 groups[(r['module'], r['reason'])].append(r['model'])
-            for (module, reason), models in sorted(groups.items()):
-                lines.append(f"| {module} | {', '.join(models)} | {_md_escape(reason)} |")
+            lines += markdown_table(['module', 'models', 'reason'], [
+                [module, ', '.join(models), _md_escape(reason)] for (module, reason), models in sorted(groups.items())])
         else:
             lines.append('None.')
         lines.append('')
@@ -619,9 +616,8 @@ def markdown(data: Dict[str, Any]) -> str:
         failed = [r for r in rows if r['status'] == 'failed']
         lines += ['## Failed architectures (bugs in the wrapper)', '']
         if failed:
-            lines += ['| module | model | last line of the traceback |', '|---|---|---|']
-            for r in failed:
-                lines.append(f"| {r['module']} | {r['model']} | {_md_escape(r.get('error_last_line', ''))} |")
+            lines += markdown_table(['module', 'model', 'last line of the traceback'], [
+                [r['module'], r['model'], _md_escape(r.get('error_last_line', ''))] for r in failed])
         else:
             lines.append('None.')
         lines.append('')
@@ -646,10 +642,8 @@ def markdown(data: Dict[str, Any]) -> str:
             'finite gradients on `head.attn.fc1/fc2` and `head.fc`), then eval-mode closed-form beta vs autograd beta '
             f"(relative error at most {data['settings']['beta_rtol']:g}).",
             '',
-            '| module | model | params | input | layout | status | stage | loss | beta rel. err | backbone params '
-            'w/o grad | wall s | CPU s | error / reason |',
-            '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
         ]
+        table = []
         for e in sample['modules']:
             ch = e.get('checks', {})
             fmt = e.get('fmt', '')
@@ -657,28 +651,24 @@ def markdown(data: Dict[str, Any]) -> str:
                 fmt += f"({e.get('num_prefix_tokens')})"
             size = 'x'.join(str(v) for v in e.get('img_size', []))
             rel = ch.get('beta_rel_err')
-            lines.append(
-                f"| {e['module']} | {e.get('model', '')} | {_fmt_params(e.get('params'))} | {size} | {fmt} | "
-                f"{e.get('status', '')} | {e.get('stage', '')} | "
-                f"{'' if 'loss' not in ch else format(ch['loss'], '.4g')} | "
-                f"{'' if rel is None else format(rel, '.2g')} | "
-                f"{ch.get('backbone_params_without_grad', '')} | {e.get('seconds', '')} | {e.get('cpu_seconds', '')} | "
-                f"{_md_escape(e.get('error_last_line') or e.get('reason') or '')} |")
+            table.append([
+                e['module'], e.get('model', ''), _fmt_params(e.get('params')), size, fmt, e.get('status', ''),
+                e.get('stage', ''), '' if 'loss' not in ch else format(ch['loss'], '.4g'),
+                '' if rel is None else format(rel, '.2g'), ch.get('backbone_params_without_grad', ''),
+                e.get('seconds', ''), e.get('cpu_seconds', ''),
+                _md_escape(e.get('error_last_line') or e.get('reason') or '')])
+        lines += markdown_table(
+            ['module', 'model', 'params', 'input', 'layout', 'status', 'stage', 'loss', 'beta rel. err',
+             'backbone params w/o grad', 'wall s', 'CPU s', 'error / reason'], table)
         lines.append('')
     return '\n'.join(lines)
 
 
 # --- main -------------------------------------------------------------------------------------------------------------
 def _git_state() -> Dict[str, Any]:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
-                                timeout=30).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'ggam_layers'], cwd=root, capture_output=True,
-                               text=True, timeout=30).stdout.split('\n')
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {'commit': commit, 'ggam_layers_uncommitted': [ln[3:] for ln in dirty if ln.strip()]}
+    """The commit and the uncommitted files under ggam_layers/ (the keys of the stored results)."""
+    git = git_provenance(['ggam_layers'])
+    return {'commit': git['commit'], 'ggam_layers_uncommitted': git['uncommitted']} if 'commit' in git else {}
 
 
 def _match(names: List[str], patterns: Optional[List[str]]) -> List[str]:
@@ -715,7 +705,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     stem = args.name or ('timm_coverage_quick' if args.quick else 'timm_coverage')
     json_path, md_path = out_dir / f'{stem}.json', out_dir / f'{stem}.md'
     (out_dir / f'{stem}.partial.jsonl').unlink(missing_ok=True)
-    command = 'python -m benchmarks.timm_coverage ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    command = command_line('timm_coverage', argv)
     data: Dict[str, Any] = {}
     if (args.part == 'sample' or args.update) and json_path.exists():
         data = json.loads(json_path.read_text())

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from benchmarks.common import machine_info, write_results
+from benchmarks.common import command_line, machine_info, write_results
 
 __all__ = ['KERNELS', 'DTYPES', 'SHAPES', 'LAYOUTS', 'Spec', 'parse_arch', 'make_target', 'Specialiser',
            'record_launches', 'drive_ops', 'collect_specs', 'compile_spec', 'main']
@@ -380,8 +380,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_write:
         meta = {
             'machine': machine_info(),
-            'command': 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + list(sys.argv[1:] if argv is None
-                                                                                  else argv)),
+            'command': command_line('triton_aot_check', argv),
             'target': f'{target.backend}:{target.arch} (sm_{target.arch}{"a" if args.arch >= 90 else ""} cubin)',
             'triton': triton.__version__, 'ptxas': _tool_version('ptxas'), 'python': platform.python_version(),
             'launches_recorded': launches, 'specialisations': len(rows), 'compiled': len(rows) - failed,
