@@ -273,7 +273,7 @@ def test_cli_presets_and_overrides():
     with pytest.raises(ValueError, match='preset'):
         TrainConfig.from_preset('imagenet')
     with pytest.raises(ValueError, match='opt'):
-        TrainConfig(opt='lamb').validate()
+        TrainConfig(opt='adamx').validate()  # not a timm optimizer ('lamb' is one: --opt takes timm's names)
 
 
 def test_cli_registers_module_subcommands():
