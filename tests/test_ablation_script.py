@@ -164,3 +164,27 @@ def test_wall_time_of_overlapping_invocations_is_their_union():
            {'ended': '2026-01-01 00:01:00', 'wall_s': 5}]
     assert abl._wall_union(inv) == pytest.approx(20.0)  # [0, 15] and [55, 60]; the sum would say 25
     assert abl._wall_union([]) == 0.0
+
+
+@pytest.mark.slow
+def test_finetune_quick_budget_fine_tunes_the_shipped_backbone(tmp_path):
+    """The fine-tuning budget end to end, tiny: every run starts from the pretrained backbone the package ships."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run(
+        benchmark_command('ablation', '--budget', 'finetune_quick', '--parts', 'ablation', 'target', '--seeds', '0',
+                          '--jobs', '1', '--out-dir', str(tmp_path), '--work-dir', str(tmp_path / 'work'),
+                          '--name', 'ft'), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / 'ft.json').read_text())
+    budget = abl.BUDGETS['finetune_quick']
+    assert data['budget']['pretrained'] == budget.pretrained and data['budget']['backbone_lr_scale'] == 0.1
+    assert data['runs'] and all(r['pretrained'] == budget.pretrained for r in data['runs'])
+    assert {r['final_map'] for r in data['runs']} == {'2x2'} and {r['img_size'] for r in data['runs']} == {32}
+    assert 'fine-tuned from test_resnet.synthetic_pretrain.safetensors' in (tmp_path / 'ft.md').read_text()
+    # the budget's backbone is the shipped file, and it loads into the backbone it names
+    import timm
+    from safetensors.torch import load_file
+    sd = load_file(budget.pretrained_path())
+    model = timm.create_model('test_resnet', num_classes=sd['fc.weight'].shape[0], output_stride=16)
+    model.load_state_dict(sd)  # strict: every weight of the plain pretraining run, its classifier included
+    assert sd['fc.weight'].shape[0] != budget.num_classes  # the classifier of the pretraining task, not this one's
