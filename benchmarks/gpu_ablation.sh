@@ -8,12 +8,13 @@
 #   1. Table 3, the C * S rescale of the channel-only head and the target study (with the control without
 #      Grad-CAM), 5 seeds;
 #   2. the lambda sweep, with the time that is left;
-# then a report of whatever finished -> benchmarks/results/ablation_gpu224.{json,md} and ablation_gpu224_lambda.png.
+# then a report of whatever finished -> benchmarks/results/ablation_<budget>.{json,md} and ablation_<budget>_lambda.png.
 #
 # Usage (from anywhere; extra arguments go to ablation.py and win over the defaults):
 #   bash benchmarks/gpu_ablation.sh
 #   DEVICE=cpu bash benchmarks/gpu_ablation.sh --budget quick --data-path device --out-dir /tmp/dryrun  # CPU dry run
-# Environment: PYTHON (default .venv/bin/python if present, else python3), DEVICE (cuda), PARALLEL (8), THREADS (2),
+# Environment: STUDY (finetune), PYTHON (default .venv/bin/python if present, else python3), DEVICE (cuda), PARALLEL (8),
+# THREADS (2),
 # BUDGET_S (470: the whole script), WORK (the runs' folder, default ${TMPDIR:-/tmp}/ggam_gpu_ablation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +29,13 @@ if [[ "$DEVICE" == cuda* ]]; then
     "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA device: DEVICE=cpu for a dry run")'
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 fi
-common=(--budget gpu224 --device "$DEVICE" --parallel "${PARALLEL:-8}" --threads "${THREADS:-2}" --work-dir "$WORK"
-        --name ablation_gpu224)
+case "${STUDY:-finetune}" in
+    finetune) budget=finetune14_gpu ;;
+    scratch) budget=gpu224 ;;
+    *) echo "gpu_ablation: STUDY must be finetune or scratch, got '${STUDY}'" >&2; exit 2 ;;
+esac
+common=(--budget "$budget" --device "$DEVICE" --parallel "${PARALLEL:-8}" --threads "${THREADS:-2}" --work-dir "$WORK"
+        --name "ablation_$budget")
 start=$SECONDS
 left() { echo $((BUDGET_S - 30 - (SECONDS - start))); }
 

@@ -147,12 +147,13 @@ def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_ablation.sh on the CPU with the on-device data path: phases, resume and the final report."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), PYTHON=sys.executable, DEVICE='cpu',
                PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'))
+    # the default study (fine-tuning the shipped backbone at 14x14) with a tiny budget: '--budget' wins
     proc = subprocess.run(
-        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'quick', '--data-path', 'device',
-         '--parts', 'ablation', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
+        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'finetune_quick', '--data-path',
+         'device', '--parts', 'ablation', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads((tmp_path / 'out' / 'ablation_gpu224.json').read_text())
+    data = json.loads((tmp_path / 'out' / 'ablation_finetune14_gpu.json').read_text())
     assert len(data['runs']) == 6 and data['meta']['runs_trained'] == 0  # the report trains nothing
     assert all(r['device'] == 'cpu' for r in data['runs'])
     assert 'runs to train, 6 reused' in proc.stdout  # phase 2 reused what phase 1 trained
