@@ -1,12 +1,16 @@
 """The generic pretraining corpus: disjoint from the fine-grained task, deterministic, cached under complete keys."""
+import hashlib
 import inspect
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms import ToTensor
 
+import ggam_layers
 from ggam_layers.data import create_dataset, list_datasets
 from ggam_layers.data.synthetic import BEAK_SHAPES, PART_COLORS, SyntheticFineGrained
 from ggam_layers.data.synthetic_pretrain import (
@@ -22,6 +26,8 @@ from ggam_layers.data.synthetic_pretrain import (
 from ggam_layers.data.tensor_cache import cache_key, generator_params, synthetic_tensors
 
 FINE_GRAINED_MAX = len(PART_COLORS) ** 2
+BACKBONE = Path(ggam_layers.__file__).parent / 'pretrained' / 'test_resnet.synthetic_pretrain.safetensors'
+RECORD = BACKBONE.with_suffix('.json')
 
 
 def _ds(split: str = 'train', **kw) -> SyntheticPretrain:
@@ -160,3 +166,64 @@ def test_cache_key_follows_the_generator_sources(monkeypatch) -> None:
     before = cache_key(_ds())
     monkeypatch.setattr(sp, '_source_md5', lambda module: '0' * 32)  # an edited source
     assert cache_key(_ds()) != before
+
+
+def _git_blob(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest()
+
+
+def test_shipped_backbone_matches_its_record() -> None:
+    record = json.loads(RECORD.read_text())
+    info = record['ggam_layers']
+    data = BACKBONE.read_bytes()
+    assert len(data) == info['bytes'] <= 10 * 2**20
+    assert hashlib.sha256(data).hexdigest() == info['sha256']
+    assert record['architecture'] == 'test_resnet' and record['model_args']['output_stride'] == 16
+    assert record['label_names'] == SyntheticPretrain(samples_per_class=1).class_names
+    assert info['dataset']['name'] == 'synthetic_pretrain' and 'synthetic_pretrain' in info['recipe']
+    assert '--plain' in info['recipe']
+
+
+@pytest.mark.parametrize('plain', [True, False])
+def test_shipped_backbone_loads_through_pretrained_file(plain: bool) -> None:
+    from safetensors.torch import load_file
+
+    from ggam_layers.train import TrainConfig, build_model
+
+    cfg = TrainConfig.from_preset('synthetic', plain=plain, pretrained_file=str(BACKBONE))
+    model = build_model(cfg, num_classes=20)
+    backbone = model if plain else model.backbone
+    own, stored = backbone.state_dict(), load_file(str(BACKBONE))
+    loaded = [k for k in stored if not k.startswith('fc.')]
+    assert len(loaded) == 90 and all(torch.equal(own[k], stored[k]) for k in loaded)
+    assert model.get_classifier().out_features == 20  # the 96-way fc of the pretraining task is dropped
+    with torch.no_grad():
+        assert backbone.forward_features(torch.zeros(1, 3, 112, 112)).shape[-2:] == (7, 7)
+
+
+@pytest.mark.slow
+def test_shipped_backbone_reproduces_its_pretraining_accuracy() -> None:
+    import timm
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from ggam_layers.data.loader import build_transform
+
+    record = json.loads(RECORD.read_text())
+    info = record['ggam_layers']
+    ds = SyntheticPretrain('test', **info['dataset']['kwargs'])
+    model = timm.create_model(record['architecture'], **record['model_args']).eval()  # 96 classes, output stride 16
+    model.load_state_dict(load_file(str(BACKBONE)))
+    transform = build_transform(record['pretrained_cfg'], False)  # the run's evaluation transform
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(ds), 250):
+            idx = range(start, min(len(ds), start + 250))
+            x = torch.stack([transform(Image.fromarray(ds.generate(i)[0])) for i in idx])
+            correct += int((model(x).argmax(1) == torch.tensor([ds.targets[i] for i in idx])).sum())
+    source = Path(ggam_layers.__file__).parent / 'data' / 'synthetic_pretrain.py'
+    assert abs(correct / len(ds) - info['metrics']['test_top1']) <= 1 / len(ds), (
+        f'the shipped backbone no longer reproduces its pretraining accuracy; the generator is blob '
+        f'{_git_blob(source)}, it was trained on {info["dataset"]["generator_git_blob"]}: retrain and re-export '
+        '(docs/pretraining.md)')
