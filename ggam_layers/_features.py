@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import register_notrace_function
 from torch.func import functional_call
+
+from ._timm_compat import register_notrace_function
 
 __all__ = [
     'FeatureLayout', 'UnsupportedBackboneError', 'DroppedModule', 'check_image_batch', 'drop_unused_modules',

@@ -82,7 +82,8 @@ def closed_form_cam_weights(
     """
     gated = attn.spatial_attn and attn.gate is not None
     with torch.no_grad():
-        dtype = torch.promote_types(features.dtype, torch.float32)
+        # = torch.promote_types(features.dtype, torch.float32), which torch.compile of torch 2.1 cannot trace
+        dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
         a = features.detach().flatten(2).to(dtype)
         n = a.shape[2]
         kappa = 1.0 / n if avg_pool else 1.0

@@ -28,6 +28,7 @@ from ._features import (
     probe_backbone,
     tokens_to_nchw,
 )
+from ._timm_compat import create_model
 from ._trace import is_eager
 from .head import GGAMHead, GGAMOutput
 
@@ -413,8 +414,7 @@ def create_backbone(
             f'unknown timm backbone {name!r}' + (f'; did you mean one of {close}?' if close else '')
             + ' (timm.list_models() lists them all)')
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, device=device,
-                                 **kwargs)
+        return create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, device=device, **kwargs)
     except (OSError, RuntimeError) as e:
         if not pretrained:
             raise

@@ -20,7 +20,6 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Union
 
-import timm
 import torch
 from timm.models import (
     build_model_with_cfg,
@@ -30,6 +29,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
+from ._timm_compat import create_model, safetensors_source
 from .model import GGAMModel
 
 # entrypoints are appended by register_model
@@ -100,6 +100,8 @@ def create_ggam(variant: str, pretrained: bool = False, **kwargs) -> GGAMModel:
         variant, pretrained_cfg=kwargs.pop('pretrained_cfg', None),
         pretrained_cfg_overlay=kwargs.pop('pretrained_cfg_overlay', None))
     _apply_tag_model_args(kwargs, TAG_MODEL_ARGS.get(f'{variant}.{cfg.tag}'))
+    if pretrained:
+        cfg = safetensors_source(cfg)
     has_source = any(getattr(cfg, k, None) for k in ('hf_hub_id', 'url', 'file', 'state_dict'))
     if pretrained and not has_source:
         kwargs['backbone_pretrained'] = True
@@ -145,7 +147,7 @@ def _feature_cfg(kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 def _default_out_indices(backbone: str, backbone_args: Any = None) -> Union[int, tuple]:
     """All levels of the backbone's `feature_info` if it has at most 6, else the last 3 (one level per block)."""
-    probe = timm.create_model(backbone, num_classes=0, device='meta', **dict(backbone_args or {}))
+    probe = create_model(backbone, num_classes=0, device='meta', **dict(backbone_args or {}))
     levels = len(probe.feature_info)
     if not hasattr(probe, 'forward_intermediates'):
         raise NotImplementedError(f'backbone {backbone} has no forward_intermediates, which features_only=True of a '

@@ -13,12 +13,21 @@ import safetensors
 import timm
 import torch.nn as nn
 from huggingface_hub import constants, hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+
+try:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+except ImportError:  # huggingface_hub < 0.24 has them in huggingface_hub.utils only
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 from timm.models import get_pretrained_cfg, is_model, parse_model_name, split_model_name_tag
 
 from .._files import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, check_safetensors, refuse_pickle

@@ -12,9 +12,9 @@ from typing import Any, Dict, Optional, Sequence, Union
 import timm
 import torch.nn as nn
 from timm.layers import get_act_layer
-from timm.models import save_for_hf
 
 from .._files import CONFIG_NAME, DATA_CONFIG_KEYS, README_NAME, TMP_PREFIX, WEIGHTS_NAME, save_weights
+from .._timm_compat import save_for_hf
 from ..model import GGAMModel
 from ._common import _LIBRARY_URL, PAPER_ID, PAPER_NAME, _registry, _version
 from .card import model_card
