@@ -175,15 +175,17 @@ def wants_device_data(data_path: str, device: torch.device, dataset: Any, train_
         train_transform: The run's training transform.
     """
     from .synthetic import SyntheticFineGrained
+    from .synthetic_pretrain import SyntheticPretrain
 
     if data_path not in DATA_PATHS:
         raise ValueError(f'data_path must be one of {DATA_PATHS}, got {data_path!r}')
     if data_path == 'loader':
         return False
-    synthetic = isinstance(dataset, SyntheticFineGrained)
+    synthetic = isinstance(dataset, (SyntheticFineGrained, SyntheticPretrain))
     if data_path == 'device':
         if not synthetic:
-            raise ValueError(f"data_path='device' needs the built-in synthetic dataset, got {type(dataset).__name__}")
+            raise ValueError("data_path='device' needs a built-in synthetic dataset (synthetic, synthetic_pretrain), "
+                             f'got {type(dataset).__name__}')
         split_transform(train_transform)  # raises, naming the transform it cannot reproduce
         return True
     if torch.device(device).type != 'cuda' or not synthetic:

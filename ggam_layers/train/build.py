@@ -38,7 +38,7 @@ def _usable_cores() -> int:
 
 def _create_dataset(cfg: TrainConfig, split: str) -> Any:
     kw = dict(cfg.dataset_kwargs)
-    if cfg.dataset == 'synthetic':
+    if cfg.dataset in ('synthetic', 'synthetic_pretrain'):
         kw.setdefault('image_size', cfg.img_size)  # render at the input size
     return create_dataset(cfg.dataset, root=cfg.data_root, split=split, **kw)
 
