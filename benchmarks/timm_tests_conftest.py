@@ -1,6 +1,6 @@
 """Point timm's tests/test_models.py at the ggam_* entrypoints of ggam-layers (no edit of the test file).
 
-Use it outside this repository (README, *timm compatibility*):
+Use it outside this repository (docs/timm.md, "timm's own model tests"):
 
     G=$(git clone -q https://github.com/huggingface/pytorch-image-models /tmp/pim && echo /tmp/pim)
     mkdir -p /tmp/timm_tests && cp $G/tests/test_models.py /tmp/timm_tests/

@@ -1,6 +1,6 @@
 """Batches from a uint8 image tensor held on the device, augmented there: a training step bound by the GPU, not PIL.
 
-`DeviceLoader` replaces the DataLoader of `engine.data` for an in-memory image tensor (the synthetic set,
+`DeviceLoader` replaces the DataLoader of `data.loader` for an in-memory image tensor (the synthetic set,
 `ggam_layers.data.tensor_cache`). It takes the same sampler and yields the same batches: the run's torchvision
 transform is split (`split_transform`) into its deterministic PIL part (resize, centre crop: applied once, when the
 tensor is made), its random part (random crop, horizontal flip) and `ToTensor` + `Normalize`. The random part's
@@ -28,7 +28,7 @@ def split_transform(transform: Callable) -> Tuple[Optional[Callable], 'DeviceAug
 
     Supported: leading `Resize` / `CenterCrop`, then `RandomCrop` (no padding) and `RandomHorizontalFlip`, then
     `ToTensor` and `Normalize` (the 'flip', 'paper' and 'none' training transforms and every evaluation transform of
-    `engine.data.build_transform`).
+    `data.loader.build_transform`).
 
     Raises:
         ValueError: naming the first transform the device path cannot reproduce (e.g. timm's random resized crop

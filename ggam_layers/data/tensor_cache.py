@@ -4,7 +4,7 @@ A GPU trains on 64 px to 224 px synthetic images far faster than PIL renders and
 workers (about 600 images/s a process), so the fast path renders every image once, applies the deterministic
 leading part of the run's transform (the resize, and the centre crop of evaluation) with PIL exactly as the
 DataLoader path would, and keeps the result as an N x 3 x H x W uint8 tensor. The random part (crop, flip) and the
-normalisation then run on the device (`ggam_layers.engine.device_data`).
+normalisation then run on the device (`ggam_layers.data.device`).
 
 The cache file is keyed by every generator parameter, the md5 of the generator's source and the deterministic
 transform, so changing any of them makes a new file; files are written atomically (a temporary file, then a

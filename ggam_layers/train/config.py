@@ -110,7 +110,7 @@ class TrainConfig:
         workers: DataLoader worker processes (None: 0 for the in-memory synthetic set, else the usable cores divided
             by the processes on this node, at most 8).
         data_path: 'auto' (on CUDA the synthetic set is cached as a uint8 tensor and augmented on the device,
-            `engine.device_data`; everything else takes the DataLoader), 'device' or 'loader' (force either).
+            `data.device`; everything else takes the DataLoader), 'device' or 'loader' (force either).
         threads: CPU threads per process (None: the usable cores divided by the processes on this node).
 
     Output:
