@@ -1,8 +1,8 @@
 """Stanford Dogs reader for the release's native layout (images.tar and lists.tar)."""
 import os
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Tuple
 
-from ._listed import ListedImages
+from ._listed import SplitImages, find_root, read_lines
 
 __all__ = ['DOGS_LAYOUT', 'StanfordDogs']
 
@@ -12,14 +12,6 @@ DOGS_LAYOUT = """Stanford Dogs layout expected under root (images.tar and lists.
                                          (pip install "ggam-layers[datasets]")
 or, instead of a .mat, train_list.txt / test_list.txt: one path relative to Images/ per line (the .mat's file_list).
 Class names are the breed part of the folder names, in folder (wnid) order, the order the .mat labels number."""
-
-
-def _find_root(root: str) -> str:
-    """Accept the folder holding Images/ or one holding StanfordDogs/ or stanford_dogs/ with it."""
-    for candidate in (root, os.path.join(root, 'StanfordDogs'), os.path.join(root, 'stanford_dogs')):
-        if os.path.isdir(os.path.join(candidate, 'Images')):
-            return candidate
-    return root
 
 
 def _mat_text(value: Any) -> str:
@@ -57,12 +49,10 @@ def _read_mat(path: str) -> Tuple[List[str], List[int]]:
 
 
 def _read_txt(path: str) -> List[str]:
-    from .cub import _read_lines
-
-    return [line for _, line in _read_lines(path)]
+    return [line for _, line in read_lines(path)]
 
 
-class StanfordDogs(ListedImages):
+class StanfordDogs(SplitImages):
     """Stanford Dogs: 20,580 images of 120 dog breeds from ImageNet (12,000 train, 8,580 test).
 
     Args:
@@ -82,22 +72,15 @@ class StanfordDogs(ListedImages):
         ImportError: Only a .mat list is there and scipy is not installed.
     """
 
-    def __init__(
-        self,
-        root: Union[str, os.PathLike],
-        split: str = 'train',
-        transform: Optional[Callable] = None,
-        target_transform: Optional[Callable] = None,
-        loader: Optional[Callable[[str], Any]] = None,
-        check_files: bool = True,
-    ) -> None:
-        if split not in ('train', 'test'):
-            raise ValueError(f"split must be 'train' or 'test' for Stanford Dogs, got {split!r}")
-        root = os.fspath(root)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"Stanford Dogs root '{root}' is not a directory.\n{DOGS_LAYOUT}")
-        self.root = _find_root(root)
-        self.split = split
+    _NAME = 'Stanford Dogs'
+    _LAYOUT = DOGS_LAYOUT
+
+    @staticmethod
+    def _find_root(root: str) -> str:
+        """Accept the folder holding Images/ or one holding StanfordDogs/ or stanford_dogs/ with it."""
+        return find_root(root, ('StanfordDogs', 'stanford_dogs'), 'Images', os.path.isdir)
+
+    def _read(self, files: Dict[str, str], split: str) -> Tuple[List[Tuple[str, int]], List[str], List[str]]:
         images = os.path.join(self.root, 'Images')
         if not os.path.isdir(images):
             raise FileNotFoundError(f"Stanford Dogs: missing '{images}'.\n{DOGS_LAYOUT}")
@@ -114,15 +97,15 @@ class StanfordDogs(ListedImages):
         txt = os.path.join(self.root, f'{split}_list.txt')
         use_txt = os.path.isfile(txt) and (not os.path.isfile(mat) or not _have_scipy())
         if use_txt:
-            files, labels, list_file = _read_txt(txt), None, txt
+            listed, labels, list_file = _read_txt(txt), None, txt
         elif os.path.isfile(mat):
-            (files, labels), list_file = _read_mat(mat), mat
+            (listed, labels), list_file = _read_mat(mat), mat
         else:
             raise FileNotFoundError(f"Stanford Dogs: missing '{mat}' (or '{txt}').\n{DOGS_LAYOUT}")
 
         samples: List[Tuple[str, int]] = []
         where: List[str] = []
-        for n, rel in enumerate(files):
+        for n, rel in enumerate(listed):
             folder = rel.replace('\\', '/').split('/', 1)[0]
             if folder not in index:
                 raise ValueError(f"'{list_file}', entry {n + 1}: {rel!r} is not in a breed folder of {images}")
@@ -132,10 +115,8 @@ class StanfordDogs(ListedImages):
                                  f'breed {label + 1} of the {len(folders)} folders in {images} (folder order)')
             samples.append((os.path.join(images, rel), label))
             where.append(f"'{list_file}', entry {n + 1}")
-        super().__init__(samples, classes, 'Stanford Dogs', transform, target_transform, loader)
         self.list_file = list_file
-        if check_files:
-            self.check_files(where, DOGS_LAYOUT)
+        return samples, classes, where
 
 
 def _have_scipy() -> bool:

@@ -3,7 +3,7 @@ import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ._listed import ListedImages
+from ._listed import ListedImages, dataset_root
 
 __all__ = ['INAT_ANNOTATIONS', 'INAT_LAYOUT', 'INaturalist']
 
@@ -96,9 +96,7 @@ class INaturalist(ListedImages):
         loader: Optional[Callable[[str], Any]] = None,
         check_files: bool = True,
     ) -> None:
-        root = os.fspath(root)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"iNaturalist root '{root}' is not a directory.\n{INAT_LAYOUT}")
+        root = dataset_root(root, 'iNaturalist', INAT_LAYOUT)
         if version is not None:
             version = str(version)
             if version not in INAT_ANNOTATIONS:

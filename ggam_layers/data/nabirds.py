@@ -1,8 +1,8 @@
 """NABirds (Cornell Lab of Ornithology) reader for the release's native layout (nabirds.tar.gz)."""
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Tuple
 
-from ._listed import ListedImages, read_id_pairs
+from ._listed import SplitImages, find_root, int_value, read_id_pairs
 
 __all__ = ['NABIRDS_LAYOUT', 'NABirds']
 
@@ -18,22 +18,12 @@ Labels are 0..N-1 over the classes that have images, in class-id order (the rele
 _REQUIRED = ('images.txt', 'image_class_labels.txt', 'train_test_split.txt', 'classes.txt', 'hierarchy.txt', 'images')
 
 
-def _find_root(root: str) -> str:
-    """Accept the nabirds folder itself or a folder that contains it."""
-    for candidate in (root, os.path.join(root, 'nabirds')):
-        if os.path.isfile(os.path.join(candidate, 'images.txt')):
-            return candidate
-    return root
-
-
 def _int(path: str, pair: Tuple[str, int], what: str) -> int:
-    val, lineno = pair
-    if not val.isascii() or not val.isdigit():
-        raise ValueError(f"'{path}', line {lineno}: {what} must be a non-negative integer, got {val!r}")
-    return int(val)
+    """`int_value`, worded for NABirds' ids (0 is one)."""
+    return int_value(path, pair, what, 'a non-negative integer')
 
 
-class NABirds(ListedImages):
+class NABirds(SplitImages):
     """NABirds: 48,562 photographs of 555 North American bird categories (23,929 train, 24,633 test).
 
     Class ids in the release are sparse (0..1010 over the whole taxonomy of `hierarchy.txt`; images carry only leaf
@@ -53,28 +43,16 @@ class NABirds(ListedImages):
         ValueError: Unknown split or malformed / inconsistent annotation files (file and line named).
     """
 
-    def __init__(
-        self,
-        root: Union[str, os.PathLike],
-        split: str = 'train',
-        transform: Optional[Callable] = None,
-        target_transform: Optional[Callable] = None,
-        loader: Optional[Callable[[str], Any]] = None,
-        check_files: bool = True,
-    ) -> None:
-        if split not in ('train', 'test'):
-            raise ValueError(f"split must be 'train' or 'test' for NABirds, got {split!r}")
-        root = os.fspath(root)
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"NABirds root '{root}' is not a directory.\n{NABIRDS_LAYOUT}")
-        self.root = _find_root(root)
-        self.split = split
-        for name in _REQUIRED:
-            path = os.path.join(self.root, name)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"NABirds: missing '{path}'.\n{NABIRDS_LAYOUT}")
-        files = {name: os.path.join(self.root, name) for name in _REQUIRED}
+    _NAME = 'NABirds'
+    _LAYOUT = NABIRDS_LAYOUT
+    _REQUIRED = _REQUIRED
 
+    @staticmethod
+    def _find_root(root: str) -> str:
+        """Accept the nabirds folder itself or a folder that contains it."""
+        return find_root(root, ('nabirds',), 'images.txt')
+
+    def _read(self, files: Dict[str, str], split: str) -> Tuple[List[Tuple[str, int]], List[str], List[str]]:
         names: Dict[int, str] = {}
         for class_id, (class_name, lineno) in read_id_pairs(files['classes.txt'], 'class name').items():
             names[_int(files['classes.txt'], (class_id, lineno), 'the class id')] = class_name
@@ -115,6 +93,4 @@ class NABirds(ListedImages):
             if is_train[image_id][0] == want:
                 samples.append((os.path.join(self.root, 'images', rel_path), label_of[image_class[image_id]]))
                 where.append(f"'{files['images.txt']}', line {lineno}")
-        super().__init__(samples, classes, 'NABirds', transform, target_transform, loader)
-        if check_files:
-            self.check_files(where, NABIRDS_LAYOUT)
+        return samples, classes, where

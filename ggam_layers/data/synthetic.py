@@ -103,7 +103,162 @@ def _scale(color: Sequence[int], f: float) -> Tuple[int, int, int]:
     return tuple(int(min(255, max(0, v * f))) for v in color)
 
 
-class SyntheticFineGrained(torch.utils.data.Dataset):
+class _SyntheticDataset(torch.utils.data.Dataset):
+    """What the synthetic generators share: argument checks, labels, per-index random streams and the image cache.
+
+    A subclass sets `_DEFAULT_SAMPLES_PER_CLASS`, `_STREAM_TAG` (seed words that keep its streams apart from the
+    other generators') and `_STRICT_CHECKS` (NaN difficulty, num_distractors or part_scale is rejected too), and
+    provides `_class_table` (which checks num_classes), `_class_name` and `_render`.
+    """
+
+    _DEFAULT_SAMPLES_PER_CLASS: Dict[str, int] = {}
+    _STREAM_TAG: Tuple[int, ...] = ()
+    _STRICT_CHECKS = False
+    _noise: Optional[np.ndarray] = None
+
+    def __init__(
+        self,
+        split: str,
+        num_classes: int,
+        samples_per_class: Optional[int],
+        image_size: int,
+        seed: int,
+        transform: Optional[Callable],
+        target_transform: Optional[Callable],
+        difficulty: float,
+        num_distractors: float,
+        occlusion_prob: float,
+        part_scale: float,
+        cache: bool,
+    ) -> None:
+        if split not in _SPLIT_CODE:
+            raise ValueError(f'split must be one of {SYNTHETIC_SPLITS}, got {split!r}')
+        class_attributes = self._class_table(num_classes)
+        if samples_per_class is None:
+            samples_per_class = self._DEFAULT_SAMPLES_PER_CLASS[split]
+        if not isinstance(samples_per_class, int) or samples_per_class < 1:
+            raise ValueError(f'samples_per_class must be a positive int, got {samples_per_class!r}')
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f'image_size must be an int >= 16, got {image_size!r}')
+        if self._below(difficulty, 0.0, inclusive=True):
+            raise ValueError(f'difficulty must be >= 0, got {difficulty!r}')
+        if self._below(num_distractors, 0.0, inclusive=True):
+            raise ValueError(f'num_distractors must be >= 0, got {num_distractors!r}')
+        if not 0.0 <= occlusion_prob <= 1.0:
+            raise ValueError(f'occlusion_prob must be in [0, 1], got {occlusion_prob!r}')
+        if self._below(part_scale, 0.0, inclusive=False):
+            raise ValueError(f'part_scale must be > 0, got {part_scale!r}')
+        self.split = split
+        self.num_classes = num_classes
+        self.samples_per_class = samples_per_class
+        self.image_size = image_size
+        self.seed = int(seed)
+        self.transform = transform
+        self.target_transform = target_transform
+        self.difficulty = float(difficulty)
+        self.num_distractors = float(num_distractors)
+        self.occlusion_prob = float(occlusion_prob)
+        self.part_scale = float(part_scale)
+        self.cache = cache
+
+        self.class_attributes = class_attributes
+        self.classes = [self._class_name(a) for a in class_attributes]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self._length = num_classes * samples_per_class
+        self.targets = [i % num_classes for i in range(self._length)]
+        self._images: Dict[int, np.ndarray] = {}
+        self._annotations: Dict[int, Dict[str, Any]] = {}
+
+    def _below(self, value: float, low: float, inclusive: bool) -> bool:
+        """Whether `value` is under `low` (or at it when not `inclusive`); NaN counts as under with `_STRICT_CHECKS`."""
+        if self._STRICT_CHECKS:
+            return not (value >= low if inclusive else value > low)
+        return value < low if inclusive else value <= low
+
+    def _class_table(self, num_classes: int) -> List[Dict[str, str]]:
+        """The attributes of each class in label order; raises ValueError for an unsupported `num_classes`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _class_name(attrs: Dict[str, str]) -> str:
+        """The human-readable name of the class with attributes `attrs`."""
+        raise NotImplementedError
+
+    def _render(self, rng: np.random.Generator, label: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """Draw one image of class `label` from the random stream `rng`: the HxWx3 uint8 image and its annotation."""
+        raise NotImplementedError
+
+    @property
+    def class_names(self) -> List[str]:
+        """Human-readable class names (same as ``classes``)."""
+        return self.classes
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+        img = Image.fromarray(self.generate(index)[0])
+        target = self.targets[index]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def _check_index(self, index: int) -> int:
+        index = int(index)
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(f'index {index} out of range for dataset of length {self._length}')
+        return index
+
+    def _rng(self, *words: int) -> np.random.Generator:
+        """The random stream seeded by (seed, split, *words) and the generator's `_STREAM_TAG`."""
+        return np.random.default_rng([self.seed, _SPLIT_CODE[self.split], *words, *self._STREAM_TAG])
+
+    def generate(self, index: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+        """Generate (or fetch from the cache) one sample.
+
+        Args:
+            index: Sample index.
+
+        Returns:
+            The HxWx3 uint8 image and its annotation dict (see :meth:`annotation`).
+        """
+        index = self._check_index(index)
+        if index in self._images:
+            return self._images[index], self._annotations[index]
+        img, ann = self._render(self._rng(index), self.targets[index])
+        if self.cache:
+            self._images[index] = img
+            self._annotations[index] = ann
+        return img, ann
+
+    def annotation(self, index: int) -> Dict[str, Any]:
+        """Ground truth of sample ``index`` (the annotation dict of :meth:`generate`)."""
+        return self.generate(index)[1]
+
+    def materialize(self) -> np.ndarray:
+        """Generate every sample and return them stacked as an NxHxWx3 uint8 array."""
+        return np.stack([self.generate(i)[0] for i in range(self._length)])
+
+    def extra_repr(self) -> str:
+        return f'split={self.split}, num_classes={self.num_classes}, size={self.image_size}, seed={self.seed}'
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.extra_repr()}, len={self._length})'
+
+    def _noise_bank(self) -> np.ndarray:
+        # one fixed standard-normal field per dataset; each image takes a random crop of it (much faster than
+        # drawing fresh noise per image)
+        if self._noise is None:
+            n = 2 * self.image_size
+            self._noise = self._rng(2**31).standard_normal(size=(n, n, 3), dtype=np.float32)
+        return self._noise
+
+
+class SyntheticFineGrained(_SyntheticDataset):
     """Synthetic fine-grained bird-like dataset whose classes differ only in small parts.
 
     Args:
@@ -128,6 +283,8 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     :meth:`object_center`.
     """
 
+    _DEFAULT_SAMPLES_PER_CLASS = _DEFAULT_SAMPLES_PER_CLASS
+
     def __init__(
         self,
         split: str = 'train',
@@ -143,57 +300,23 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
         part_scale: float = 1.0,
         cache: bool = True,
     ) -> None:
-        if split not in _SPLIT_CODE:
-            raise ValueError(f'split must be one of {SYNTHETIC_SPLITS}, got {split!r}')
-        if not isinstance(num_classes, int) or not 2 <= num_classes <= _MAX_CLASSES:
-            raise ValueError(f'num_classes must be an int in [2, {_MAX_CLASSES}], got {num_classes!r}')
-        if samples_per_class is None:
-            samples_per_class = _DEFAULT_SAMPLES_PER_CLASS[split]
-        if not isinstance(samples_per_class, int) or samples_per_class < 1:
-            raise ValueError(f'samples_per_class must be a positive int, got {samples_per_class!r}')
-        if not isinstance(image_size, int) or image_size < 16:
-            raise ValueError(f'image_size must be an int >= 16, got {image_size!r}')
-        if difficulty < 0:
-            raise ValueError(f'difficulty must be >= 0, got {difficulty!r}')
-        if num_distractors < 0:
-            raise ValueError(f'num_distractors must be >= 0, got {num_distractors!r}')
-        if not 0.0 <= occlusion_prob <= 1.0:
-            raise ValueError(f'occlusion_prob must be in [0, 1], got {occlusion_prob!r}')
-        if part_scale <= 0:
-            raise ValueError(f'part_scale must be > 0, got {part_scale!r}')
-        self.split = split
-        self.num_classes = num_classes
-        self.samples_per_class = samples_per_class
-        self.image_size = image_size
-        self.seed = int(seed)
-        self.transform = transform
-        self.target_transform = target_transform
-        self.difficulty = float(difficulty)
-        self.num_distractors = float(num_distractors)
-        self.occlusion_prob = float(occlusion_prob)
-        self.part_scale = float(part_scale)
-        self.cache = cache
-
-        self.class_attributes, self._palette = self._make_classes(num_classes)
-        self.classes = [
-            f'{a["beak"]}-beak {a["crest"]} {a["eye_ring"]}-eye-ring {a["wing_bar"]}-wing-bar'
-            for a in self.class_attributes
-        ]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self._length = num_classes * samples_per_class
-        self.targets = [i % num_classes for i in range(self._length)]
-        self._images: Dict[int, np.ndarray] = {}
-        self._annotations: Dict[int, Dict[str, Any]] = {}
-
-    @property
-    def class_names(self) -> List[str]:
-        """Human-readable class names (same as ``classes``)."""
-        return self.classes
+        super().__init__(split, num_classes, samples_per_class, image_size, seed, transform, target_transform,
+                         difficulty, num_distractors, occlusion_prob, part_scale, cache)
 
     @property
     def label_names(self) -> List[str]:
         """Alias of ``class_names``."""
         return self.classes
+
+    def _class_table(self, num_classes: int) -> List[Dict[str, str]]:
+        if not isinstance(num_classes, int) or not 2 <= num_classes <= _MAX_CLASSES:
+            raise ValueError(f'num_classes must be an int in [2, {_MAX_CLASSES}], got {num_classes!r}')
+        class_attributes, self._palette = self._make_classes(num_classes)
+        return class_attributes
+
+    @staticmethod
+    def _class_name(attrs: Dict[str, str]) -> str:
+        return f'{attrs["beak"]}-beak {attrs["crest"]} {attrs["eye_ring"]}-eye-ring {attrs["wing_bar"]}-wing-bar'
 
     @staticmethod
     def _make_classes(num_classes: int) -> Tuple[List[Dict[str, str]], List[str]]:
@@ -214,45 +337,6 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
                 }
             )
         return classes, palette[: max(n_eye, n_wing)]
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        img = Image.fromarray(self.generate(index)[0])
-        target = self.targets[index]
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def _check_index(self, index: int) -> int:
-        index = int(index)
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError(f'index {index} out of range for dataset of length {self._length}')
-        return index
-
-    def generate(self, index: int) -> Tuple[np.ndarray, Dict[str, Any]]:
-        """Generate (or fetch from the cache) one sample.
-
-        Args:
-            index: Sample index.
-
-        Returns:
-            The HxWx3 uint8 image and its annotation dict (see :meth:`annotation`).
-        """
-        index = self._check_index(index)
-        if index in self._images:
-            return self._images[index], self._annotations[index]
-        rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index])
-        img, ann = self._render(rng, self.targets[index])
-        if self.cache:
-            self._images[index] = img
-            self._annotations[index] = ann
-        return img, ann
 
     def annotation(self, index: int) -> Dict[str, Any]:
         """Ground truth of one sample, in output pixel coordinates (x right, y down).
@@ -278,25 +362,6 @@ class SyntheticFineGrained(torch.utils.data.Dataset):
     def object_center(self, index: int) -> Tuple[float, float]:
         """Centre (x, y) in pixels of the figure's body in sample ``index``."""
         return self.annotation(index)['center']
-
-    def materialize(self) -> np.ndarray:
-        """Generate every sample and return them stacked as an NxHxWx3 uint8 array."""
-        return np.stack([self.generate(i)[0] for i in range(self._length)])
-
-    def extra_repr(self) -> str:
-        return f'split={self.split}, num_classes={self.num_classes}, size={self.image_size}, seed={self.seed}'
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}({self.extra_repr()}, len={self._length})'
-
-    def _noise_bank(self) -> np.ndarray:
-        # one fixed standard-normal field per dataset; each image takes a random crop of it (much faster than
-        # drawing fresh noise per image)
-        if getattr(self, '_noise', None) is None:
-            n = 2 * self.image_size
-            rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], 2**31])
-            self._noise = rng.standard_normal(size=(n, n, 3), dtype=np.float32)
-        return self._noise
 
     # ------------------------------------------------------------------ rendering
     def _render(self, rng: np.random.Generator, label: int) -> Tuple[np.ndarray, Dict[str, Any]]:

@@ -22,14 +22,13 @@ import hashlib
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import torch.utils.data
 from PIL import Image, ImageChops, ImageDraw
 
 from . import synthetic as _fg
-from .synthetic import _ellipse_pts, _flat, _hsv_to_rgb, _rot, _scale
+from .synthetic import Box, _box, _ellipse_pts, _flat, _hsv_to_rgb, _rot, _scale, _SyntheticDataset, _union
 
 __all__ = [
     'SyntheticPretrain',
@@ -45,7 +44,6 @@ __all__ = [
 ]
 
 PRETRAIN_SPLITS = ('train', 'val', 'test')
-_SPLIT_CODE = {'train': 0, 'val': 1, 'test': 2}
 _STREAM_TAG = 0x505254  # 'PRT': keeps every random stream apart from SyntheticFineGrained's for the same seed
 _DEFAULT_SAMPLES_PER_CLASS = {'train': 64, 'val': 16, 'test': 20}
 
@@ -61,8 +59,6 @@ PRETRAIN_GENERATOR_PARAMS = ('split', 'num_classes', 'samples_per_class', 'image
                              'num_distractors', 'occlusion_prob', 'part_scale')
 
 _HUE_JITTER = 0.035
-
-Box = Tuple[float, float, float, float]
 
 
 def pretrain_class_table(num_classes: int = PRETRAIN_NUM_CLASSES) -> List[Dict[str, str]]:
@@ -159,14 +155,6 @@ def _part_polys(kind: str, angle: float, r: float, ps: float) -> List[Tuple[str,
     return [('head', np.stack([foot - v * half * ps, base + u * height * ps, foot + v * half * ps]))]
 
 
-def _box(pts: np.ndarray) -> Box:
-    return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
-
-
-def _union(boxes: Sequence[Box]) -> Box:
-    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
-
-
 def _source_md5(module: Any) -> str:
     return hashlib.md5(Path(sys.modules[module.__name__].__file__).read_bytes()).hexdigest()
 
@@ -182,7 +170,7 @@ def pretrain_generator_params(ds: 'SyntheticPretrain') -> Dict[str, Any]:
     return params
 
 
-class SyntheticPretrain(torch.utils.data.Dataset):
+class SyntheticPretrain(_SyntheticDataset):
     """Generic synthetic pretraining corpus: shape x colour x part configuration x texture, 96 classes.
 
     Args:
@@ -206,6 +194,10 @@ class SyntheticPretrain(torch.utils.data.Dataset):
     The labels are ``index % num_classes``, so every prefix of the dataset is nearly class-balanced.
     """
 
+    _DEFAULT_SAMPLES_PER_CLASS = _DEFAULT_SAMPLES_PER_CLASS
+    _STREAM_TAG = (_STREAM_TAG,)  # the module constant, as the seed words after the index
+    _STRICT_CHECKS = True
+
     def __init__(
         self,
         split: str = 'train',
@@ -221,110 +213,20 @@ class SyntheticPretrain(torch.utils.data.Dataset):
         part_scale: float = 1.0,
         cache: bool = True,
     ) -> None:
-        if split not in _SPLIT_CODE:
-            raise ValueError(f'split must be one of {PRETRAIN_SPLITS}, got {split!r}')
-        self.class_attributes = pretrain_class_table(num_classes)  # checks num_classes
-        if samples_per_class is None:
-            samples_per_class = _DEFAULT_SAMPLES_PER_CLASS[split]
-        if not isinstance(samples_per_class, int) or samples_per_class < 1:
-            raise ValueError(f'samples_per_class must be a positive int, got {samples_per_class!r}')
-        if not isinstance(image_size, int) or image_size < 16:
-            raise ValueError(f'image_size must be an int >= 16, got {image_size!r}')
-        if not difficulty >= 0:
-            raise ValueError(f'difficulty must be >= 0, got {difficulty!r}')
-        if not num_distractors >= 0:
-            raise ValueError(f'num_distractors must be >= 0, got {num_distractors!r}')
-        if not 0.0 <= occlusion_prob <= 1.0:
-            raise ValueError(f'occlusion_prob must be in [0, 1], got {occlusion_prob!r}')
-        if not part_scale > 0:
-            raise ValueError(f'part_scale must be > 0, got {part_scale!r}')
-        self.split = split
-        self.num_classes = num_classes
-        self.samples_per_class = samples_per_class
-        self.image_size = image_size
-        self.seed = int(seed)
-        self.transform = transform
-        self.target_transform = target_transform
-        self.difficulty = float(difficulty)
-        self.num_distractors = float(num_distractors)
-        self.occlusion_prob = float(occlusion_prob)
-        self.part_scale = float(part_scale)
-        self.cache = cache
+        super().__init__(split, num_classes, samples_per_class, image_size, seed, transform, target_transform,
+                         difficulty, num_distractors, occlusion_prob, part_scale, cache)
 
-        self.classes = [_class_name(a) for a in self.class_attributes]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self._length = num_classes * samples_per_class
-        self.targets = [i % num_classes for i in range(self._length)]
-        self._images: Dict[int, np.ndarray] = {}
-        self._annotations: Dict[int, Dict[str, Any]] = {}
-        self._noise: Optional[np.ndarray] = None
+    def _class_table(self, num_classes: int) -> List[Dict[str, str]]:
+        return pretrain_class_table(num_classes)  # checks num_classes
 
-    @property
-    def class_names(self) -> List[str]:
-        """Human-readable class names (same as ``classes``)."""
-        return self.classes
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index: int) -> Tuple[Any, Any]:
-        img = Image.fromarray(self.generate(index)[0])
-        target = self.targets[index]
-        if self.transform is not None:
-            img = self.transform(img)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-    def _check_index(self, index: int) -> int:
-        index = int(index)
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError(f'index {index} out of range for dataset of length {self._length}')
-        return index
-
-    def generate(self, index: int) -> Tuple[np.ndarray, Dict[str, Any]]:
-        """Generate (or fetch from the cache) one sample.
-
-        Args:
-            index: Sample index.
-
-        Returns:
-            The HxWx3 uint8 image and its annotation dict (see :meth:`annotation`).
-        """
-        index = self._check_index(index)
-        if index in self._images:
-            return self._images[index], self._annotations[index]
-        rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index, _STREAM_TAG])
-        img, ann = self._render(rng, self.targets[index])
-        if self.cache:
-            self._images[index] = img
-            self._annotations[index] = ann
-        return img, ann
+    @staticmethod
+    def _class_name(attrs: Dict[str, str]) -> str:
+        return _class_name(attrs)
 
     def annotation(self, index: int) -> Dict[str, Any]:
         """Ground truth of one sample in output pixels: 'label', 'center' (x, y), 'object_box' and 'part_box' (union
         of the parts), boxes as (x0, y0, x1, y1) clipped to the image."""
         return self.generate(index)[1]
-
-    def materialize(self) -> np.ndarray:
-        """Generate every sample and return them stacked as an NxHxWx3 uint8 array."""
-        return np.stack([self.generate(i)[0] for i in range(self._length)])
-
-    def extra_repr(self) -> str:
-        return f'split={self.split}, num_classes={self.num_classes}, size={self.image_size}, seed={self.seed}'
-
-    def __repr__(self) -> str:
-        return f'{type(self).__name__}({self.extra_repr()}, len={self._length})'
-
-    def _noise_bank(self) -> np.ndarray:
-        # one fixed standard-normal field per dataset; each image takes a random crop of it
-        if self._noise is None:
-            n = 2 * self.image_size
-            rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], 2**31, _STREAM_TAG])
-            self._noise = rng.standard_normal(size=(n, n, 3), dtype=np.float32)
-        return self._noise
 
     # ------------------------------------------------------------------ rendering
     def _render(self, rng: np.random.Generator, label: int) -> Tuple[np.ndarray, Dict[str, Any]]:
