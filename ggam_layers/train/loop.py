@@ -243,14 +243,14 @@ def train_one_epoch(
                 logits = out
                 ce = _soft_ce(logits, y, opts.label_smoothing)
                 loss, ggam = ce, torch.zeros((), device=device)
-            finite &= torch.isfinite(loss.detach())
+            ok = torch.isfinite(loss.detach())
+            finite &= ok
             scaled = loss / in_update
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if last:
             _finish_update(model, params, optimizer, scaler, finite, opts, state, epoch, update)
         with torch.no_grad():
             n = y.shape[0]
-            ok = torch.isfinite(loss.detach())
             sums += torch.stack([
                 torch.where(ok, loss.detach().double(), 0.) * n, torch.where(ok, ce.detach().double(), 0.) * n,
                 torch.where(ok, ggam.detach().double(), 0.) * n, (logits.detach().argmax(1) == hard).sum().double(),
@@ -384,12 +384,13 @@ def evaluate_model(
                 scores = logits.float()
                 loss = F.cross_entropy(scores, y, reduction='sum')
             else:
+                views = tta_views(x, tta)
                 probs = None
-                for view in tta_views(x, tta):
+                for view in views:
                     with autocast(device, amp_dtype):
                         p = model(view).float().softmax(1)
                     probs = p if probs is None else probs + p
-                scores = probs / len(tta_views(x[:1], tta))
+                scores = probs / len(views)
                 loss = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction='sum')
             k = min(5, scores.shape[1])
             top = scores.topk(k, dim=1).indices
