@@ -197,18 +197,31 @@ BUDGETS: Dict[str, Budget] = {
                      targets=('literal', 'authors', 'standardize', 'uniform')),
     # the paper's setting on 2 CPU cores: the backbone pretrained by the package's own command on the disjoint
     # synthetic_pretrain corpus (ggam_layers/pretrained/test_resnet.synthetic_pretrain.json), fine-tuned at a 7x7 map
-    # on 30 images per class (CUB-200-2011 has about 30); the head at 10x the backbone's lr (AdamW 0.02 / 0.002: at
-    # the paper's 0.1x the backbone barely moves from features learnt on another task), 12 epochs
-    'finetune7': Budget(img_size=112, difficulty=1.0, train_per_class=30, epochs=12, batch_size=32, lr=0.02,
+    # on 30 images per class (CUB-200-2011 has about 30), the head at 10x the backbone's lr (AdamW 0.05 / 0.005),
+    # 12 epochs; calibrated so that the plain fine-tuned backbone lands inside 60-85% (73.5% on seed 0; the test
+    # accuracy moves by 0.3 points over the last two epochs)
+    'finetune7': Budget(img_size=112, difficulty=0.7, train_per_class=30, epochs=12, batch_size=32, lr=0.05,
                         ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,), seeds=(0, 1, 2, 3, 4),
                         targets=('literal', 'authors', 'standardize', 'uniform'),
                         pretrained='test_resnet.synthetic_pretrain.safetensors', backbone_lr_scale=0.1),
-    # the same budget from scratch: the reference of the fine-tuning study
-    'scratch7': Budget(img_size=112, difficulty=1.0, train_per_class=30, epochs=12, batch_size=32,
+    # the same recipe, only the initialisation differs: the from-scratch reference of the fine-tuning study
+    'scratch7': Budget(img_size=112, difficulty=0.7, train_per_class=30, epochs=12, batch_size=32, lr=0.05,
                        ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,), seeds=(0, 1, 2, 3, 4),
-                       targets=('literal', 'authors', 'standardize', 'uniform')),
-    # the fine-tuning study at the paper's 14x14 map on one GPU (224 px, output stride 16)
-    'finetune14_gpu': Budget(img_size=224, difficulty=1.0, train_per_class=30, epochs=12, batch_size=32, lr=0.02,
+                       targets=('literal', 'authors', 'standardize', 'uniform'), backbone_lr_scale=0.1),
+    # the first fine-tuning budget (run as 'finetune7' before the calibration): the full nuisance range and AdamW
+    # 0.02 / 0.002, where the plain fine-tuned backbone lands at 35.7%, below the band
+    'finetune7_hard': Budget(img_size=112, difficulty=1.0, train_per_class=30, epochs=12, batch_size=32, lr=0.02,
+                             ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,), seeds=(0, 1, 2, 3, 4),
+                             targets=('literal', 'authors', 'standardize', 'uniform'),
+                             pretrained='test_resnet.synthetic_pretrain.safetensors', backbone_lr_scale=0.1),
+    # the paper's 14x14 map on 2 CPU cores: finetune7 at output stride 8 (the pretrained last stage dilated), with the
+    # configurations that decide the claims (Table 3, and the paper's target against the uniform control)
+    'finetune14': Budget(img_size=112, output_stride=8, difficulty=0.7, train_per_class=30, epochs=12, batch_size=32,
+                         lr=0.05, ablation_target='literal', lambdas=(1,), target_lambdas=(1,), seeds=(0, 1, 2),
+                         targets=('literal', 'uniform'), pretrained='test_resnet.synthetic_pretrain.safetensors',
+                         backbone_lr_scale=0.1),
+    # the fine-tuning study at the paper's 14x14 map on one GPU (224 px, output stride 16), finetune7's recipe
+    'finetune14_gpu': Budget(img_size=224, difficulty=0.7, train_per_class=30, epochs=12, batch_size=32, lr=0.05,
                              ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,), seeds=(0, 1, 2, 3, 4),
                              targets=('literal', 'authors', 'standardize', 'uniform'),
                              pretrained='test_resnet.synthetic_pretrain.safetensors', backbone_lr_scale=0.1),
