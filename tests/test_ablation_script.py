@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,17 @@ def test_finetune_quick_budget_fine_tunes_the_shipped_backbone(tmp_path):
     model = timm.create_model('test_resnet', num_classes=sd['fc.weight'].shape[0], output_stride=16)
     model.load_state_dict(sd)  # strict: every weight of the plain pretraining run, its classifier included
     assert sd['fc.weight'].shape[0] != budget.num_classes  # the classifier of the pretraining task, not this one's
+
+
+def test_fine_tuning_budgets_differ_only_where_the_study_says():
+    """scratch7 is finetune7 without the pretrained weights; the 14x14 budgets change only the map size."""
+    import dataclasses
+
+    ft, scratch = abl.BUDGETS['finetune7'], abl.BUDGETS['scratch7']
+    assert dataclasses.replace(ft, pretrained=None) == scratch
+    assert Path(ft.pretrained_path()).is_file() and scratch.pretrained_path() is None
+    gpu, cpu14 = abl.BUDGETS['finetune14_gpu'], abl.BUDGETS['finetune14']
+    assert dataclasses.replace(gpu, img_size=ft.img_size) == ft and gpu.img_size // gpu.output_stride == 14
+    assert cpu14.img_size // cpu14.output_stride == 14 and cpu14.pretrained == ft.pretrained
+    same = ('img_size', 'difficulty', 'train_per_class', 'epochs', 'batch_size', 'lr', 'backbone_lr_scale', 'opt')
+    assert all(getattr(cpu14, k) == getattr(ft, k) for k in same)
