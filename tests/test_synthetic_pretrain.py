@@ -227,3 +227,20 @@ def test_shipped_backbone_reproduces_its_pretraining_accuracy() -> None:
         f'the shipped backbone no longer reproduces its pretraining accuracy; the generator is blob '
         f'{_git_blob(source)}, it was trained on {info["dataset"]["generator_git_blob"]}: retrain and re-export '
         '(docs/pretraining.md)')
+
+
+def test_synthetic_finetune_preset_starts_from_the_shipped_backbone() -> None:
+    """The preset of the paper's setting: the shipped weights, 30 training images per class, the test split's 50."""
+    from safetensors.torch import load_file
+
+    from ggam_layers.train import TrainConfig, build_datasets, build_model
+
+    cfg = TrainConfig.from_preset('synthetic_finetune', img_size=32, dataset_kwargs={'num_classes': 3})
+    assert Path(cfg.pretrained_file).resolve() == BACKBONE.resolve() and cfg.backbone_lr_scale == 0.1
+    train_ds, test_ds = build_datasets(cfg)
+    assert (len(train_ds), len(test_ds)) == (3 * 30, 3 * 50)
+    assert train_ds.difficulty == test_ds.difficulty == 0.7
+    own, stored = build_model(cfg, num_classes=3).backbone.state_dict(), load_file(str(BACKBONE))
+    assert all(torch.equal(own[k], stored[k]) for k in stored if not k.startswith('fc.'))
+    other = TrainConfig.from_preset('synthetic_finetune', model='resnet10t')
+    assert other.pretrained_file is None and other.model_kwargs == {}  # the weights go with the preset's backbone

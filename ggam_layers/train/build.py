@@ -40,6 +40,9 @@ def _create_dataset(cfg: TrainConfig, split: str) -> Any:
     kw = dict(cfg.dataset_kwargs)
     if cfg.dataset in ('synthetic', 'synthetic_pretrain'):
         kw.setdefault('image_size', cfg.img_size)  # render at the input size
+        train_per_class = kw.pop('train_samples_per_class', None)  # the training split's size only
+        if train_per_class is not None and split == cfg.train_split:
+            kw['samples_per_class'] = train_per_class
     return create_dataset(cfg.dataset, root=cfg.data_root, split=split, **kw)
 
 

@@ -58,7 +58,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """Add the `train` options; every default is SUPPRESS so that only explicit flags override the preset."""
     h = _preset_help
     p.add_argument('--preset', choices=tuple(PRESETS), default='synthetic',
-                   help='recipe to start from: synthetic (fast CPU run on the built-in data set, the default), '
+                   help='recipe to start from: synthetic (fast CPU run on the built-in data set, from scratch; '
+                        'the default), synthetic_finetune (the shipped pretrained backbone fine-tuned on it), '
                         "paper (the paper's CUB-200-2011 recipe) or fgvc (a modern fine-tune: ConvNeXt-S at 384 px, "
                         'EMA, mixup / cutmix, RandAugment, layer decay); every option below overrides it')
     p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
