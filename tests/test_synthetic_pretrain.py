@@ -244,3 +244,5 @@ def test_synthetic_finetune_preset_starts_from_the_shipped_backbone() -> None:
     assert all(torch.equal(own[k], stored[k]) for k in stored if not k.startswith('fc.'))
     other = TrainConfig.from_preset('synthetic_finetune', model='resnet10t')
     assert other.pretrained_file is None and other.model_kwargs == {}  # the weights go with the preset's backbone
+    sized = TrainConfig.from_preset('synthetic_finetune', dataset_kwargs={'samples_per_class': 8})
+    assert sized.dataset_kwargs == {'difficulty': 0.7, 'samples_per_class': 8}  # it sizes every split

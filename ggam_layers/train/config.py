@@ -249,7 +249,10 @@ class TrainConfig:
                 if owner == 'model':
                     base.pop('pretrained_file', None)  # the preset's weights are its backbone's
             elif kwargs in overrides and kwargs in base:
-                overrides = {**overrides, kwargs: {**base[kwargs], **overrides[kwargs]}}
+                merged = {**base[kwargs], **overrides[kwargs]}
+                if 'samples_per_class' in overrides[kwargs] and 'train_samples_per_class' not in overrides[kwargs]:
+                    merged.pop('train_samples_per_class', None)  # samples_per_class sizes every split
+                overrides = {**overrides, kwargs: merged}
         return cls(**{**base, **overrides, 'preset': preset})
 
     @classmethod
