@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The evidence study at 224 px on one GPU (resnet18 from scratch, a 7x7 map), at most 8 minutes on an H200-class GPU.
+# The evidence study on one GPU, at most 8 minutes on an H200-class GPU. STUDY=finetune (the default): the paper's
+# setting, the shipped synthetic_pretrain backbone fine-tuned at 224 px with output stride 16, a 14x14 map (budget
+# finetune14_gpu, finetune7's recipe); STUDY=scratch: resnet18 from scratch at 224 px, a 7x7 map (budget gpu224).
 #
-# benchmarks/ablation.py --budget gpu224 --device cuda --parallel N: N trainings side by side on the GPU, each with
+# benchmarks/ablation.py --budget <budget> --device cuda --parallel N: N trainings side by side on the GPU, each with
 # bf16 autocast and channels-last; the synthetic images are rendered once into a uint8 tensor (cached on disk, keyed
 # by every generator parameter and the generator's md5) and cropped, flipped and normalised on the device, so a step
 # is bound by the GPU and not by PIL. Two phases share one --work-dir (a finished run is never trained twice):
