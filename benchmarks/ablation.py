@@ -627,7 +627,8 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
     tables = build_tables(rows, plan)
     png = plot_sweep(tables, out_dir / f'{name}_lambda.png',
                      f'λ sensitivity on the synthetic set ({budget.backbone}, {budget.img_size} px, '
-                     f'{len(budget.seeds)} seeds, mean ± std)', budget.ablation_target)
+                     f'{"fine-tuned, " if budget.pretrained else ""}{len(budget.seeds)} seeds, mean ± std)',
+                     budget.ablation_target)
     json_path = out_dir / f'{name}.json'
     json_path.write_text(json.dumps({'meta': meta, 'budget': dataclasses.asdict(budget), 'tables': tables,
                                      'runs': rows}, indent=1, default=str) + '\n')
