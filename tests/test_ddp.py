@@ -34,7 +34,8 @@ def _free_port() -> int:
 
 
 def _cli_args(cfg: dict) -> list:
-    args = ['--model', cfg['model'], '--img-size', str(cfg['img_size']), '--epochs', str(cfg['epochs']),
+    args = ['--preset', 'synthetic',
+            '--model', cfg['model'], '--img-size', str(cfg['img_size']), '--epochs', str(cfg['epochs']),
             '--batch-size', str(cfg['batch_size']), '--eval-batch-size', str(cfg['eval_batch_size']),
             '--opt', cfg['opt'], '--lr', str(cfg['lr']), '--warmup-epochs', str(cfg['warmup_epochs']),
             '--threads', '1', '--no-progress']

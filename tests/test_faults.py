@@ -44,7 +44,8 @@ from ggam_layers.train.signals import InterruptGuard, TrainingInterrupted
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model='test_resnet', img_size=32, epochs=1, batch_size=4, eval_batch_size=8, threads=1, progress=False)
 SYN = dict(TINY, dataset_kwargs={'num_classes': 2, 'samples_per_class': 4})
-SYN_ARGS = ['--model', 'test_resnet', '--img-size', '32', '--batch-size', '4', '--threads', '1', '--no-progress',
+SYN_ARGS = ['--preset', 'synthetic',
+            '--model', 'test_resnet', '--img-size', '32', '--batch-size', '4', '--threads', '1', '--no-progress',
             '--data-arg', 'num_classes=2', '--data-arg', 'samples_per_class=4']
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
 
@@ -599,7 +600,8 @@ def _rank_of(pid: int) -> Optional[int]:
 
 DDP = dict(model='test_convnext', img_size=32, batch_size=8, eval_batch_size=8, opt='sgd', lr=0.05, threads=1,
            progress=False, dataset_kwargs={'num_classes': 4, 'samples_per_class': 8})
-DDP_ARGS = ['--model', 'test_convnext', '--img-size', '32', '--batch-size', '8', '--eval-batch-size', '8',
+DDP_ARGS = ['--preset', 'synthetic',
+            '--model', 'test_convnext', '--img-size', '32', '--batch-size', '8', '--eval-batch-size', '8',
             '--opt', 'sgd', '--lr', '0.05', '--threads', '1', '--no-progress', '--data-arg', 'num_classes=4',
             '--data-arg', 'samples_per_class=8']
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(300)
 
 TINY = dict(model='test_resnet', model_kwargs={}, dataset_kwargs={'num_classes': 4, 'samples_per_class': 8},
             img_size=32, epochs=2, batch_size=8, eval_batch_size=16, threads=1, progress=False)
-TINY_ARGS = ['--model', 'test_resnet', '--img-size', '32', '--data-arg', 'num_classes=4', '--data-arg',
+TINY_ARGS = ['--preset', 'synthetic',
+             '--model', 'test_resnet', '--img-size', '32', '--data-arg', 'num_classes=4', '--data-arg',
              'samples_per_class=8', '--epochs', '2', '--batch-size', '8', '--threads', '1', '--no-progress']
 
 

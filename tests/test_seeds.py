@@ -44,7 +44,8 @@ def test_train_compare_seeds_equals_the_per_seed_runs(tmp_path, capsys):
                 epochs=1, batch_size=8, eval_batch_size=16, threads=1, progress=False)
     from ggam_layers.cli import main
 
-    assert main(['train', '--seeds', '0', '1', '--model', 'test_resnet', '--data-arg', 'num_classes=4', '--data-arg',
+    assert main(['train', '--seeds', '0', '1', '--preset', 'synthetic',
+                 '--model', 'test_resnet', '--data-arg', 'num_classes=4', '--data-arg',
                  'samples_per_class=6', '--img-size', '32', '--epochs', '1', '--batch-size', '8', '--eval-batch-size',
                  '16', '--threads', '1', '--no-progress', '--output', str(tmp_path / 'seeds')]) == 0
     stored = json.loads((tmp_path / 'seeds' / 'seeds.json').read_text())

@@ -26,13 +26,15 @@ from ggam_layers.train import (
     train_compare,
 )
 from ggam_layers.train.checkpoint import STATE_NAME, clean_partial, latest_checkpoint, list_checkpoints, save_checkpoint
+from ggam_layers.train.cli import DEFAULT_PRESET
 from ggam_layers.train.metrics import METRIC_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
     model='test_resnet', dataset_kwargs={'num_classes': 4, 'samples_per_class': 6}, img_size=64, epochs=2,
     batch_size=8, eval_batch_size=16, threads=1, progress=False)
-TINY_ARGS = ['--model', 'test_resnet', '--data-arg', 'num_classes=4', '--data-arg', 'samples_per_class=6',
+TINY_ARGS = ['--preset', 'synthetic',
+             '--model', 'test_resnet', '--data-arg', 'num_classes=4', '--data-arg', 'samples_per_class=6',
              '--img-size', '64', '--epochs', '2', '--batch-size', '8', '--threads', '1', '--no-progress']
 
 
@@ -241,7 +243,9 @@ def _parse(argv):
 
 def test_cli_presets_and_overrides():
     cfg, compare = config_from_args(_parse(['train']))
-    assert cfg == TrainConfig.from_preset('synthetic') and compare is None
+    assert cfg == TrainConfig.from_preset(DEFAULT_PRESET) and compare is None
+    assert DEFAULT_PRESET == 'synthetic_finetune' and cfg.pretrained_file  # the default fine-tunes
+    assert config_from_args(_parse(['train', '--preset', 'synthetic']))[0] == TrainConfig.from_preset('synthetic')
     assert compare_requested(compare, []) is True  # `ggam-layers train` alone: GGAM vs plain
     assert compare_requested(None, ['--epochs', '2']) is False
     assert compare_requested(True, ['--epochs', '2']) is True
@@ -311,8 +315,13 @@ def test_preset_backbone_and_data_arguments_go_with_their_backbone_and_dataset()
     # another backbone or dataset starts from none of them
     assert TrainConfig.from_preset('synthetic', model='resnet18').model_kwargs == {}
     assert TrainConfig.from_preset('synthetic', dataset='cub', data_root='x').dataset_kwargs == {}
-    cfg, _ = config_from_args(_parse(['train', '--model', 'resnet18', '--data-arg', 'num_classes=4']))
+    cfg, _ = config_from_args(_parse(['train', '--preset', 'synthetic', '--model', 'resnet18', '--data-arg',
+                                      'num_classes=4']))
     assert cfg.model_kwargs == {} and cfg.dataset_kwargs == {'difficulty': 1.0, 'num_classes': 4}
+    # the default preset's weights go with its backbone too
+    cfg, _ = config_from_args(_parse(['train', '--model', 'resnet18', '--data-arg', 'num_classes=4']))
+    assert cfg.model_kwargs == {} and cfg.pretrained_file is None
+    assert cfg.dataset_kwargs == {'difficulty': 0.7, 'train_samples_per_class': 30, 'num_classes': 4}
 
 
 def test_lr_schedule():

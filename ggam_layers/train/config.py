@@ -31,8 +31,9 @@ CAM_CLASSES = ('pred', 'label')
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. `TrainConfig.from_preset('synthetic')` is what `ggam-layers train` runs
-    by default; the field defaults are the generic values the presets start from.
+    """Everything that defines a training run. `TrainConfig.from_preset('synthetic_finetune')` is what
+    `ggam-layers train` runs by default (`from_preset()` alone gives 'synthetic', from scratch); the field defaults
+    are the generic values the presets start from.
 
     Data:
         dataset: `ggam_layers.data.create_dataset` name ('synthetic', 'cub', 'aircraft', 'cars', 'flowers', 'pets',
