@@ -43,6 +43,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,6 +467,17 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(torch.device(device)) if device.startswith('cuda') else 'cpu'
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a worker whose invoking process is gone exits instead of training on into the work dir
+    (where a rerun of the command would train the same runs beside it)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
+
+
 def _worker(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int, keep: bool,
             device: str, data_path: str) -> Dict[str, Any]:
     return run_one(spec, budget, seed, run_dir, threads, keep, device, data_path)
@@ -830,7 +842,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  args.data_path))
         else:
             ctx = mp.get_context('spawn')
-            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_exit_with_parent,
+                                        initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_worker, spec, budget, seed, run_dir, args.threads, args.keep_runs,
                                        args.device, args.data_path)
                            for spec, seed, run_dir in tasks]

@@ -204,3 +204,16 @@ def test_fine_tuning_budgets_differ_only_where_the_study_says():
     assert cpu14.img_size // cpu14.output_stride == 14 and cpu14.pretrained == ft.pretrained
     same = ('img_size', 'difficulty', 'train_per_class', 'epochs', 'batch_size', 'lr', 'backbone_lr_scale', 'opt')
     assert all(getattr(cpu14, k) == getattr(ft, k) for k in same)
+
+
+def test_a_pool_worker_exits_when_the_invoking_process_is_gone():
+    """A killed `ablation` invocation leaves no worker training on into its work dir."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    # pid 1 is not this child's parent, so for the watchdog the invoking process is already gone
+    proc = subprocess.run([sys.executable, '-c', 'import time, benchmarks.ablation as a; a._exit_with_parent(1); '
+                           'time.sleep(60)'], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=40)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    alive = subprocess.run([sys.executable, '-c', 'import os, time, benchmarks.ablation as a; '
+                            'a._exit_with_parent(os.getppid()); time.sleep(3); print("alive")'],
+                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=40)
+    assert alive.returncode == 0 and alive.stdout.strip() == 'alive', alive.stderr[-2000:]
