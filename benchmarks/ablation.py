@@ -61,6 +61,7 @@ from benchmarks.common import (
     source_md5,
 )
 from benchmarks.localization import localization
+from ggam_layers._files import PRETRAINED_DIR
 from ggam_layers.data.loader import build_transform
 from ggam_layers.data.synthetic import SyntheticFineGrained
 from ggam_layers.loss import cam_log_target
@@ -164,8 +165,7 @@ class Budget:
             return None
         path = Path(self.pretrained)
         if not path.is_file():
-            import ggam_layers
-            path = Path(ggam_layers.__file__).resolve().parent / 'pretrained' / self.pretrained
+            path = Path(PRETRAINED_DIR) / self.pretrained
         if not path.is_file():
             raise FileNotFoundError(f'budget pretrained={self.pretrained!r}: no such file, nor in '
                                     'ggam_layers/pretrained/')

@@ -20,12 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = [
-    'CONFIG_NAME', 'WEIGHTS_NAME', 'README_NAME', 'DATA_CONFIG_KEYS', 'TMP_PREFIX', 'PICKLE_SUFFIXES', 'CONVERT_HINT',
-    'DAMAGED_HINT', 'CheckpointError', 'atomic_write', 'atomic_write_json', 'atomic_write_text', 'check_safetensors',
-    'save_weights', 'load_weights', 'refuse_pickle',
+    'PRETRAINED_DIR', 'CONFIG_NAME', 'WEIGHTS_NAME', 'README_NAME', 'DATA_CONFIG_KEYS', 'TMP_PREFIX', 'PICKLE_SUFFIXES',
+    'CONVERT_HINT', 'DAMAGED_HINT', 'CheckpointError', 'atomic_write', 'atomic_write_json', 'atomic_write_text',
+    'check_safetensors', 'save_weights', 'load_weights', 'refuse_pickle',
 ]
 
 TMP_PREFIX = '.tmp-'
+# the weights the package ships: the embedded models and the synthetic_pretrain backbone
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')
 WEIGHTS_NAME = 'model.safetensors'
 CONFIG_NAME = 'config.json'
 README_NAME = 'README.md'

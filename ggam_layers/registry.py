@@ -29,6 +29,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 
+from ._files import PRETRAINED_DIR
 from ._timm_compat import create_model, safetensors_source
 from .model import GGAMModel
 
@@ -50,7 +51,6 @@ GGAM_BACKBONES = {
 }
 
 
-_PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained')  # the embedded models
 
 # model arguments that a tag's weights were trained with, beyond the entrypoint's defaults: a tag load reads only the
 # weights, so `timm.create_model('NAME.TAG')` builds this architecture (arguments given to create_model still win)
@@ -182,7 +182,7 @@ def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
 
 def _embedded_label_names(tag: str) -> Optional[List[str]]:
     """The class names of an embedded model, from the config.json shipped beside its weights."""
-    path = os.path.join(_PRETRAINED_DIR, f'{tag}.json')
+    path = os.path.join(PRETRAINED_DIR, f'{tag}.json')
     try:
         with open(path, encoding='utf-8') as f:
             names = json.load(f).get('label_names')
@@ -197,7 +197,7 @@ default_cfgs = generate_default_cfgs({
     **{f'{name}.{tag}': _backbone_cfg(backbone, tag) for name, (backbone, tag) in GGAM_BACKBONES.items()},
     # shipped inside the package (no network): see ggam_layers/pretrained/README.md for how it was made
     'ggam_test_resnet.synthetic': {
-        'file': os.path.join(_PRETRAINED_DIR, 'ggam_test_resnet.synthetic.safetensors'),
+        'file': os.path.join(PRETRAINED_DIR, 'ggam_test_resnet.synthetic.safetensors'),
         'num_classes': 20, 'input_size': (3, 112, 112), 'pool_size': (7, 7), 'crop_pct': 1.0, 'crop_mode': 'center',
         'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5), 'classifier': 'head.fc',
         'first_conv': 'backbone.conv1.0', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2101.09666',

@@ -336,8 +336,11 @@ def test_synthetic_labels_shapes_and_options() -> None:
         dict(samples_per_class=0),
         dict(image_size=8),
         dict(difficulty=-1.0),
+        dict(difficulty=float('nan')),
+        dict(num_distractors=float('nan')),
         dict(occlusion_prob=1.5),
         dict(part_scale=0.0),
+        dict(part_scale=float('nan')),
     ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             SyntheticFineGrained(**kwargs)

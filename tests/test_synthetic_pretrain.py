@@ -94,7 +94,8 @@ def test_shapes_labels_and_factory() -> None:
     (dict(split='dev'), 'split'), (dict(num_classes=97), 'num_classes'), (dict(num_classes=1), 'num_classes'),
     (dict(samples_per_class=0), 'samples_per_class'), (dict(image_size=8), 'image_size'),
     (dict(difficulty=-0.1), 'difficulty'), (dict(num_distractors=-1.0), 'num_distractors'),
-    (dict(occlusion_prob=1.5), 'occlusion_prob'), (dict(part_scale=0.0), 'part_scale')])
+    (dict(occlusion_prob=1.5), 'occlusion_prob'), (dict(part_scale=0.0), 'part_scale'),
+    (dict(difficulty=float('nan')), 'difficulty'), (dict(part_scale=float('nan')), 'part_scale')])
 def test_bad_arguments_are_named(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         _ds(**kwargs)

@@ -106,14 +106,12 @@ def _scale(color: Sequence[int], f: float) -> Tuple[int, int, int]:
 class _SyntheticDataset(torch.utils.data.Dataset):
     """What the synthetic generators share: argument checks, labels, per-index random streams and the image cache.
 
-    A subclass sets `_DEFAULT_SAMPLES_PER_CLASS`, `_STREAM_TAG` (seed words that keep its streams apart from the
-    other generators') and `_STRICT_CHECKS` (NaN difficulty, num_distractors or part_scale is rejected too), and
-    provides `_class_table` (which checks num_classes), `_class_name` and `_render`.
+    A subclass sets `_DEFAULT_SAMPLES_PER_CLASS` and `_STREAM_TAG` (seed words that keep its streams apart from the
+    other generators'), and provides `_class_table` (which checks num_classes), `_class_name` and `_render`.
     """
 
     _DEFAULT_SAMPLES_PER_CLASS: Dict[str, int] = {}
     _STREAM_TAG: Tuple[int, ...] = ()
-    _STRICT_CHECKS = False
     _noise: Optional[np.ndarray] = None
 
     def __init__(
@@ -140,13 +138,13 @@ class _SyntheticDataset(torch.utils.data.Dataset):
             raise ValueError(f'samples_per_class must be a positive int, got {samples_per_class!r}')
         if not isinstance(image_size, int) or image_size < 16:
             raise ValueError(f'image_size must be an int >= 16, got {image_size!r}')
-        if self._below(difficulty, 0.0, inclusive=True):
+        if not difficulty >= 0:  # NaN too
             raise ValueError(f'difficulty must be >= 0, got {difficulty!r}')
-        if self._below(num_distractors, 0.0, inclusive=True):
+        if not num_distractors >= 0:
             raise ValueError(f'num_distractors must be >= 0, got {num_distractors!r}')
         if not 0.0 <= occlusion_prob <= 1.0:
             raise ValueError(f'occlusion_prob must be in [0, 1], got {occlusion_prob!r}')
-        if self._below(part_scale, 0.0, inclusive=False):
+        if not part_scale > 0:
             raise ValueError(f'part_scale must be > 0, got {part_scale!r}')
         self.split = split
         self.num_classes = num_classes
@@ -168,12 +166,6 @@ class _SyntheticDataset(torch.utils.data.Dataset):
         self.targets = [i % num_classes for i in range(self._length)]
         self._images: Dict[int, np.ndarray] = {}
         self._annotations: Dict[int, Dict[str, Any]] = {}
-
-    def _below(self, value: float, low: float, inclusive: bool) -> bool:
-        """Whether `value` is under `low` (or at it when not `inclusive`); NaN counts as under with `_STRICT_CHECKS`."""
-        if self._STRICT_CHECKS:
-            return not (value >= low if inclusive else value > low)
-        return value < low if inclusive else value <= low
 
     def _class_table(self, num_classes: int) -> List[Dict[str, str]]:
         """The attributes of each class in label order; raises ValueError for an unsupported `num_classes`."""

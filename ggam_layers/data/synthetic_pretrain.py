@@ -196,7 +196,6 @@ class SyntheticPretrain(_SyntheticDataset):
 
     _DEFAULT_SAMPLES_PER_CLASS = _DEFAULT_SAMPLES_PER_CLASS
     _STREAM_TAG = (_STREAM_TAG,)  # the module constant, as the seed words after the index
-    _STRICT_CHECKS = True
 
     def __init__(
         self,

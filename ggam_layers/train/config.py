@@ -1,11 +1,12 @@
 """`TrainConfig`: every setting of a training run, its presets and its checks (`validate`)."""
 import difflib
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .._files import check_safetensors
+from .._files import PRETRAINED_DIR, check_safetensors
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
 from .loop import AMP_DTYPE_ALIASES
@@ -14,9 +15,6 @@ __all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCH
            'MIXUP_MODES']
 
 _logger = logging.getLogger('ggam_layers.train')
-
-# the backbone weights the package ships (ggam_layers/pretrained/)
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / 'pretrained'
 
 # the paper's two optimizers; `opt` takes every name of timm's registry (`timm.optim.list_optimizers()`), and 'sgd'
 # keeps the paper's meaning (momentum, no Nesterov: timm's 'momentum'; timm's Nesterov SGD is 'nesterov')
@@ -370,7 +368,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # fine-tuned at a 7 x 7 map on 30 training images per class (about CUB-200-2011's; the test split keeps its 50),
     # difficulty 0.7, the head at 10x the backbone's lr (AdamW 0.05 / 0.005), batch 32, 12 epochs.
     'synthetic_finetune': dict(model='test_resnet', model_kwargs={'output_stride': 16}, img_size=112,
-                               pretrained_file=str(SHIPPED_DIR / 'test_resnet.synthetic_pretrain.safetensors'),
+                               pretrained_file=os.path.join(PRETRAINED_DIR,
+                                                            'test_resnet.synthetic_pretrain.safetensors'),
                                dataset_kwargs={'difficulty': 0.7, 'train_samples_per_class': 30}, epochs=12,
                                batch_size=32, lr=0.05, backbone_lr_scale=0.1),
     # Xu et al. 2021, section 3.2: 448 x 448, SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine annealing,
