@@ -196,18 +196,32 @@ class GGAMHead(nn.Module):
             in_features, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act_layer=act_layer,
             spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
             temperature=temperature, channel_rescale=channel_rescale, spatial_gate=spatial_gate, **dd)
-        if pool_type == 'auto':
-            pool_type = 'sum' if spatial_attn and spatial_norm in ('softmax', 'sum') and not spatial_gate else 'avg'
-        self.pool_type = pool_type
+        self.pool_type = self.auto_pool_type() if pool_type == 'auto' else pool_type
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for `num_classes` classes (0 for none)."""
+    def auto_pool_type(self) -> str:
+        """What `pool_type='auto'` means for this head's attention: 'sum' for a softmax or sum normalised T (attention
+        pooling on the scale of a global average), 'avg' otherwise (no T, a sigmoid T, or `spatial_gate`, whose N T
+        already has mean 1, so that g = 0 is the plain global average pool)."""
+        attn = self.attn
+        return 'sum' if attn.spatial_attn and attn.spatial_norm in ('softmax', 'sum') and not attn.spatial_gate \
+            else 'avg'
+
+    def reset_classifier(self, num_classes: int, device=None, dtype=None) -> None:
+        """Replace the classifier with a fresh one for `num_classes` classes (0 for none).
+
+        Args:
+            num_classes: Classes of the new classifier.
+            device / dtype: Of the new classifier; None takes those of the head's parameters (float32 on the CPU
+                when the head has none).
+        """
+        ref = next(self.parameters(), None)
+        device = device if device is not None else (ref.device if ref is not None else None)
+        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else None)
         self.num_classes = num_classes
-        w = self.attn.fc2.weight if self.attn.channel_attn else None
-        dd = {'device': w.device, 'dtype': w.dtype} if w is not None else {}
-        self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.in_features, num_classes, device=device, dtype=dtype) if num_classes > 0 \
+            else nn.Identity()
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Pool attended maps D (B x C x H x W) to B x C."""

@@ -30,11 +30,15 @@ from ._features import (
 )
 from ._timm_compat import create_model
 from ._trace import is_eager
+from .attn_head import BASELINE_ATTENTIONS, AttnPoolHead
 from .head import GGAMHead, GGAMOutput
 
 __all__ = [
-    'GGAMModel', 'FeatureLayout', 'GLOBAL_POOLS', 'UnsupportedBackboneError', 'check_image_batch', 'tokens_to_nchw',
-    'wrap_timm_model', 'head_param_groups']
+    'ATTENTIONS', 'GGAMModel', 'FeatureLayout', 'GLOBAL_POOLS', 'UnsupportedBackboneError', 'check_image_batch',
+    'tokens_to_nchw', 'wrap_timm_model', 'head_param_groups']
+
+# the head's attention: GGAM's channel-spatial attention, or one of the paper's Table 2 comparators from timm.layers
+ATTENTIONS = ('ggam', *BASELINE_ATTENTIONS)
 
 # timm's `global_pool` values a GGAM model takes: '' (no pooling: forward returns the attended map D), or the GGAM
 # head's own pooling of D ('avg', 'sum', or 'auto' for the head's `pool_type` default)
@@ -93,6 +97,7 @@ class GGAMModel(nn.Module):
             spatial_gate: bool = False,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             global_pool: Optional[str] = None,
+            attention: str = 'ggam',
             device=None,
             dtype=None,
             **kwargs,
@@ -121,9 +126,18 @@ class GGAMModel(nn.Module):
             img_size: Input size for backbones that take one (ViT, Swin); also the probe's input size.
             global_pool: timm's pooling argument: '' returns the attended map D unpooled (needs num_classes=0);
                 'avg' / 'sum' / 'auto' set the GGAM head's pooling of D (as `pool_type`); None keeps `pool_type`.
+            attention: The head's attention: 'ggam' (the paper's method), or the paper's Table 2 comparators built
+                from timm.layers at the same place, 'se' (`SEModule`) or 'cbam' (`CbamModule`), followed by global
+                average pooling (`AttnPoolHead`; of the GGAM options only `rd_ratio` and `drop_rate` apply, and the
+                model trains with cross-entropy: `forward_ggam` needs 'ggam').
             **kwargs: Passed on to `timm.create_model` of the backbone (e.g. `drop_path_rate`).
         """
         super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f'attention must be one of {ATTENTIONS}, got {attention!r}')
+        if attention != 'ggam' and pool_type not in ('auto', 'avg'):
+            raise ValueError(f"attention={attention!r} pools by global average: pool_type must be 'auto' or 'avg', got "
+                             f'{pool_type!r}')
         pool_type = _resolve_global_pool(global_pool, pool_type, num_classes)
         backbone_args = dict(backbone_args or {}, **kwargs)
         runtime = ('pretrained_cfg', 'pretrained_cfg_overlay', 'device', 'dtype')
@@ -163,12 +177,18 @@ class GGAMModel(nn.Module):
         self.num_features = self.head_hidden_size = backbone.num_features
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.head = GGAMHead(
-            self.num_features, num_classes, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
-            act_layer=act_layer, spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
-            temperature=temperature, pool_type=pool_type, drop_rate=drop_rate, cam_layer=cam_layer,
-            closed_form=closed_form, channel_rescale=channel_rescale, spatial_gate=spatial_gate, device=device,
-            dtype=dtype)
+        self.attention = attention
+        self.head: Union[GGAMHead, AttnPoolHead]
+        if attention == 'ggam':
+            self.head = GGAMHead(
+                self.num_features, num_classes, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+                act_layer=act_layer, spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
+                temperature=temperature, pool_type=pool_type, drop_rate=drop_rate, cam_layer=cam_layer,
+                closed_form=closed_form, channel_rescale=channel_rescale, spatial_gate=spatial_gate, device=device,
+                dtype=dtype)
+        else:
+            self.head = AttnPoolHead(self.num_features, num_classes, attention=attention, rd_ratio=rd_ratio,
+                                     drop_rate=drop_rate, device=device, dtype=dtype)
         if dtype is not None:
             self.backbone.to(dtype=dtype)
         self.feature_info = [dict(info, module=f'backbone.{info["module"]}') if 'module' in info else dict(info)
@@ -189,6 +209,8 @@ class GGAMModel(nn.Module):
 
     def _head_args(self, act_layer: Union[str, Type[nn.Module]]) -> Dict[str, Any]:
         head, attn = self.head, self.head.attn
+        if isinstance(head, AttnPoolHead):
+            return dict(attention=head.attention, rd_ratio=head.rd_ratio, pool_type=head.pool_type)
         args = dict(
             channel_attn=attn.channel_attn, spatial_attn=attn.spatial_attn, spatial_norm=attn.spatial_norm,
             temperature=attn.temperature, pool_type=head.pool_type, cam_layer=head.cam_layer,
@@ -227,13 +249,18 @@ class GGAMModel(nn.Module):
         else:
             pool_type = _resolve_global_pool(global_pool, 'auto', num_classes)
             if pool_type == 'auto':
-                attn = self.head.attn
-                pool_type = 'sum' if attn.spatial_attn and attn.spatial_norm in ('softmax', 'sum') else 'avg'
+                pool_type = self.head.auto_pool_type()
+            if isinstance(self.head, AttnPoolHead) and pool_type != 'avg':
+                raise ValueError(f"global_pool={global_pool!r}: the {self.attention} head pools by global average "
+                                 "('avg', 'auto' or '')")
             self.head.pool_type = pool_type
             self._set_global_pool('' if global_pool == '' else pool_type)
             self._model_args['pool_type'] = pool_type
         self.num_classes = num_classes
-        self.head.reset_classifier(num_classes)
+        ref = next(self.head.parameters(), None)  # a head without parameters takes the backbone's dtype
+        ref = ref if ref is not None else next(self.backbone.parameters(), None)
+        self.head.reset_classifier(num_classes, device=ref.device if ref is not None else None,
+                                   dtype=ref.dtype if ref is not None else None)
         self.pretrained_cfg = self.default_cfg = dict(self.pretrained_cfg, num_classes=num_classes)
 
     @torch.jit.ignore
@@ -331,6 +358,9 @@ class GGAMModel(nn.Module):
         """
         if self.head_pruned:
             raise RuntimeError('forward_ggam needs the GGAM head, which prune_intermediate_layers removed')
+        if self.attention != 'ggam':
+            raise RuntimeError(f'forward_ggam needs the GGAM head; this model has attention={self.attention!r}, '
+                               'which trains with cross-entropy on model(x)')
         feats = self.features_to_nchw(self.forward_features(x), self._grid(x))
         return self.head.forward_ggam(feats, classes)
 

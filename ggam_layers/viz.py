@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .gradcam import grad_cam_weights
 from .model import GGAMModel
 
 __all__ = [
@@ -140,7 +141,8 @@ def cam_maps(
     """Grad-CAM heat maps at the GGAM head's input A, and the spatial attention T, for a batch of images.
 
     One forward pass; beta comes from the head's own `forward_ggam` (closed form where it applies, otherwise autograd
-    with respect to A only). No hooks are registered, nothing calls `.backward()`, and no parameter's `.grad` or
+    with respect to A only); an SE or CBAM head (`attention='se'` / `'cbam'`) has beta by autograd on the head and
+    no T. No hooks are registered, nothing calls `.backward()`, and no parameter's `.grad` or
     `requires_grad` changes.
 
     Args:
@@ -162,21 +164,26 @@ def cam_maps(
     img_hw = tuple(images.shape[-2:])
     with _eval_mode(model, eval_mode), torch.no_grad():
         feats = model.features_to_nchw(model.forward_features(images), feature_grid(model, img_hw))
-        out = model.head.forward_ggam(feats, target)
-        cam = grad_cam_map(feats, out.cam_weights)
-    probs = out.logits.detach().float().softmax(1)
+        if model.attention == 'ggam':
+            out = model.head.forward_ggam(feats, target)
+            logits, cam_weights, explained = out.logits, out.cam_weights, out.classes
+            spatial = out.spatial_weights.detach().float() if model.head.attn.spatial_attn else None
+        else:  # an SE / CBAM head: Grad-CAM by autograd on the head alone, no spatial map T
+            res = grad_cam_weights(feats, model.head, target)
+            logits, cam_weights, explained, spatial = res.scores.detach(), res.weights, res.classes, None
+        cam = grad_cam_map(feats, cam_weights)
+    probs = logits.detach().float().softmax(1)
     scores, labels = probs.max(1)
-    spatial = out.spatial_weights.detach().float() if model.head.attn.spatial_attn else None
     return CamMaps(
         heatmap=normalize_maps(cam, img_hw),
         attention=normalize_maps(spatial, img_hw) if spatial is not None else None,
         labels=labels,
         scores=scores,
-        classes=out.classes.detach(),
+        classes=explained.detach(),
         probs=probs,
         cam=cam,
         spatial_weights=spatial,
-        cam_weights=out.cam_weights.detach(),
+        cam_weights=cam_weights.detach(),
     )
 
 

@@ -256,3 +256,28 @@ def test_wraps_a_built_model_and_grayscale():
     assert model.backbone.num_classes == 0 and model(torch.randn(1, 3, 96, 96)).shape == (1, 4)
     gray = wrap_timm_model('test_resnet', num_classes=2, in_chans=1)
     assert gray(torch.randn(1, 1, 96, 96)).shape == (1, 2)
+
+
+def test_reset_classifier_auto_pool_keeps_a_gated_head_plain_at_the_start():
+    """`global_pool='auto'` resolves as the head's own 'auto' does: a gated head keeps its global average (was 'sum',
+    N times the average)."""
+    torch.manual_seed(0)
+    model = wrap_timm_model('test_resnet', num_classes=5, spatial_gate=True).eval()
+    assert model.head.pool_type == 'avg'
+    model.reset_classifier(7, global_pool='auto')
+    assert model.head.pool_type == 'avg' and model.global_pool == 'avg'
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # g = 0: the gated head pools A as the plain head does
+        feats = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
+
+
+@pytest.mark.parametrize('kwargs', [dict(channel_attn=False), dict(channel_attn=False, spatial_attn=False)])
+def test_reset_classifier_keeps_the_model_dtype_without_channel_attention(kwargs):
+    model = wrap_timm_model('test_resnet', num_classes=5, **kwargs).double().eval()
+    model.reset_classifier(7)
+    assert model.head.fc.weight.dtype == torch.float64
+    assert model(torch.randn(2, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+    model.reset_classifier(0)
+    model.reset_classifier(3)  # from a head without any parameter: the backbone's dtype
+    assert model.head.fc.weight.dtype == torch.float64

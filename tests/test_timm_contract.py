@@ -1,7 +1,8 @@
 """timm's model contract on GGAM models, one backbone per layout (NCHW test_resnet, NHWC test_mambaout, tokens
 test_vit): the unpooled map with global_pool='', features_only / forward_intermediates, FX feature extraction,
 TorchScript, timm's own Hub export (save_for_hf, local-dir: reload) for the three ways to build a model, and the
-autocast dtype aliases of the training command.
+autocast dtype aliases of the training command. The SE and CBAM heads (`attention='se'` / `'cbam'`, the paper's
+Table 2 comparators) keep the same contract, each on a backbone of another layout.
 """
 import argparse
 import json
@@ -23,10 +24,16 @@ LAYOUTS = {
 }
 
 
-def _create(name, **kwargs):
+# (backbone, attention): GGAM on every layout, SE and CBAM on one layout each
+CASES = [(name, 'ggam') for name in LAYOUTS] + [('test_resnet', 'se'), ('test_mambaout', 'cbam'), ('test_vit', 'se'),
+                                                 ('test_resnet', 'cbam')]
+CASE_IDS = [f'{n}-{a}' for n, a in CASES]
+
+
+def _create(name, attention='ggam', **kwargs):
     timm_kwargs, size, _ = LAYOUTS[name]
     torch.manual_seed(0)
-    model = timm.create_model('ggam', backbone=name, **timm_kwargs, **kwargs).eval()
+    model = timm.create_model('ggam', backbone=name, attention=attention, **timm_kwargs, **kwargs).eval()
     return model, torch.randn(2, 3, size, size)
 
 
@@ -35,9 +42,9 @@ def _attended(model, feats, x):
     return model.head.attn(model.features_to_nchw(feats, model.grid_size(x.shape[-2:])))
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
-def test_unpooled_output_is_the_attended_map_in_backbone_layout(name):
-    model, x = _create(name, num_classes=0, global_pool='')
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
+def test_unpooled_output_is_the_attended_map_in_backbone_layout(name, attention):
+    model, x = _create(name, attention, num_classes=0, global_pool='')
     with torch.no_grad():
         out, feats = model(x), model.forward_features(x)
         d = _attended(model, feats, x)
@@ -50,17 +57,19 @@ def test_unpooled_output_is_the_attended_map_in_backbone_layout(name):
         assert p == 1 and torch.equal(out[:, :p], feats[:, :p])
     if name == 'test_mambaout':
         assert model.output_fmt == 'NHWC'
-    # pooling the unpooled map gives what the pooled model's pre_logits give ('sum' pooling for the softmax norm)
-    pooled = timm.create_model('ggam', backbone=name, num_classes=0, **LAYOUTS[name][0]).eval()
+    # pooling the unpooled map gives what the pooled model's pre_logits give ('sum' pooling for GGAM's softmax norm,
+    # the global average for SE and CBAM)
+    pooled = timm.create_model('ggam', backbone=name, num_classes=0, attention=attention, **LAYOUTS[name][0]).eval()
     pooled.load_state_dict(model.state_dict())
+    ref = d.sum((2, 3)) if attention == 'ggam' else d.mean((2, 3))
     with torch.no_grad():
-        torch.testing.assert_close(pooled(x), d.sum((2, 3)))
-        torch.testing.assert_close(pooled.forward_head(feats, pre_logits=True), d.sum((2, 3)))
+        torch.testing.assert_close(pooled(x), ref)
+        torch.testing.assert_close(pooled.forward_head(feats, pre_logits=True), ref)
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
-def test_reset_classifier_takes_global_pool(name):
-    model, x = _create(name, num_classes=5)
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
+def test_reset_classifier_takes_global_pool(name, attention):
+    model, x = _create(name, attention, num_classes=5)
     feats = model.forward_features(x)
     model.reset_classifier(0)
     assert model(x).shape == (2, model.head_hidden_size) == model.forward_head(feats, pre_logits=True).shape
@@ -74,6 +83,9 @@ def test_reset_classifier_takes_global_pool(name):
         model.reset_classifier(0, 'token')
     with pytest.raises(ValueError, match="global_pool='' .* num_classes=0"):
         timm.create_model('ggam', backbone=name, num_classes=5, global_pool='', **LAYOUTS[name][0])
+    if attention != 'ggam':
+        with pytest.raises(ValueError, match='global average'):
+            model.reset_classifier(5, 'sum')
 
 
 def test_pool_size_matches_forward_features():
@@ -89,9 +101,9 @@ def test_pool_size_matches_forward_features():
     assert tuple(model(x).shape[i] for i in spatial) == tuple(cfg['pool_size'])
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
-def test_forward_intermediates_and_features_only_delegate_to_the_backbone(name):
-    model, x = _create(name, num_classes=5)
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
+def test_forward_intermediates_and_features_only_delegate_to_the_backbone(name, attention):
+    model, x = _create(name, attention, num_classes=5)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
         torch.testing.assert_close(final, model.forward_features(x))
@@ -121,10 +133,10 @@ def test_features_only_errors_name_the_argument(monkeypatch):
         model.forward_intermediates(torch.randn(1, 3, 64, 64))
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
-def test_fx_feature_extraction_on_a_wrapped_model(name):
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
+def test_fx_feature_extraction_on_a_wrapped_model(name, attention):
     timm_kwargs, size, _ = LAYOUTS[name]
-    model = wrap_timm_model(name, num_classes=5, **timm_kwargs.get('backbone_args', {})).eval()
+    model = wrap_timm_model(name, num_classes=5, attention=attention, **timm_kwargs.get('backbone_args', {})).eval()
     x = torch.randn(2, 3, size, size)
     last = model.feature_info[-1]['module']
     fx = timm.models.create_feature_extractor(model, return_nodes={last: 'features', 'head.fc': 'logits'})
@@ -146,28 +158,28 @@ def test_plain_torchvision_fx_and_checks_still_clear_in_eager():
         model(torch.randn(2, 1, 96, 96))
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
 @pytest.mark.parametrize('global_pool', [None, ''])
-def test_torchscript(name, global_pool):
+def test_torchscript(name, attention, global_pool):
     num_classes = 0 if global_pool == '' else 5
-    model, x = _create(name, num_classes=num_classes, global_pool=global_pool)
+    model, x = _create(name, attention, num_classes=num_classes, global_pool=global_pool)
     scripted = torch.jit.script(model)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
-def test_torch_export(name):
-    model, x = _create(name, num_classes=5)
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
+def test_torch_export(name, attention):
+    model, x = _create(name, attention, num_classes=5)
     exported = torch.export.export(model, (x,)).module()
     with torch.no_grad():
         torch.testing.assert_close(exported(x), model(x))
 
 
-@pytest.mark.parametrize('name', list(LAYOUTS))
-def test_torch_compile_fullgraph(name):
+@pytest.mark.parametrize('name,attention', CASES, ids=CASE_IDS)
+def test_torch_compile_fullgraph(name, attention):
     """The input checks and the grid logic compile without a graph break (aot_eager: no C++ toolchain needed)."""
-    model, x = _create(name, num_classes=5)
+    model, x = _create(name, attention, num_classes=5)
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
@@ -181,6 +193,8 @@ ROUTES = {
     # a tag with its own architecture arguments (output stride 16): the export must record them
     'embedded tag': lambda: timm.create_model('ggam_test_resnet.synthetic', pretrained=True),
     'unpooled': lambda: timm.create_model('ggam', backbone='test_resnet', num_classes=0, global_pool=''),
+    'se head': lambda: wrap_timm_model('test_resnet', num_classes=5, attention='se'),
+    'cbam head vit': lambda: timm.create_model('ggam', backbone='test_vit', num_classes=5, attention='cbam'),
 }
 
 
@@ -199,8 +213,10 @@ def test_timm_save_for_hf_round_trip(route, tmp_path, monkeypatch):
     reloaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
     assert isinstance(reloaded, GGAMModel) and reloaded.backbone_name == model.backbone_name
     assert type(reloaded.backbone) is type(model.backbone)
-    assert reloaded.head.attn.spatial_norm == model.head.attn.spatial_norm
-    assert reloaded.head.attn.rd_channels == model.head.attn.rd_channels
+    assert reloaded.attention == model.attention and type(reloaded.head.attn) is type(model.head.attn)
+    if model.attention == 'ggam':
+        assert reloaded.head.attn.spatial_norm == model.head.attn.spatial_norm
+        assert reloaded.head.attn.rd_channels == model.head.attn.rd_channels
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         assert torch.equal(reloaded(x), model(x))

@@ -53,22 +53,22 @@ def ggam_model_args(model: GGAMModel) -> Dict[str, Any]:
     args = {k: v for k, v in dict(getattr(model, 'model_args', None) or getattr(model, '_model_args', {})).items()
             if k not in _RUNTIME_ARGS and not k.endswith('drop_path_rate')}
     head, attn = model.head, model.head.attn
+    args.update(backbone=model.backbone_name, num_classes=model.num_classes, in_chans=model.in_chans,
+                pool_type=head.pool_type, drop_rate=head.drop.p)
+    patch_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', None)
+    if 'img_size' not in args and 'img_size' not in args.get('backbone_args', {}) and patch_size is not None:
+        args['img_size'] = list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size
+    if model.attention != 'ggam':  # an SE / CBAM head (`AttnPoolHead`): the attention and its reduction
+        args.update(attention=model.attention, rd_ratio=head.rd_ratio)
+        return args
     args.update(
-        backbone=model.backbone_name,
-        num_classes=model.num_classes,
-        in_chans=model.in_chans,
         channel_attn=attn.channel_attn,
         spatial_attn=attn.spatial_attn,
         spatial_norm=attn.spatial_norm,
         temperature=attn.temperature,
-        pool_type=head.pool_type,
-        drop_rate=head.drop.p,
         cam_layer=head.cam_layer,
         closed_form=head.closed_form,
     )
-    patch_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', None)
-    if 'img_size' not in args and 'img_size' not in args.get('backbone_args', {}) and patch_size is not None:
-        args['img_size'] = list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size
     if attn.channel_attn:
         args.update(rd_channels=attn.rd_channels, act_layer=_act_name(attn.act))
     else:
