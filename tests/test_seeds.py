@@ -86,5 +86,6 @@ def test_seeds_refuses_a_single_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(['train', '--seeds', '0', '1', '--plain', '--output', str(tmp_path / 'x')])
     assert exc.value.code == 2
-    assert '--seeds compares GGAM with the plain backbone' in capsys.readouterr().err
+    assert '--seeds trains GGAM and the plain backbone (it implies --compare-plain), and --plain contradicts it' in \
+        capsys.readouterr().err
     assert not (tmp_path / 'x').exists()

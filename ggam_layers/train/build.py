@@ -3,6 +3,7 @@
 `ggam_layers.train` puts them together (and re-exports the public ones: `build_datasets`, `build_model`,
 `resolve_data_config`); `evaluate.py` and `compare.py` use them too.
 """
+import logging
 import math
 import os
 import random
@@ -27,6 +28,8 @@ from .distributed import DistInfo
 from .progress import progress
 
 __all__ = ['build_datasets', 'build_model', 'resolve_data_config']
+
+_logger = logging.getLogger(__name__)
 
 
 def _usable_cores() -> int:
@@ -92,6 +95,26 @@ def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] =
     use_pretrained = (cfg.pretrained or bool(cfg.pretrained_file)) if pretrained is None else pretrained
     if use_pretrained and cfg.pretrained_file:
         kwargs['pretrained_cfg_overlay'] = dict(file=str(cfg.pretrained_file))
+    model = _create(cfg, num_classes, use_pretrained, kwargs)
+    if pretrained is None and not cfg.resume and int(os.environ.get('RANK', '0')) == 0:
+        _logger.info('backbone %s starts from %s', cfg.model, _backbone_weights(cfg, model))
+    return model
+
+
+def _backbone_weights(cfg: TrainConfig, model: nn.Module) -> str:
+    """Where the weights of `model`'s backbone, built by `build_model(cfg, ...)`, came from, in words."""
+    if not (cfg.pretrained or cfg.pretrained_file):
+        return f'random initialisation (seed {cfg.seed}; no --pretrained, no --pretrained-file)'
+    if cfg.pretrained_file:
+        return f'the weights file {cfg.pretrained_file} (pretrained_file)'
+    body = model.backbone if isinstance(model, GGAMModel) else model
+    pcfg = dict(getattr(body, 'pretrained_cfg', None) or {})
+    where = next((f'{what} {pcfg[key]}' for key, what in (('hf_hub_id', 'Hugging Face Hub'), ('url', 'URL'),
+                                                          ('file', 'file')) if pcfg.get(key)), None)
+    return f"timm's pretrained weights of {cfg.model}" + (f' ({where})' if where else '') + ' (--pretrained)'
+
+
+def _create(cfg: TrainConfig, num_classes: int, use_pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
     try:
         if cfg.plain:
             return timm.create_model(cfg.model, pretrained=use_pretrained, num_classes=num_classes,

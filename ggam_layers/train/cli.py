@@ -257,7 +257,9 @@ def _run_train(args: argparse.Namespace) -> int:
     seeds = getattr(args, 'seeds', None)
     if seeds is not None:
         if compare is False or cfg.plain:
-            raise ValueError('--seeds compares GGAM with the plain backbone: drop --plain / --no-compare-plain')
+            other = '--no-compare-plain' if compare is False else '--plain'
+            raise ValueError(f'--seeds trains GGAM and the plain backbone (it implies --compare-plain), and {other} '
+                             'contradicts it: drop one of the two')
         if cfg.resume:
             raise ValueError('--seeds cannot resume a run; rerun the command with a new --output (or resume one seed '
                              'with --resume OUT/seed<S>)')

@@ -2,13 +2,14 @@
 import difflib
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .._files import PRETRAINED_DIR, check_safetensors
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
+from .implied import apply_implications, flag
 from .loop import AMP_DTYPE_ALIASES
 
 __all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES',
@@ -47,9 +48,11 @@ class TrainConfig:
         train_aug: 'flip', 'paper', 'timm' or 'none' (see `data.loader.build_transform`).
         hflip: Horizontal flip probability.
         aa: timm's auto-augment policy string, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment) or 'original'
-            (AutoAugment); with train_aug='timm'.
-        reprob: Random erasing probability (timm's RandomErasing); with train_aug='timm'.
-        color_jitter: Colour jitter strength of timm's transform (off under a RandAugment / AugMix `aa`).
+            (AutoAugment); with train_aug='timm', which an explicit `aa` selects (`from_preset`, the command line).
+        reprob: Random erasing probability (timm's RandomErasing); with train_aug='timm', which an explicit `reprob`
+            selects.
+        color_jitter: Colour jitter strength of timm's transform (off under a RandAugment / AugMix `aa`); an explicit
+            non-zero value selects train_aug='timm'.
         mixup / cutmix: Alpha of timm's `Mixup` (0: off); targets become soft, label smoothing moves into Mixup.
         mixup_prob / mixup_switch_prob / mixup_mode: timm's `Mixup` prob, switch_prob and mode.
         interpolation / mean / std: Override the backbone's data config.
@@ -59,11 +62,14 @@ class TrainConfig:
     Model:
         model: timm backbone name (`timm.list_models()`).
         plain: Train the plain timm model with cross-entropy (the baseline) instead of GGAM.
-        pretrained: Load the backbone's pretrained weights through timm.
+        pretrained: Load the backbone's pretrained weights through timm. Given explicitly as False
+            (`--no-pretrained`, or `from_preset(..., pretrained=False)`), it also drops the preset's
+            `pretrained_file`: the backbone starts from random initialisation.
         pretrained_file: Local weights file for the backbone (`pretrained_cfg_overlay=dict(file=...)`).
         channel_attn / spatial_attn / spatial_norm / attn_temperature / pool_type / cam_layer / rd_ratio: GGAM head
             options (`GGAMModel`; attn_temperature is its `temperature`, the softmax temperature of S).
-        channel_rescale: With spatial_attn=False, hand the classifier C * S * A instead of eq. 1's S * A.
+        channel_rescale: With spatial_attn=False (which an explicit channel_rescale=True selects), hand the
+            classifier C * S * A instead of eq. 1's S * A.
         spatial_gate: Blend T in through a learned gate g from 0: D = A * (1 - g + g * N T) (the head starts as GAP).
         drop_rate / drop_path_rate: Dropout before the classifier, stochastic depth of the backbone.
         model_kwargs: Extra `timm.create_model` arguments.
@@ -252,6 +258,8 @@ class TrainConfig:
                 if 'samples_per_class' in overrides[kwargs] and 'train_samples_per_class' not in overrides[kwargs]:
                     merged.pop('train_samples_per_class', None)  # samples_per_class sizes every split
                 overrides = {**overrides, kwargs: merged}
+        # a flag that only makes sense beside another setting selects it (`--aa` selects `--train-aug timm`)
+        overrides = apply_implications({**asdict(defaults), **base}, overrides)
         return cls(**{**base, **overrides, 'preset': preset})
 
     @classmethod
@@ -304,16 +312,24 @@ class TrainConfig:
         if not 0 < self.model_ema_decay < 1:
             raise ValueError(f'model_ema_decay must be in (0, 1), got {self.model_ema_decay!r}')
         if (self.aa or self.reprob) and self.train_aug != 'timm':
-            raise ValueError(f"aa / reprob (--aa, --reprob) are options of timm's training transform and need "
-                             f"train_aug='timm' (--train-aug timm), got train_aug={self.train_aug!r}")
+            on = [k for k in ('aa', 'reprob') if getattr(self, k)]
+            raise ValueError(f"{' '.join(flag(k, getattr(self, k)) for k in on)} ({' / '.join(on)}): applied by "
+                             f"timm's training transform only, and --train-aug {self.train_aug} (train_aug) "
+                             "contradicts it: drop one of the two (or pass --train-aug timm)")
         if self.data_path == 'device':
             refused = [flag for flag, on in (('--aa', self.aa), ('--reprob', self.reprob),
                                              ('--train-aug timm', self.train_aug == 'timm')) if on]
             if refused:
                 raise ValueError(f"data_path='device' (--data-path device) cannot apply {', '.join(refused)} (timm's "
                                  'PIL transforms): use --data-path auto, which takes the DataLoader for them')
-        if (self.mixup or self.cutmix) and self.mixup_mode == 'batch' and self.batch_size % 2:
-            raise ValueError(f'mixup / cutmix in batch mode need an even batch_size, got {self.batch_size}')
+        if (self.mixup or self.cutmix) and self.batch_size % 2:  # timm's Mixup pairs each image with another
+            on = [k for k in ('mixup', 'cutmix') if getattr(self, k)]
+            raise ValueError(f"{' '.join(flag(k, getattr(self, k)) for k in on)} ({' / '.join(on)}) pair each image "
+                             f'with another and need an even --batch-size (batch_size), got --batch-size '
+                             f'{self.batch_size}: change one of the two')
+        if self.data_path == 'device' and self.dataset not in ('synthetic', 'synthetic_pretrain'):
+            raise ValueError(f"--data-path device (data_path='device') caches the built-in synthetic data sets on the "
+                             f'device, and --dataset {self.dataset} (dataset) is not one: drop one of the two')
         if not 0 <= self.hflip <= 1:
             raise ValueError(f'hflip must be in [0, 1], got {self.hflip!r}')
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
