@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.utils.data
 from PIL import Image
 
+from ._lock import file_lock
 from .data.integrity import BadSample, check_image
 
 __all__ = [
@@ -465,6 +467,12 @@ def format_table(predictions: Predictions) -> str:
 # --- command line ----------------------------------------------------------------------------------------------------
 def run_predict(args: argparse.Namespace) -> int:
     """The `predict` subcommand."""
+    # the --out file is this run's from the check to the write: another predict into it is refused at once
+    with file_lock(args.out, '--out file', 'another --out') if args.out is not None else nullcontext():
+        return _run_predict(args)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out(args.out, args.overwrite)  # before any work: no user file lost, no run wasted
     labels = None

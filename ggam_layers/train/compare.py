@@ -11,8 +11,8 @@ from typing import Any, Dict, Optional
 from .._files import CONFIG_NAME, atomic_write_json
 from .build import _scan_data, build_datasets
 from .config import TrainConfig
-from .distributed import broadcast_object, cleanup_distributed, init_distributed
-from .run_dir import default_output
+from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
+from .run_dir import claim_output, default_output
 from .runner import train
 from .stats import percent
 
@@ -45,6 +45,8 @@ def train_compare(
 ) -> Dict[str, Dict[str, Any]]:
     """Train GGAM and the plain backbone with the same data, seed and recipe; OUT/ggam and OUT/plain.
 
+    The comparison owns OUT from start to end (`run_dir.claim_output`), and each model its own folder.
+
     Returns:
         {'ggam': result, 'plain': result} (see `train`); rank 0 also writes OUT/comparison.json and prints the table.
     """
@@ -53,25 +55,31 @@ def train_compare(
     info = init_distributed(cfg.device)
     try:
         out = Path(broadcast_object(cfg.output or default_output(cfg, '-compare'), info))
-        if train_dataset is None or eval_dataset is None:
-            built = build_datasets(cfg)
-            train_dataset = train_dataset if train_dataset is not None else built[0]
-            eval_dataset = eval_dataset if eval_dataset is not None else built[1]
-        scanned, _ = _scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
-                                cfg.progress and info.is_main)  # once: both models skip the same files
-        train_dataset, eval_dataset = scanned['train'], scanned['eval']
-        results = {}
-        for name, plain in (('ggam', False), ('plain', True)):
-            sub = dataclasses.replace(cfg, plain=plain, output=str(out / name))
-            if cfg.resume and not (out / name / CONFIG_NAME).is_file():
-                sub = dataclasses.replace(sub, resume=False)  # killed before this model started
-            results[name] = train(sub, train_dataset, eval_dataset, command)
-        if info.is_main:
-            table = format_comparison(results['ggam'], results['plain'])
-            atomic_write_json(out / 'comparison.json', {
-                k: {m: v for m, v in r.items() if m != 'history'} for k, r in results.items()})
-            print(f'\n{table}\n\nruns: {out / "ggam"} and {out / "plain"} '
-                  f'({time.perf_counter() - t0:.0f} s in all)', flush=True)
-        return results
+        with claim_output(out, info):  # OUT for the whole comparison; each train() locks OUT/ggam, OUT/plain
+            return _compare(cfg, out, info, train_dataset, eval_dataset, command, t0)
     finally:
         cleanup_distributed(info)
+
+
+def _compare(cfg: TrainConfig, out: Path, info: DistInfo, train_dataset: Any, eval_dataset: Any,
+             command: Optional[str], t0: float) -> Dict[str, Dict[str, Any]]:
+    if train_dataset is None or eval_dataset is None:
+        built = build_datasets(cfg)
+        train_dataset = train_dataset if train_dataset is not None else built[0]
+        eval_dataset = eval_dataset if eval_dataset is not None else built[1]
+    scanned, _ = _scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
+                            cfg.progress and info.is_main)  # once: both models skip the same files
+    train_dataset, eval_dataset = scanned['train'], scanned['eval']
+    results = {}
+    for name, plain in (('ggam', False), ('plain', True)):
+        sub = dataclasses.replace(cfg, plain=plain, output=str(out / name))
+        if cfg.resume and not (out / name / CONFIG_NAME).is_file():
+            sub = dataclasses.replace(sub, resume=False)  # killed before this model started
+        results[name] = train(sub, train_dataset, eval_dataset, command)
+    if info.is_main:
+        table = format_comparison(results['ggam'], results['plain'])
+        atomic_write_json(out / 'comparison.json', {
+            k: {m: v for m, v in r.items() if m != 'history'} for k, r in results.items()})
+        print(f'\n{table}\n\nruns: {out / "ggam"} and {out / "plain"} '
+              f'({time.perf_counter() - t0:.0f} s in all)', flush=True)
+    return results

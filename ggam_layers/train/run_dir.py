@@ -1,16 +1,20 @@
-"""The run directory of `ggam-layers train`: its default name, the files a run owns, and its saved config."""
+"""The run directory of `ggam-layers train`: its default name, its lock, the files a run owns, and its saved
+config."""
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 from .._files import CONFIG_NAME, WEIGHTS_NAME
+from .._lock import LOCK_NAME, OutputInUse, folder_lock
 from .checkpoint import CHECKPOINT_DIR, clean_partial
 from .config import RESUME_MUTABLE_FIELDS, TrainConfig
+from .distributed import DistInfo, broadcast_object
 
-__all__ = ['RESULTS_NAME', 'RUN_ARTEFACTS', 'default_output', 'is_nonempty_dir', 'clear_run_dir',
+__all__ = ['RESULTS_NAME', 'RUN_ARTEFACTS', 'default_output', 'claim_output', 'is_nonempty_dir', 'clear_run_dir',
            'config_differences', 'read_run_config']
 
 RESULTS_NAME = 'results.json'
@@ -25,8 +29,33 @@ def default_output(cfg: TrainConfig, suffix: str = '') -> str:
     return str(Path('output') / 'train' / f'{stamp}-{dataset}-{model}{suffix}')
 
 
+@contextmanager
+def claim_output(out: Path, info: DistInfo) -> Iterator[None]:
+    """Own the output folder `out` for the with-block (`_lock.folder_lock`): rank 0 of a DDP job takes the lock,
+    and when another run holds it every rank raises `OutputInUse` at once, before any work."""
+    lock = folder_lock(out, 'output directory', 'another --output') if info.is_main else None
+    error = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except BaseException as e:
+            error = e
+    failed = broadcast_object(None if error is None else (isinstance(error, OutputInUse), str(error)), info)
+    if error is not None:
+        raise error
+    if failed is not None:  # another rank: rank 0 says why
+        in_use, message = failed
+        raise OutputInUse(message) if in_use else RuntimeError(f'rank 0 could not lock {out}: {message}')
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def is_nonempty_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.iterdir())
+    """Whether `path` is a folder holding anything but its lock file."""
+    return path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir())
 
 
 def clear_run_dir(path: Path) -> None:

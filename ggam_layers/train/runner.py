@@ -71,7 +71,15 @@ from .loop import (
 )
 from .metrics import METRIC_COLUMNS, MetricsWriter
 from .report import write_report
-from .run_dir import RESULTS_NAME, clear_run_dir, config_differences, default_output, is_nonempty_dir, read_run_config
+from .run_dir import (
+    RESULTS_NAME,
+    claim_output,
+    clear_run_dir,
+    config_differences,
+    default_output,
+    is_nonempty_dir,
+    read_run_config,
+)
 from .signals import InterruptGuard, TrainingInterrupted
 from .stats import percent
 
@@ -83,10 +91,15 @@ _STATE_VERSION = 1
 
 
 # --- training --------------------------------------------------------------------------------------------------------
-def _check_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path]:
-    """Resolve the run directory and check overwrite / resume; reads only, writes nothing."""
-    out = Path(broadcast_object(cfg.output or default_output(cfg, '-plain' if cfg.plain else ''), info))
-    cfg = dataclasses.replace(cfg, output=str(out))
+def _resolve_output(cfg: TrainConfig, info: DistInfo) -> TrainConfig:
+    """`cfg` with its run directory named (rank 0's default name on every rank)."""
+    out = broadcast_object(cfg.output or default_output(cfg, '-plain' if cfg.plain else ''), info)
+    return dataclasses.replace(cfg, output=str(out))
+
+
+def _check_output(cfg: TrainConfig) -> Path:
+    """Check overwrite / resume of the (locked) run directory; reads only, writes nothing."""
+    out = Path(cfg.output)
     if cfg.resume:
         saved = TrainConfig.from_dict(read_run_config(out)['ggam_layers']['train_config'])
         diff = config_differences(saved, cfg)
@@ -97,7 +110,7 @@ def _check_output(cfg: TrainConfig, info: DistInfo) -> Tuple[TrainConfig, Path]:
     elif is_nonempty_dir(out) and not cfg.overwrite:
         raise FileExistsError(f'output directory {out} is not empty; pass --overwrite (overwrite=True) to replace '
                               'its run files, or --resume to continue it')
-    return cfg, out
+    return out
 
 
 def _init_output(cfg: TrainConfig, out: Path, info: DistInfo) -> None:
@@ -181,6 +194,8 @@ def train(
     """Train one model (GGAM, or the plain backbone with `cfg.plain`) and evaluate it.
 
     Runs under DDP when launched by `torchrun` (or inside an initialised process group); only rank 0 writes files.
+    The run owns its output folder from its first check to its end (`run_dir.claim_output`): a second run into it
+    raises `OutputInUse` (a FileExistsError) at once.
 
     Args:
         cfg: The run.
@@ -196,7 +211,9 @@ def train(
     cfg = dataclasses.replace(cfg).validate()
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, info, train_dataset, eval_dataset, command)
+        cfg = _resolve_output(cfg, info)
+        with claim_output(Path(cfg.output), info):
+            return _train(cfg, info, train_dataset, eval_dataset, command)
     finally:
         cleanup_distributed(info)
 
@@ -216,7 +233,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         torch.backends.cudnn.benchmark = True
     # every check first (settings, run directory, data layout, batch size, image files, model, checkpoint): a refused
     # run writes nothing
-    cfg, out = _check_output(cfg, info)
+    out = _check_output(cfg)
     kind = 'plain' if cfg.plain else 'GGAM'
     label = f'{kind} {cfg.model}'
 

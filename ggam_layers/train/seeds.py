@@ -15,7 +15,7 @@ from .._files import atomic_write_json
 from .build import build_datasets
 from .compare import train_compare
 from .distributed import broadcast_object, cleanup_distributed, init_distributed
-from .run_dir import default_output
+from .run_dir import claim_output, default_output
 from .stats import fmt_mean_std, fmt_pct, mean_std, paired
 
 __all__ = ['seed_summary', 'format_seed_summary', 'train_compare_seeds']
@@ -88,22 +88,23 @@ def train_compare_seeds(cfg: Any, seeds: Sequence[int], train_dataset: Any = Non
     info = init_distributed(cfg.device)  # one process group for every seed (the nested runs join it)
     try:
         out = Path(broadcast_object(cfg.output or default_output(cfg, '-seeds'), info))
-        if train_dataset is None or eval_dataset is None:  # built once: the seeds share the data
-            built = build_datasets(cfg)
-            train_dataset = train_dataset if train_dataset is not None else built[0]
-            eval_dataset = eval_dataset if eval_dataset is not None else built[1]
-        results: Dict[int, Dict[str, Any]] = {}
-        for seed in seeds:
-            sub = dataclasses.replace(cfg, seed=seed, output=str(out / f'seed{seed}'))
-            results[seed] = train_compare(sub, train_dataset, eval_dataset, command)
-        summaries = {m: seed_summary(results, m) for m in _METRICS}
-        if info.is_main:
-            table = format_seed_summary(summaries['test_top1'], f'GGAM + {cfg.model}', f'plain {cfg.model}')
-            atomic_write_json(out / 'seeds.json', {'summaries': summaries, 'command': command, 'results': {
-                s: {k: {m: v for m, v in r.items() if m != 'history'} for k, r in pair.items()}
-                for s, pair in results.items()}})
-            print(f'\n{table}\n\nruns: {out}/seed<S>/{{ggam,plain}} ({time.perf_counter() - t0:.0f} s in all)',
-                  flush=True)
+        with claim_output(out, info):  # OUT for every seed; each comparison locks OUT/seed<S>
+            if train_dataset is None or eval_dataset is None:  # built once: the seeds share the data
+                built = build_datasets(cfg)
+                train_dataset = train_dataset if train_dataset is not None else built[0]
+                eval_dataset = eval_dataset if eval_dataset is not None else built[1]
+            results: Dict[int, Dict[str, Any]] = {}
+            for seed in seeds:
+                sub = dataclasses.replace(cfg, seed=seed, output=str(out / f'seed{seed}'))
+                results[seed] = train_compare(sub, train_dataset, eval_dataset, command)
+            summaries = {m: seed_summary(results, m) for m in _METRICS}
+            if info.is_main:
+                table = format_seed_summary(summaries['test_top1'], f'GGAM + {cfg.model}', f'plain {cfg.model}')
+                atomic_write_json(out / 'seeds.json', {'summaries': summaries, 'command': command, 'results': {
+                    s: {k: {m: v for m, v in r.items() if m != 'history'} for k, r in pair.items()}
+                    for s, pair in results.items()}})
+                print(f'\n{table}\n\nruns: {out}/seed<S>/{{ggam,plain}} ({time.perf_counter() - t0:.0f} s in all)',
+                      flush=True)
     finally:
         cleanup_distributed(info)
     return {'summary': summaries['test_top1'], 'summaries': summaries, 'results': results}
