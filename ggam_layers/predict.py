@@ -28,6 +28,7 @@ import torch.utils.data
 from PIL import Image
 
 from ._lock import file_lock
+from .data.folder import visible_images
 from .data.integrity import BadSample, check_image
 
 __all__ = [
@@ -109,17 +110,10 @@ def _list_file(path: Path) -> List[str]:
     return out
 
 
-def _folder(path: Path) -> List[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames.sort()
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_SUFFIXES))
-    return found
-
-
 def collect_images(inputs: Union[PathLike, Sequence[PathLike]]) -> List[str]:
     """The image files named by `inputs`, in order: files as given, folders searched recursively (files with an
-    image suffix, sorted), `.txt` files read as lists of paths (one per line; relative to the list's folder).
+    image suffix, sorted; hidden files and folders, such as .ipynb_checkpoints, passed over and counted in the log),
+    `.txt` files read as lists of paths (one per line; relative to the list's folder).
 
     A path listed in a .txt that does not exist is kept (`predict` skips and names it); a missing INPUT is an error.
 
@@ -133,7 +127,7 @@ def collect_images(inputs: Union[PathLike, Sequence[PathLike]]) -> List[str]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths.extend(_folder(path))
+            paths.extend(visible_images(os.fspath(path), IMAGE_SUFFIXES))
         elif path.is_file() and path.suffix.lower() == '.txt':
             paths.extend(_list_file(path))
         elif path.is_file():

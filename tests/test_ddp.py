@@ -96,3 +96,47 @@ def test_torchrun_batchnorm_replicas_agree(tmp_path):
     assert res['count'] == 32
     assert res['top1'] == pytest.approx(ddp['test_top1'], abs=1 / 32 + 1e-9)
     assert res['loss'] == pytest.approx(ddp['test_loss'], rel=1e-4)
+
+
+def _finite_decision_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1's loss is NaN at every update; rank 0's is finite. Both must skip, count, and stop together."""
+    import torch.distributed as dist
+    import torch.nn as nn
+
+    from ggam_layers.train.distributed import DistInfo
+    from ggam_layers.train.loop import StepOptions, StepState, TrainingDiverged, _finish_update
+
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    info = DistInfo(rank=rank, world_size=world, local_rank=rank, local_world_size=world)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opts = StepOptions(max_nonfinite_steps=2)
+    state = StepState()
+    events = []
+    for update in range(4):
+        model(torch.ones(1, 3)).sum().backward()  # finite gradients on both ranks: only the loss flag differs
+        finite = torch.tensor(rank == 0)
+        try:
+            _finish_update(model, list(model.parameters()), opt, None, finite, opts, state, 0, update, info)
+            events.append(('ok', state.skipped, state.skipped_in_a_row))
+        except TrainingDiverged:
+            events.append(('diverged', state.skipped, state.skipped_in_a_row))
+            break
+    Path(out, f'rank{rank}.json').write_text(json.dumps({'events': events, 'weight': model.weight.tolist()}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_nonfinite_decision_is_the_same_on_every_rank(tmp_path):
+    """A NaN loss on one rank skips the update on all ranks: same skip counts, same weights, the divergence stop on
+    the same update everywhere (a rank alone would stop while the others wait in the next collective)."""
+    import torch.multiprocessing as mp
+
+    if sys.platform.startswith('linux'):
+        os.environ.setdefault('GLOO_SOCKET_IFNAME', 'lo')
+    mp.spawn(_finite_decision_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in (0, 1))
+    assert r0['events'] == r1['events'] == [['ok', 1, 1], ['ok', 2, 2], ['diverged', 3, 3]]
+    assert r0['weight'] == r1['weight']

@@ -10,6 +10,7 @@ import torch.utils.data
 
 from .cub import CUB_LAYOUT, Cub2011
 from .dogs import DOGS_LAYOUT, StanfordDogs
+from .folder import ClassFolders
 from .inat import INAT_LAYOUT, INaturalist
 from .nabirds import NABIRDS_LAYOUT, NABirds
 from .synthetic import SyntheticFineGrained
@@ -42,7 +43,8 @@ or torchvision's devkit layout (needs scipy):
   oxford-iiit-pet/images/<Breed_name>_<n>.jpg
   oxford-iiit-pet/annotations/trainval.txt and test.txt    '<image_id> <class_id> <species> <breed_id>' per line""",
     'folder': """Image folder layout: root/<split>/<class_name>/<image> (split folder synonyms: train/training,
-  val/validation/eval, test); pass split='' to use root/<class_name>/<image> directly""",
+  val/validation/eval, test); pass split='' to use root/<class_name>/<image> directly; hidden files and folders
+  (.ipynb_checkpoints, .DS_Store, ...) are ignored""",
 }
 DATASET_LAYOUTS['imagefolder'] = DATASET_LAYOUTS['folder']
 
@@ -162,8 +164,6 @@ def _torchvision_call(name: str, fn: Callable[[], Any], root: str) -> Any:
 
 
 def _image_folder(name: str, root: str, split: Optional[str], transform: Optional[Callable], **kwargs: Any) -> Any:
-    from torchvision.datasets import ImageFolder
-
     folder = root
     if split:
         candidates: Tuple[str, ...] = (split,)
@@ -178,7 +178,7 @@ def _image_folder(name: str, root: str, split: Optional[str], transform: Optiona
             tried = ', '.join(os.path.join(root, c) for c in candidates)
             raise FileNotFoundError(f"{name}: no folder for split '{split}' (tried {tried}).\n{DATASET_LAYOUTS[name]}")
     try:
-        ds = ImageFolder(folder, transform=transform, **kwargs)
+        ds = ClassFolders(folder, name, transform=transform, **kwargs)
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{name}: '{folder}' holds no class folders with images ({e}).\n{DATASET_LAYOUTS[name]}"

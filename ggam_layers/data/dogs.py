@@ -3,6 +3,7 @@ import os
 from typing import Any, Dict, List, Tuple
 
 from ._listed import SplitImages, find_root, read_lines
+from .folder import is_hidden, log_hidden
 
 __all__ = ['DOGS_LAYOUT', 'StanfordDogs']
 
@@ -84,7 +85,9 @@ class StanfordDogs(SplitImages):
         images = os.path.join(self.root, 'Images')
         if not os.path.isdir(images):
             raise FileNotFoundError(f"Stanford Dogs: missing '{images}'.\n{DOGS_LAYOUT}")
-        folders = sorted(d.name for d in os.scandir(images) if d.is_dir())
+        entries = [d.name for d in os.scandir(images) if d.is_dir()]
+        folders = sorted(f for f in entries if not is_hidden(f))  # .ipynb_checkpoints is not a breed
+        log_hidden(f"Stanford Dogs: '{images}'", {f for f in entries if is_hidden(f)})
         bad = next((f for f in folders if '-' not in f), None)
         if not folders or bad is not None:
             what = f"folder '{os.path.join(images, bad)}' is not named <wnid>-<breed>" if bad else 'no breed folders'

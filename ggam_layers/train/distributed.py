@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ['DistInfo', 'init_distributed', 'cleanup_distributed', 'all_reduce_sum', 'all_reduce_max', 'barrier',
+__all__ = ['DistInfo', 'init_distributed', 'cleanup_distributed', 'all_reduce_sum', 'all_reduce_max', 'all_ranks_true',
+           'barrier',
            'broadcast_object', 'broadcast_buffers', 'replica_max_abs_diff', 'resolve_device']
 
 
@@ -113,6 +114,15 @@ def all_reduce_max(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     x = x.clone()
     dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return x
+
+
+def all_ranks_true(flags: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Bool `flags` and-ed over ranks, so that every rank takes the same decision (`flags` in a single process)."""
+    if not info.distributed:
+        return flags
+    x = flags.to(torch.int32)  # gloo and NCCL reduce integers, not bools
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return x.bool()
 
 
 def broadcast_object(obj, info: DistInfo, src: int = 0):

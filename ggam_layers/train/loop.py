@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.loader import derive_seed
-from .distributed import DistInfo, all_reduce_sum
+from .distributed import DistInfo, all_ranks_true, all_reduce_sum
 from .progress import progress as progress_bar
 
 __all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'StepState', 'TrainForward', 'TrainingDiverged', 'amp_dtype_for',
@@ -248,7 +248,7 @@ def train_one_epoch(
             scaled = loss / in_update
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if last:
-            _finish_update(model, params, optimizer, scaler, finite, opts, state, epoch, update)
+            _finish_update(model, params, optimizer, scaler, finite, opts, state, epoch, update, info)
         with torch.no_grad():
             n = y.shape[0]
             sums += torch.stack([
@@ -287,14 +287,20 @@ def _set_lr(optimizer: torch.optim.Optimizer, state: StepState, update: int, n_u
 
 
 def _finish_update(model: nn.Module, params: list, optimizer: torch.optim.Optimizer, scaler: Optional[Any],
-                   finite: torch.Tensor, opts: StepOptions, state: StepState, epoch: int, update: int) -> None:
-    """Clip, check and apply the accumulated gradient, or skip the update when it is not finite."""
+                   finite: torch.Tensor, opts: StepOptions, state: StepState, epoch: int, update: int,
+                   info: DistInfo) -> None:
+    """Clip, check and apply the accumulated gradient, or skip the update when it is not finite.
+
+    Under DDP the decision is taken over all ranks (one all-reduce of two flags): a rank whose own loss is not finite
+    makes every rank skip and count, so that the EMA, the skip count and the divergence stop stay in step.
+    """
     if scaler is not None:
         scaler.unscale_(optimizer)
     # the gradient norm (also without clipping: one fused reduction) tells whether every gradient is finite
     norm = nn.utils.clip_grad_norm_(params, opts.grad_clip if opts.grad_clip is not None else float('inf'))
-    ok_loss = bool(finite)  # the one host sync of an update
-    ok_grad = bool(torch.isfinite(norm)) if ok_loss else False
+    flags = all_ranks_true(torch.stack([finite.reshape(()), torch.isfinite(norm).reshape(())]), info)
+    ok_loss, ok_grad = flags.tolist()  # the one host sync of an update
+    ok_grad = ok_grad and ok_loss
     if ok_loss and (ok_grad or scaler is not None):  # fp16: GradScaler skips an overflowing gradient itself
         if scaler is not None:
             scaler.step(optimizer)
