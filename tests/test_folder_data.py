@@ -1,5 +1,5 @@
 """Image folders as users keep them: hidden entries (.ipynb_checkpoints, .DS_Store, ._name.jpg) are neither classes
-nor images in training, eval and predict."""
+nor images in training, eval and predict; a data set with fewer than two classes is refused before any work."""
 import logging
 import os
 from pathlib import Path
@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ggam_layers.train.build as build_module
 from ggam_layers.cli import main
 from ggam_layers.data import create_dataset
 from ggam_layers.predict import collect_images
+from ggam_layers.train import TrainConfig, train, train_compare
 
+TINY = dict(model='test_resnet', img_size=32, epochs=1, batch_size=4, eval_batch_size=8, threads=1, progress=False)
 ARGS = ['--preset', 'synthetic', '--model', 'test_resnet', '--img-size', '32', '--epochs', '1', '--batch-size', '4',
         '--threads', '1', '--no-progress', '--dataset', 'folder']
 
@@ -103,3 +106,45 @@ def test_train_eval_and_predict_on_folders_with_hidden_entries(tmp_path, capsys,
     assert main(['predict', str(out), str(root / 'test'), '--topk', '1', '--no-progress']) == 0
     table = capsys.readouterr().out
     assert table.count('.jpg') == 4 and '.thumb' not in table and 'checkpoint' not in table
+
+
+# --- fewer than two classes ------------------------------------------------------------------------------------------
+def _no_scan(*args, **kwargs):
+    raise AssertionError('the images were scanned before the class check')
+
+
+def test_one_class_is_refused_before_any_work(tmp_path, monkeypatch):
+    root = tmp_path / 'ds'
+    _split(root / 'train', classes=('only_cat',), n=4, hidden=False)
+    _split(root / 'test', classes=('only_cat',), hidden=False)
+    out = tmp_path / 'run'
+    monkeypatch.setattr(build_module, 'scan_images', _no_scan)
+    cfg = TrainConfig.from_preset('synthetic', **TINY, dataset='folder', data_root=str(root), output=str(out))
+    for run in (train, train_compare):
+        with pytest.raises(ValueError, match=f"split 'train' of dataset 'folder' under '{root}' has 1 class: "
+                                             "'only_cat': a classifier needs at least two"):
+            run(cfg)
+        assert not out.exists()
+
+
+def test_one_class_on_the_command_line_names_the_split_and_class(tmp_path, capsys):
+    """The issue's case: one class folder trained to 100% top-1 (cross-entropy 0)."""
+    root = tmp_path / 'ds'
+    _split(root / 'train', classes=('a',), n=4, hidden=False)
+    _split(root / 'test', classes=('a',), hidden=False)
+    with pytest.raises(SystemExit) as e:
+        main(['train', *ARGS, '--data-root', str(root), '--output', str(tmp_path / 'run')])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"split 'train' of dataset 'folder' under '{root}' has 1 class: 'a': a classifier needs at least two" in err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_an_evaluation_split_of_one_class_is_named_too(tmp_path):
+    root = tmp_path / 'ds'
+    _split(root / 'train', classes=('a', 'b'), n=4, hidden=False)
+    _split(root / 'test', classes=('b',), hidden=False)
+    cfg = TrainConfig.from_preset('synthetic', **TINY, dataset='folder', data_root=str(root),
+                                  output=str(tmp_path / 'r'))
+    with pytest.raises(ValueError, match="split 'test' of dataset 'folder' under .* has 1 class: 'b'"):
+        train(cfg)

@@ -27,7 +27,7 @@ from .config import RESUME_MUTABLE_FIELDS, TrainConfig
 from .distributed import DistInfo
 from .progress import progress
 
-__all__ = ['build_datasets', 'build_model', 'resolve_data_config']
+__all__ = ['build_datasets', 'build_model', 'check_classes', 'resolve_data_config']
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +67,27 @@ def _num_classes(ds: Any) -> int:
 def _class_names(ds: Any) -> Optional[List[str]]:
     names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
     return [str(n) for n in names] if names is not None else None
+
+
+def check_classes(cfg: TrainConfig, datasets: Dict[str, Any]) -> None:
+    """Refuse a split with fewer than two classes, before any work: with one class, cross-entropy is 0 and every
+    prediction is right, so a run would report 100% top-1 whatever it learnt.
+
+    Args:
+        cfg: The run (its dataset and data root name the data in the message).
+        datasets: {split name: dataset}, e.g. {cfg.train_split: train_ds, cfg.eval_split: eval_ds}.
+    """
+    for split, ds in datasets.items():
+        n = _num_classes(ds)
+        if n >= 2:
+            continue
+        names = _class_names(ds) or []
+        found = f': {", ".join(repr(c) for c in names[:10])}' if names else ''
+        where = f" under '{cfg.data_root}'" if cfg.data_root else ''
+        raise ValueError(
+            f"split '{split}' of dataset '{cfg.dataset}'{where} has {n} class{'' if n == 1 else 'es'}{found}: a "
+            'classifier needs at least two (with one, the loss is 0 and top-1 is 100% whatever the model learns); '
+            'give each class its own folder (root/<split>/<class>/<image>), or check --data-root')
 
 
 def _fixed_input_size(name: str) -> bool:

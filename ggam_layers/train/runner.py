@@ -38,6 +38,7 @@ from .build import (
     _usable_cores,
     build_datasets,
     build_model,
+    check_classes,
     resolve_data_config,
 )
 from .checkpoint import (
@@ -242,6 +243,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         built = build_datasets(cfg)
         train_ds = train_ds if train_ds is not None else built[0]
         eval_ds = eval_ds if eval_ds is not None else built[1]
+    check_classes(cfg, {cfg.train_split: train_ds, cfg.eval_split: eval_ds})
     num_classes = _num_classes(train_ds)
     if _num_classes(eval_ds) != num_classes:
         raise ValueError(f'the training split has {num_classes} classes but the evaluation split has '
