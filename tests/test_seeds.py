@@ -31,6 +31,19 @@ def test_seed_summary_by_hand():
     assert '70.00 ± 10.00' in text
 
 
+def test_seed_summary_of_any_two_arms():
+    results = {0: {'se': _res(0.60), 'cbam': _res(0.50)}, 1: {'se': _res(0.55), 'cbam': _res(0.65)}}
+    s = seed_summary(results, arms=('se', 'cbam'))
+    assert s['arms'] == ['se', 'cbam'] and [r['se'] for r in s['per_seed']] == [0.60, 0.55]
+    assert [round(r['diff'], 10) for r in s['per_seed']] == [0.1, -0.1] and s['wins'] == 1
+    text = format_seed_summary(s, 'SE + x', 'CBAM + x')
+    assert 'SE - CBAM' in text and 'SE ahead on 1 of 2 seeds' in text
+    with pytest.raises(ValueError, match='seed 0: no test_top1 for cbam'):
+        seed_summary({0: {'se': _res(0.5)}}, arms=('se', 'cbam'))
+    with pytest.raises(ValueError, match='two different names'):
+        seed_summary(results, arms=('se', 'se'))
+
+
 def test_seed_summary_refuses_missing_results():
     with pytest.raises(ValueError, match='seed 0: no test_top1 for plain'):
         seed_summary({0: {'ggam': _res(0.5), 'plain': {'test_top1': None}}})
@@ -86,6 +99,6 @@ def test_seeds_refuses_a_single_model(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(['train', '--seeds', '0', '1', '--plain', '--output', str(tmp_path / 'x')])
     assert exc.value.code == 2
-    assert '--seeds trains GGAM and the plain backbone (it implies --compare-plain), and --plain contradicts it' in \
-        capsys.readouterr().err
+    assert '--seeds trains two models (it implies --compare-plain, or takes --compare A B), and --plain contradicts ' \
+        'it' in capsys.readouterr().err
     assert not (tmp_path / 'x').exists()

@@ -100,8 +100,8 @@ def _fixed_input_size(name: str) -> bool:
 
 def build_model(cfg: TrainConfig, num_classes: int, pretrained: Optional[bool] = None) -> nn.Module:
     """The model of `cfg`: `timm.create_model('ggam', backbone=cfg.model, ...)` (what `wrap_timm_model` builds,
-    plus timm's record of the arguments, so the saved config.json reloads with `local-dir:`), or the plain timm
-    model with `cfg.plain`.
+    plus timm's record of the arguments, so the saved config.json reloads with `local-dir:`; an SE or CBAM head with
+    `cfg.attention`), or the plain timm model with `cfg.plain`.
 
     Args:
         cfg: Run config.
@@ -140,12 +140,16 @@ def _create(cfg: TrainConfig, num_classes: int, use_pretrained: bool, kwargs: Di
         if cfg.plain:
             return timm.create_model(cfg.model, pretrained=use_pretrained, num_classes=num_classes,
                                      drop_rate=cfg.drop_rate, **kwargs)
-        return timm.create_model(
-            'ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
-            channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
-            temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer, rd_ratio=cfg.rd_ratio,
-            drop_rate=cfg.drop_rate, **({'channel_rescale': True} if cfg.channel_rescale else {}),
-            **({'spatial_gate': True} if cfg.spatial_gate else {}), **kwargs)
+        head: Dict[str, Any] = dict(rd_ratio=cfg.rd_ratio, drop_rate=cfg.drop_rate)
+        if cfg.attention == 'ggam':
+            head.update(channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
+                        temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer,
+                        **({'channel_rescale': True} if cfg.channel_rescale else {}),
+                        **({'spatial_gate': True} if cfg.spatial_gate else {}))
+        else:  # an SE / CBAM head: the GGAM options do not apply
+            head['attention'] = cfg.attention
+        return timm.create_model('ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
+                                 **head, **kwargs)
     except (KeyError, RuntimeError) as e:
         if not (use_pretrained and cfg.pretrained_file):
             raise
@@ -278,7 +282,7 @@ def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any
         'dataset': {'name': cfg.dataset, 'train_split': cfg.train_split, 'eval_split': cfg.eval_split,
                     'num_classes': num_classes, **({'kwargs': cfg.dataset_kwargs} if cfg.dataset_kwargs else {})},
         'recipe': command or _recipe(cfg),
-        'kind': 'plain' if cfg.plain else 'ggam',
+        'kind': cfg.arm,
         'data_config': data_config,
         'train_config': asdict(cfg),
     }

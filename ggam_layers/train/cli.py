@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .._files import CONFIG_NAME, atomic_write_json
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
+from ..model import ATTENTIONS
 from .checkpoint import CheckpointWriteError
-from .compare import train_compare
+from .compare import ARMS, check_arms, train_compare
 from .config import AMP_DTYPES, CAM_CLASSES, MIXUP_MODES, PRESETS, SCHEDULES, TrainConfig
 from .evaluate import evaluate
 from .loop import TTA_MODES, TrainingDiverged
@@ -70,9 +71,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
                    help='train GGAM and then the plain backbone the same way and print both test accuracies '
                         '(default: on when `train` gets no option at all)')
+    p.add_argument('--compare', nargs=2, choices=ARMS, metavar=('A', 'B'),
+                   help=f'train any two of {", ".join(ARMS)} the same way into OUT/A and OUT/B and print both test '
+                        'accuracies (--compare-plain is --compare ggam plain, or ATTENTION plain with --attention)')
     p.add_argument('--seeds', nargs='+', type=int, metavar='S',
-                   help='with --compare-plain (implied): train both models once per seed into OUT/seed<S>/ and print '
-                        'each pair, mean ± std and the paired difference with the seeds where GGAM wins')
+                   help='with --compare-plain (implied) or --compare A B: train both models once per seed into '
+                        'OUT/seed<S>/ and print each pair, mean ± std and the paired difference with the seeds where '
+                        'the first wins')
     g = p.add_argument_group('data')
     g.add_argument('--dataset', help=h('dataset', 'synthetic, synthetic_pretrain, cub, nabirds, dogs, inat, aircraft, '
                                                   'cars, flowers, pets, folder or hfds/NAME'))
@@ -108,6 +113,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('model')
     g.add_argument('--model', help=h('model', 'timm backbone'))
     g.add_argument('--plain', action='store_true', help='train the plain timm backbone with cross-entropy (baseline)')
+    g.add_argument('--attention', choices=ATTENTIONS,
+                   help=h('attention', "the head's attention: ggam (the paper's method) or the paper's Table 2 "
+                                       "comparators at the same place, se / cbam (timm.layers' SEModule / CbamModule, "
+                                       'global average pooling, cross-entropy only)'))
     g.add_argument('--pretrained', action=argparse.BooleanOptionalAction,
                    help=h('pretrained', "load the backbone's pretrained weights through timm"))
     g.add_argument('--pretrained-file', metavar='PATH', help='local backbone weights (timm pretrained_cfg_overlay)')
@@ -208,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bo
     (only `RESUME_MUTABLE_FIELDS` may change).
     """
     ns = dict(vars(args))
-    for key in ('command', 'func', '_argv', 'seeds'):
+    for key in ('command', 'func', '_argv', 'seeds', 'compare'):
         ns.pop(key, None)
     preset = ns.pop('preset', DEFAULT_PRESET)
     compare = ns.pop('compare_plain', None)
@@ -226,8 +235,9 @@ def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bo
         out = Path(ns['output']) if ns.get('output') else None
         if out is None:
             raise ValueError('--resume needs the run directory: --resume DIR')
-        compare_run = not (out / CONFIG_NAME).is_file() and (out / 'ggam' / CONFIG_NAME).is_file()
-        saved_dir = out / 'ggam' if compare_run else out
+        arm_dirs = [out / arm for arm in ARMS if (out / arm / CONFIG_NAME).is_file()]
+        compare_run = not (out / CONFIG_NAME).is_file() and bool(arm_dirs)
+        saved_dir = arm_dirs[0] if compare_run else out
         saved = asdict(TrainConfig.from_dict(read_run_config(saved_dir)['ggam_layers']['train_config']))
         saved.update(stop_after=None, overwrite=False)  # settings of the interrupted invocation, not of the run
         for owner, key in (('model', 'model_kwargs'), ('dataset', 'dataset_kwargs')):
@@ -236,8 +246,8 @@ def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bo
                                                 **{k: ns[k] for k in (owner, key) if k in ns})
                 ns[key] = getattr(fresh, key)
         saved.update(ns)
-        if compare_run:
-            saved.update(plain=False, output=str(out))
+        if compare_run:  # each model's own plain / attention are set again per arm
+            saved.update(plain=False, attention='ggam', output=str(out))
         cfg = TrainConfig.from_dict(saved)
         return cfg, compare_run if compare is None else compare
     cfg = TrainConfig.from_preset(preset, **ns)
@@ -255,11 +265,14 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg, compare = config_from_args(args)
     argv = getattr(args, '_argv', None)
     seeds = getattr(args, 'seeds', None)
+    arms = _compare_arms(cfg, compare, getattr(args, 'compare', None))
+    if getattr(args, 'compare', None) is not None:
+        compare = True
     if seeds is not None:
         if compare is False or cfg.plain:
             other = '--no-compare-plain' if compare is False else '--plain'
-            raise ValueError(f'--seeds trains GGAM and the plain backbone (it implies --compare-plain), and {other} '
-                             'contradicts it: drop one of the two')
+            raise ValueError(f'--seeds trains two models (it implies --compare-plain, or takes --compare A B), and '
+                             f'{other} contradicts it: drop one of the two')
         if cfg.resume:
             raise ValueError('--seeds cannot resume a run; rerun the command with a new --output (or resume one seed '
                              'with --resume OUT/seed<S>)')
@@ -268,10 +281,10 @@ def _run_train(args: argparse.Namespace) -> int:
     command = 'ggam-layers train' + ('' if not argv else ' ' + shlex.join(argv))
     try:
         if seeds is not None:
-            train_compare_seeds(cfg, seeds, command=command)
+            train_compare_seeds(cfg, seeds, command=command, arms=arms)
             return 0
         if compare:
-            train_compare(cfg, command=command)
+            train_compare(cfg, command=command, arms=arms)
             return 0
         result = train(cfg, command=command)
     except TrainingInterrupted as e:  # train() said where the run stands and how to resume
@@ -294,6 +307,20 @@ def _run_train(args: argparse.Namespace) -> int:
               f' after {result["epochs_done"]}/{cfg.epochs} epochs ({result["train_time_s"]:.0f} s); '
               f'run: {result["output"]}{_skipped_note(result)}', flush=True)
     return 0
+
+
+def _compare_arms(cfg: TrainConfig, compare_plain: Optional[bool], arms: Optional[Sequence[str]]) -> Tuple[str, str]:
+    """The two models a comparison trains: `--compare A B`, else the run's attention against the plain model."""
+    if arms is None:
+        return (cfg.attention, 'plain')
+    if compare_plain is not None:
+        raise ValueError(f'--compare {" ".join(arms)} names both models and --{"" if compare_plain else "no-"}'
+                         'compare-plain contradicts it: drop one of the two')
+    if cfg.plain or cfg.attention != 'ggam':
+        other = '--plain' if cfg.plain else f'--attention {cfg.attention}'
+        raise ValueError(f'--compare {" ".join(arms)} sets each model\'s head, and {other} contradicts it: drop one '
+                         'of the two')
+    return check_arms(arms)
 
 
 def _skipped_note(result: Dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 from .._files import PRETRAINED_DIR, check_safetensors
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
+from ..model import ATTENTIONS
 from .implied import apply_implications, flag
 from .loop import AMP_DTYPE_ALIASES
 
@@ -62,6 +63,9 @@ class TrainConfig:
     Model:
         model: timm backbone name (`timm.list_models()`).
         plain: Train the plain timm model with cross-entropy (the baseline) instead of GGAM.
+        attention: The head's attention: 'ggam' (the paper's method), or a comparator of the paper's Table 2 at the
+            same place, 'se' or 'cbam' (timm.layers' SEModule / CbamModule, then global average pooling; trained
+            with cross-entropy alone, as the plain model).
         pretrained: Load the backbone's pretrained weights through timm. Given explicitly as False
             (`--no-pretrained`, or `from_preset(..., pretrained=False)`), it also drops the preset's
             `pretrained_file`: the backbone starts from random initialisation.
@@ -160,6 +164,7 @@ class TrainConfig:
     # model
     model: str = 'resnet10t'
     plain: bool = False
+    attention: str = 'ggam'
     pretrained: bool = False
     pretrained_file: Optional[str] = None
     channel_attn: bool = True
@@ -275,6 +280,11 @@ class TrainConfig:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
 
+    @property
+    def arm(self) -> str:
+        """What this run trains: 'ggam', 'se', 'cbam' (`attention`) or 'plain' (the timm model, `plain`)."""
+        return 'plain' if self.plain else self.attention
+
     def validate(self) -> 'TrainConfig':
         """Raise ValueError naming the field for a value out of range; returns self."""
         def choice(name, options):
@@ -287,6 +297,10 @@ class TrainConfig:
         choice('cam_class', CAM_CLASSES)
         choice('train_aug', TRAIN_AUGS)
         choice('data_path', DATA_PATHS)
+        choice('attention', ATTENTIONS)
+        if self.plain and self.attention != 'ggam':
+            raise ValueError(f'--plain (plain) trains the timm model without a head attention, and --attention '
+                             f'{self.attention} (attention) puts one there: drop one of the two')
         if self.channel_rescale and self.spatial_attn:
             raise ValueError('channel_rescale=True (--channel-rescale) scales eq. 1 and needs spatial_attn=False '
                              '(--no-spatial-attn)')

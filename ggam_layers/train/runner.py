@@ -94,7 +94,7 @@ _STATE_VERSION = 1
 # --- training --------------------------------------------------------------------------------------------------------
 def _resolve_output(cfg: TrainConfig, info: DistInfo) -> TrainConfig:
     """`cfg` with its run directory named (rank 0's default name on every rank)."""
-    out = broadcast_object(cfg.output or default_output(cfg, '-plain' if cfg.plain else ''), info)
+    out = broadcast_object(cfg.output or default_output(cfg, '' if cfg.arm == 'ggam' else f'-{cfg.arm}'), info)
     return dataclasses.replace(cfg, output=str(out))
 
 
@@ -235,7 +235,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     # every check first (settings, run directory, data layout, batch size, image files, model, checkpoint): a refused
     # run writes nothing
     out = _check_output(cfg)
-    kind = 'plain' if cfg.plain else 'GGAM'
+    kind = {'ggam': 'GGAM', 'se': 'SE', 'cbam': 'CBAM'}.get(cfg.arm, cfg.arm)
     label = f'{kind} {cfg.model}'
 
     # data
@@ -318,9 +318,9 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     step_state = StepState(updates=start_epoch * steps_per_epoch, skipped=int(state.get('skipped_steps', 0)),
                            scheduler=_scheduler(optimizer, cfg, steps_per_epoch), mixup=mixup, ema=ema)
 
-    fwd = TrainForward(model, ggam=not cfg.plain)
+    fwd = TrainForward(model, ggam=cfg.arm == 'ggam')
     opts = StepOptions(
-        ggam=not cfg.plain, cam_class=cfg.cam_class, label_smoothing=smoothing, grad_clip=cfg.grad_clip,
+        ggam=cfg.arm == 'ggam', cam_class=cfg.cam_class, label_smoothing=smoothing, grad_clip=cfg.grad_clip,
         channels_last=cfg.channels_last, amp_dtype=amp_dtype, seed=cfg.seed, epochs=cfg.epochs, sched=cfg.sched,
         warmup_steps=warmup_steps, min_lr_ratio=cfg.min_lr_ratio, grad_accum_steps=cfg.grad_accum_steps,
         max_nonfinite_steps=cfg.max_nonfinite_steps)
@@ -472,7 +472,7 @@ def _final_result(cfg: TrainConfig, history: List[Dict[str, Any]], out: Path, nu
     last_eval = evaluated[-1] if evaluated else {}
     best = max(evaluated, key=lambda r: r['test_top1']) if evaluated else {}
     return {
-        'model': 'plain' if cfg.plain else 'ggam',
+        'model': cfg.arm,
         'label': label,
         'backbone': cfg.model,
         'test_top1': last_eval.get('test_top1'),
