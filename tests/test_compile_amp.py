@@ -234,3 +234,22 @@ def test_no_host_sync_in_ggam_loss_cuda(amp):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_fp16_grad_scaler_exists_on_every_torch_the_package_accepts(monkeypatch):
+    """`--amp --amp-dtype float16` builds its GradScaler through `fp16_grad_scaler`: torch.amp.GradScaler('cuda')
+    where it exists, torch.cuda.amp.GradScaler() on torch 2.1 (which has no torch.amp.GradScaler; the floor stage
+    runs this test there)."""
+    import warnings
+
+    from ggam_layers.train.loop import fp16_grad_scaler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # no CUDA here: the scaler warns and disables itself, as it would
+        scaler = fp16_grad_scaler()
+        assert hasattr(scaler, 'scale') and hasattr(scaler, 'unscale_')
+        if hasattr(torch.amp, 'GradScaler'):
+            assert isinstance(scaler, torch.amp.GradScaler)
+            monkeypatch.delattr(torch.amp, 'GradScaler')  # what torch 2.1 looks like
+            old = fp16_grad_scaler()
+            assert isinstance(old, torch.cuda.amp.GradScaler)

@@ -135,7 +135,8 @@ class TrainConfig:
         keep_checkpoints: Checkpoints to keep (2: `resume` falls back to the previous one if the newest is damaged).
         tensorboard: Also log to OUT/tensorboard.
         progress: Show tqdm progress bars and a line per epoch.
-        preset: The preset these values came from (recorded only).
+        preset: The preset these values came from (recorded only); None for a `TrainConfig(...)` built from the
+            field defaults (which are no preset's: `from_preset` applies one).
     """
     # data
     dataset: str = 'synthetic'
@@ -229,7 +230,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = False
     progress: bool = True
-    preset: str = 'synthetic'
+    preset: Optional[str] = None
 
     @classmethod
     def from_preset(cls, preset: str = 'synthetic', **overrides) -> 'TrainConfig':

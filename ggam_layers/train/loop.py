@@ -22,8 +22,8 @@ from .distributed import DistInfo, all_ranks_true, all_reduce_sum
 from .progress import progress as progress_bar
 
 __all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'StepState', 'TrainForward', 'TrainingDiverged', 'amp_dtype_for',
-           'autocast', 'evaluate_model', 'lr_factor', 'normalize_amp_dtype', 'train_one_epoch', 'updates_per_epoch',
-           'tta_views', 'TTA_MODES']
+           'autocast', 'evaluate_model', 'fp16_grad_scaler', 'lr_factor', 'normalize_amp_dtype', 'train_one_epoch',
+           'updates_per_epoch', 'tta_views', 'TTA_MODES']
 
 # every spelling of the autocast dtype that timm and PyTorch users type, to its canonical name
 AMP_DTYPE_ALIASES = {
@@ -55,6 +55,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, sched: str = 'cosi
         return 1.0
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def fp16_grad_scaler() -> Any:
+    """The loss scaler of float16 training on CUDA: `torch.amp.GradScaler('cuda')` where torch has it (2.3 and
+    newer), `torch.cuda.amp.GradScaler()` on the older releases the package accepts (torch.amp has no GradScaler
+    in torch 2.1)."""
+    if hasattr(torch.amp, 'GradScaler'):
+        return torch.amp.GradScaler('cuda')
+    return torch.cuda.amp.GradScaler()
 
 
 def amp_dtype_for(amp: bool, amp_dtype: str, device: torch.device) -> Optional[torch.dtype]:

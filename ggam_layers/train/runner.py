@@ -67,6 +67,7 @@ from .loop import (
     TrainingDiverged,
     amp_dtype_for,
     evaluate_model,
+    fp16_grad_scaler,
     train_one_epoch,
     updates_per_epoch,
 )
@@ -273,7 +274,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
 
     optimizer = _optimizer(model, cfg)
     amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
-    scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
+    scaler = fp16_grad_scaler() if amp_dtype == torch.float16 else None
     mixup = _mixup(cfg, num_classes)
     # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
     smoothing = 0.0 if mixup is not None else cfg.label_smoothing
