@@ -34,8 +34,8 @@ from .attn_head import BASELINE_ATTENTIONS, AttnPoolHead
 from .head import GGAMHead, GGAMOutput
 
 __all__ = [
-    'ATTENTIONS', 'GGAMModel', 'FeatureLayout', 'GLOBAL_POOLS', 'UnsupportedBackboneError', 'check_image_batch',
-    'tokens_to_nchw', 'wrap_timm_model', 'head_param_groups']
+    'ATTENTIONS', 'GGAMModel', 'FeatureLayout', 'GLOBAL_POOLS', 'UnsupportedBackboneError', 'check_backbone_name',
+    'check_image_batch', 'prefix_names', 'tokens_to_nchw', 'wrap_timm_model', 'head_param_groups']
 
 # the head's attention: GGAM's channel-spatial attention, or one of the paper's Table 2 comparators from timm.layers
 ATTENTIONS = ('ggam', *BASELINE_ATTENTIONS)
@@ -47,7 +47,8 @@ GLOBAL_POOLS = ('', 'avg', 'sum', 'auto')
 _logger = logging.getLogger(__name__)
 
 
-def _prefix_names(names: Any, prefix: str) -> Any:
+def prefix_names(names: Any, prefix: str) -> Any:
+    """`prefix` before a module name or each of a list / tuple of names (a pretrained cfg's `first_conv`)."""
     if isinstance(names, str):
         return prefix + names
     if isinstance(names, (list, tuple)):
@@ -195,7 +196,7 @@ class GGAMModel(nn.Module):
                              for info in (backbone.feature_info if isinstance(backbone.feature_info, list) else [])]
         self.pretrained_cfg = self.default_cfg = dict(
             cfg, architecture='ggam', num_classes=num_classes, classifier='head.fc',
-            first_conv=_prefix_names(cfg.get('first_conv'), 'backbone.'))
+            first_conv=prefix_names(cfg.get('first_conv'), 'backbone.'))
         self.model_args['backbone'] = self.backbone_name
         self._fmt = self.layout.fmt
         self._num_prefix_tokens = self.layout.num_prefix_tokens
@@ -434,15 +435,27 @@ def _resolve_global_pool(global_pool: Optional[str], pool_type: str, num_classes
     return pool_type if global_pool == 'auto' else global_pool
 
 
+def check_backbone_name(name: Any, what: str = 'backbone') -> None:
+    """Refuse a name timm does not know (a model name, or `hf-hub:` / `local-dir:`), with the closest names.
+
+    Args:
+        name: The backbone name.
+        what: How the message names the argument ('backbone', 'model', ...).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'{what} must be a timm backbone name, got {name!r}')
+    if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5)
+    raise ValueError(f'{what} {name!r} is not a timm backbone' + (f'; did you mean one of {close}?' if close else '')
+                     + ' (timm.list_models() lists them all)')
+
+
 def create_backbone(
         name: str, pretrained: bool = False, in_chans: int = 3, device=None, **kwargs,
 ) -> nn.Module:
     """`timm.create_model(name, num_classes=0)` with errors that say what to change."""
-    if not name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) and not timm.is_model(name):
-        close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5)
-        raise ValueError(
-            f'unknown timm backbone {name!r}' + (f'; did you mean one of {close}?' if close else '')
-            + ' (timm.list_models() lists them all)')
+    check_backbone_name(name)
     try:
         return create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, device=device, **kwargs)
     except (OSError, RuntimeError) as e:

@@ -31,7 +31,7 @@ from timm.models import (
 
 from ._files import PRETRAINED_DIR
 from ._timm_compat import create_model, safetensors_source
-from .model import GGAMModel
+from .model import GGAMModel, prefix_names
 
 # entrypoints are appended by register_model
 __all__ = ['GGAM_BACKBONES', 'TAG_MODEL_ARGS', 'checkpoint_filter_fn', 'create_ggam']
@@ -160,10 +160,8 @@ def _data_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
     drop = ('architecture', 'tag', 'classifier', 'hf_hub_id', 'hf_hub_filename', 'url', 'file', 'state_dict',
             'source', 'custom_load', 'label_names', 'label_descriptions', 'label_offset')
     out = {k: v for k, v in cfg.items() if v is not None and k not in drop}
-    first_conv = out.get('first_conv')
-    if first_conv:
-        out['first_conv'] = [f'backbone.{n}' for n in first_conv] if isinstance(first_conv, (tuple, list)) else (
-            f'backbone.{first_conv}')
+    if out.get('first_conv'):
+        out['first_conv'] = prefix_names(out['first_conv'], 'backbone.')
     return out
 
 
@@ -171,10 +169,8 @@ def _backbone_cfg(backbone: str, tag: str, **kwargs) -> Dict[str, Any]:
     base = get_pretrained_cfg(f'{backbone}.{tag}')
     cfg = base.to_dict() if base is not None else {}
     cfg = {k: v for k, v in cfg.items() if v is not None and k not in ('architecture', 'tag', 'classifier')}
-    first_conv = cfg.get('first_conv')
-    if first_conv:
-        cfg['first_conv'] = [f'backbone.{n}' for n in first_conv] if isinstance(first_conv, (list, tuple)) else (
-            f'backbone.{first_conv}')
+    if cfg.get('first_conv'):
+        cfg['first_conv'] = prefix_names(cfg['first_conv'], 'backbone.')
     cfg.update(classifier='head.fc', license='apache-2.0')
     cfg.update(kwargs)
     return cfg

@@ -227,7 +227,7 @@ def test_backbone_checkpoint_loads_into_ggam_with_fresh_head(tmp_path):
 
 
 @pytest.mark.parametrize('name,match', [
-    ('resnet5o', "unknown timm backbone 'resnet5o'; did you mean"),
+    ('resnet5o', "backbone 'resnet5o' is not a timm backbone; did you mean"),
     ('crossvit_tiny_240', 'returns a list'),
     ('pit_ti_224', 'no spatial map'),
 ])

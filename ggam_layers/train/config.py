@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 from .._files import PRETRAINED_DIR, check_safetensors
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
-from ..model import ATTENTIONS
+from ..model import ATTENTIONS, check_backbone_name
 from .implied import apply_implications, flag
 from .loop import AMP_DTYPE_ALIASES
 
@@ -361,7 +361,7 @@ class TrainConfig:
             if not Path(self.pretrained_file).is_file():
                 raise ValueError(f'pretrained_file {self.pretrained_file!r} does not exist')
             check_safetensors(self.pretrained_file, what='--pretrained-file')
-        _check_model_name(self.model)
+        check_backbone_name(self.model, 'model')
         return self
 
 
@@ -373,18 +373,6 @@ def _check_optimizer(name: str) -> None:
         close = difflib.get_close_matches(str(name).lower(), sorted(known), n=5)
         raise ValueError(f'opt {name!r} is not an optimizer of timm' + (f'; did you mean one of {close}?' if close
                                                                        else '') + ' (timm.optim.list_optimizers())')
-
-
-def _check_model_name(name: str) -> None:
-    """Refuse a backbone name timm does not know, with the closest names, before any data is touched."""
-    import timm
-    if not isinstance(name, str) or not name:
-        raise ValueError(f'model must be a timm backbone name, got {name!r}')
-    if name.startswith(('hf-hub:', 'hf_hub:', 'local-dir:')) or timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name.split('.')[0], timm.list_models(), n=5)
-    raise ValueError(f'model {name!r} is not a timm backbone' + (f'; did you mean one of {close}?' if close else '')
-                     + ' (timm.list_models() lists them all)')
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {
