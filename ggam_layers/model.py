@@ -35,7 +35,8 @@ from .head import GGAMHead, GGAMOutput
 
 __all__ = [
     'ATTENTIONS', 'GGAMModel', 'FeatureLayout', 'GLOBAL_POOLS', 'UnsupportedBackboneError', 'check_backbone_name',
-    'check_image_batch', 'prefix_names', 'tokens_to_nchw', 'wrap_timm_model', 'head_param_groups']
+    'check_image_batch', 'prefix_names', 'tokens_to_nchw', 'wrap_timm_model', 'head_param_groups',
+    'head_parameter_names']
 
 # the head's attention: GGAM's channel-spatial attention, or one of the paper's Table 2 comparators from timm.layers
 ATTENTIONS = ('ggam', *BASELINE_ATTENTIONS)
@@ -485,19 +486,32 @@ def wrap_timm_model(
     return GGAMModel(model_or_name, num_classes=num_classes, backbone_pretrained=pretrained, **kwargs)
 
 
+def head_parameter_names(model: nn.Module) -> Set[str]:
+    """Names of the head's parameters: the GGAM (or SE / CBAM) head of a GGAM model, a timm model's classifier."""
+    if isinstance(model, GGAMModel):
+        modules = [model.head]
+    else:  # timm's get_classifier() may give a tuple of modules
+        clf = model.get_classifier()
+        modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
 def head_param_groups(
-        model: GGAMModel, lr: float, backbone_lr_scale: float = 0.1, weight_decay: float = 0.,
+        model: nn.Module, lr: float, backbone_lr_scale: float = 0.1, weight_decay: float = 0.,
 ) -> List[Dict[str, Any]]:
     """Optimizer parameter groups of the paper's recipe: the head at `lr`, the backbone at `lr * backbone_lr_scale`.
 
     Args:
-        model: A GGAM model.
+        model: A GGAM model (the head: attention and classifier), or a plain timm model (the head: its classifier).
         lr: Learning rate of the attention and classifier (the paper: 0.1).
         backbone_lr_scale: The backbone's learning rate relative to `lr` (the paper: 0.1).
         weight_decay: Weight decay of both groups (the paper: 5e-4).
     """
-    head = [p for p in model.head.parameters() if p.requires_grad]
-    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    names = head_parameter_names(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in named if n in names]
+    backbone = [p for n, p in named if n not in names]
     return [
         {'params': backbone, 'lr': lr * backbone_lr_scale, 'weight_decay': weight_decay, 'name': 'backbone'},
         {'params': head, 'lr': lr, 'weight_decay': weight_decay, 'name': 'head'},

@@ -9,7 +9,7 @@ import os
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import timm
@@ -22,7 +22,7 @@ from .._files import CheckpointError
 from ..data.builder import create_dataset
 from ..data.integrity import scan_images
 from ..hub.save import ggam_model_args, model_config_json
-from ..model import GGAMModel
+from ..model import GGAMModel, head_param_groups, head_parameter_names
 from .config import RESUME_MUTABLE_FIELDS, TrainConfig
 from .distributed import DistInfo
 from .progress import progress
@@ -172,46 +172,31 @@ def resolve_data_config(cfg: TrainConfig, model: nn.Module) -> Dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dc.items()}
 
 
-def _head_names(model: nn.Module) -> Set[str]:
-    """Names of the parameters of the head: the GGAM head, or the plain model's classifier."""
-    if isinstance(model, GGAMModel):
-        modules = [model.head]
-    else:  # timm's get_classifier() may give a tuple of modules
-        clf = model.get_classifier()
-        modules = [m for m in (clf if isinstance(clf, (tuple, list)) else (clf,)) if isinstance(m, nn.Module)]
-    ids = {id(p) for m in modules for p in m.parameters()}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
-
-
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
     """The optimizer's parameter groups: the head at `lr`, the backbone at `lr * backbone_lr_scale` (the paper's
     split), and with `layer_decay` the backbone's layers further scaled by timm's `param_groups_layer_decay` (its
     weight decay rule too: none on biases and norms). Each group has a `name` and its base lr as `initial_lr`."""
-    head = _head_names(model)
-    if cfg.layer_decay is None:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        groups = [
-            {'params': [p for n, p in named if n not in head], 'lr_scale': cfg.backbone_lr_scale, 'name': 'backbone',
-             'weight_decay': cfg.weight_decay},
-            {'params': [p for n, p in named if n in head], 'lr_scale': 1.0, 'name': 'head',
-             'weight_decay': cfg.weight_decay},
-        ]
-    else:
-        from timm.optim import param_groups_layer_decay
-        names = {id(p): n for n, p in model.named_parameters()}
-        groups = []
-        for g in param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
-                                          no_weight_decay_list=getattr(model, 'no_weight_decay', set)()):
-            # timm's groups are one per (layer, decay or not); `depth` counts the layers below the top one
-            depth = round(math.log(g['lr_scale']) / math.log(cfg.layer_decay)) if cfg.layer_decay < 1 else 0
-            suffix = '' if g['weight_decay'] else '.no_decay'
-            for part in ('backbone', 'head'):
-                params = [p for p in g['params'] if (names[id(p)] in head) == (part == 'head')]
-                if params:
-                    groups.append({
-                        'params': params, 'weight_decay': g['weight_decay'],
-                        'lr_scale': g['lr_scale'] * (1.0 if part == 'head' else cfg.backbone_lr_scale),
-                        'name': ('head' if part == 'head' else f'backbone.top-{depth}') + suffix})
+    if cfg.layer_decay is None:  # the paper's split, as `head_param_groups` makes it
+        groups = head_param_groups(model, cfg.lr, cfg.backbone_lr_scale, cfg.weight_decay)
+        for g in groups:
+            g['initial_lr'] = g['lr']
+        return [g for g in groups if g['params']]
+    head = head_parameter_names(model)
+    from timm.optim import param_groups_layer_decay
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for g in param_groups_layer_decay(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
+                                      no_weight_decay_list=getattr(model, 'no_weight_decay', set)()):
+        # timm's groups are one per (layer, decay or not); `depth` counts the layers below the top one
+        depth = round(math.log(g['lr_scale']) / math.log(cfg.layer_decay)) if cfg.layer_decay < 1 else 0
+        suffix = '' if g['weight_decay'] else '.no_decay'
+        for part in ('backbone', 'head'):
+            params = [p for p in g['params'] if (names[id(p)] in head) == (part == 'head')]
+            if params:
+                groups.append({
+                    'params': params, 'weight_decay': g['weight_decay'],
+                    'lr_scale': g['lr_scale'] * (1.0 if part == 'head' else cfg.backbone_lr_scale),
+                    'name': ('head' if part == 'head' else f'backbone.top-{depth}') + suffix})
     for g in groups:
         g['lr'] = g['initial_lr'] = cfg.lr * g.pop('lr_scale')
     return [g for g in groups if g['params']]
