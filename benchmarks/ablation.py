@@ -242,17 +242,26 @@ BUDGETS: Dict[str, Budget] = {
                              targets=('literal', 'authors', 'standardize', 'uniform'),
                              pretrained='test_resnet.synthetic_pretrain.safetensors', backbone_lr_scale=0.1),
     # the paper's setting with real ImageNet-1k features on 2 CPU cores: EfficientNet-Lite0 (`IMAGENET`) at output
-    # stride 16, 112 px: a 7 x 7 final map; the paper's recipe shape (SGD, momentum 0.9, weight decay 5e-4, the head
-    # at 10x the backbone's lr, cosine)
-    'imagenet7': Budget(backbone='tf_efficientnet_lite0', img_size=112, num_classes=10, train_per_class=20,
-                        test_per_class=30, difficulty=1.0, epochs=10, batch_size=20, opt='sgd', lr=0.1,
+    # stride 16, 112 px: a 7 x 7 final map (224 px at stride 32 costs 2.5x the CPU time for the same map); the paper's
+    # recipe shape (SGD, momentum 0.9, weight decay 5e-4, the head at lr 0.1 and the backbone at 0.01, cosine).
+    # Calibrated on the plain head, seed 0 (test top-1; train top-1 >= 98% at the last epoch in each): difficulty 1.0
+    # with 20 images per class 24.3%, 1.5: 26.7%; difficulty 0.7 with 30 per class 56.3%; 0.5 with 30: 69.3%, inside
+    # 60-85% (chosen). About 10 CPU-minutes a run.
+    'imagenet7': Budget(backbone='tf_efficientnet_lite0', img_size=112, num_classes=10, train_per_class=30,
+                        test_per_class=30, difficulty=0.5, epochs=10, batch_size=20, opt='sgd', lr=0.1,
                         weight_decay=5e-4, ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,),
                         seeds=(0, 1, 2, 3, 4), targets=('literal', 'authors', 'standardize', 'uniform'),
                         pretrained=IMAGENET, backbone_lr_scale=0.1),
+    # imagenet7 at output stride 8: the paper's 14 x 14 map on 2 CPU cores (about 2.5x imagenet7's CPU time); its
+    # plain head is not yet calibrated against the 60-85% band
+    'imagenet14': Budget(backbone='tf_efficientnet_lite0', output_stride=8, img_size=112, num_classes=10,
+                         train_per_class=30, test_per_class=30, difficulty=0.5, epochs=10, batch_size=20, opt='sgd',
+                         lr=0.1, weight_decay=5e-4, ablation_target='literal', lambdas=(1,), target_lambdas=(1,),
+                         seeds=(0, 1, 2), targets=('literal', 'uniform'), pretrained=IMAGENET, backbone_lr_scale=0.1),
     # the ImageNet study at the paper's 448 px on one GPU: Lite0 at stride 32 gives the paper's 14 x 14 map;
     # imagenet7's data and recipe
     'imagenet448_gpu': Budget(backbone='tf_efficientnet_lite0', output_stride=None, img_size=448, num_classes=10,
-                              train_per_class=20, test_per_class=30, difficulty=1.0, epochs=10, batch_size=20,
+                              train_per_class=30, test_per_class=30, difficulty=0.5, epochs=10, batch_size=20,
                               opt='sgd', lr=0.1, weight_decay=5e-4, ablation_target='literal', lambdas=(1, 3, 9),
                               target_lambdas=(1,), seeds=(0, 1, 2, 3, 4),
                               targets=('literal', 'authors', 'standardize', 'uniform'), pretrained=IMAGENET,
