@@ -4,23 +4,110 @@
     L_GGAM = 1/2 (KL(S || beta~) + KL(beta~ || S))            eq. 5 (kl='symmetric')
     Loss = CE(y, target) + lambda * L_GGAM                    eq. 6
 
+How beta~ is made and compared with S is one concept, the target (`CamTarget`): `GGAMLoss(target='paper')` (eq. 5
+as written), 'authors' (the authors' code), 'standardized' (beta standardised per sample first), 'uniform' (the
+control without Grad-CAM: KL towards 1/C), a `CamTarget` for other combinations, or a callable giving log beta~.
+
 beta is detached: the gradient of L_GGAM reaches the network through S only. Everything is computed in log space in
 float32 (float16 and bfloat16 inputs from autocast are upcast; float64 stays float64), so the value is finite for any
 finite input.
 """
-from typing import Any, NamedTuple, Optional
+import math
+import warnings
+from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['GGAMLoss', 'GGAMLossTerms', 'cam_log_target', 'ggam_divergence', 'ggam_loss', 'SQUASHES', 'KL_MODES',
-           'TARGET_NORMS']
+__all__ = ['CAM_TARGETS', 'CamTarget', 'GGAMLoss', 'GGAMLossTerms', 'cam_log_target', 'ggam_divergence', 'ggam_loss',
+           'resolve_cam_target', 'SQUASHES', 'KL_MODES', 'TARGET_NORMS']
 
 SQUASHES = ('sigmoid', 'softmax')
 KL_MODES = ('symmetric', 'forward', 'reverse')
 TARGET_NORMS = ('none', 'standardize')
 REDUCTIONS = ('mean', 'sum', 'none')
+
+
+class CamTarget(NamedTuple):
+    """The Grad-CAM target: how beta becomes the distribution beta~ that S is pulled towards, and which KL.
+
+    Attributes:
+        squash: 'sigmoid' (paper: sigmoid(beta), normalised) or 'softmax' (authors' code).
+        kl: 'symmetric' (paper, eq. 5), 'forward' KL(S || beta~) (authors' code) or 'reverse' KL(beta~ || S).
+        norm: 'none' (paper) or 'standardize' (beta standardised per sample before squashing: scale free).
+        temperature: Divides beta after `norm`, before squashing (1.0: paper).
+        uniform: The control without Grad-CAM: beta~ is exactly 1/C whatever beta is (squash, norm and temperature
+            are then unused).
+        fn: A callable beta (B x C, detached, float32 or float64) -> log beta~ (B x C, each row a log distribution);
+            replaces squash, norm and temperature.
+    """
+    squash: str = 'sigmoid'
+    kl: str = 'symmetric'
+    norm: str = 'none'
+    temperature: float = 1.0
+    uniform: bool = False
+    fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+
+# the named targets of `GGAMLoss(target=...)` (docs/method.md: which source each follows)
+CAM_TARGETS: Dict[str, CamTarget] = {
+    'paper': CamTarget(),
+    'authors': CamTarget(squash='softmax', kl='forward'),
+    'standardized': CamTarget(norm='standardize'),
+    'uniform': CamTarget(uniform=True),
+}
+_LEGACY = ('squash', 'kl', 'target_norm', 'temperature')
+
+
+def resolve_cam_target(target: Union[str, CamTarget, Callable] = 'paper', **legacy: Any) -> CamTarget:
+    """A `CamTarget` from a name of `CAM_TARGETS`, a `CamTarget` or a callable (log beta~ with the symmetric KL).
+
+    `legacy` takes the spellings before `target` (squash, kl, target_norm, temperature; None: not given): they
+    build the target on top of 'paper', with a DeprecationWarning (they go in the next release).
+    """
+    given = {k: v for k, v in legacy.items() if v is not None}
+    unknown = set(given) - set(_LEGACY)
+    if unknown:
+        raise TypeError(f'unknown target arguments {sorted(unknown)}; the target options are {_LEGACY}')
+    if given:
+        if not (isinstance(target, str) and target == 'paper'):
+            raise ValueError(f'target={target!r} and {", ".join(f"{k}={v!r}" for k, v in given.items())} both say '
+                             'what the Grad-CAM target is: pass target alone')
+        warnings.warn(f'{", ".join(sorted(given))} are deprecated: pass target= (a name of {tuple(CAM_TARGETS)} or '
+                      'a CamTarget(squash, kl, norm, temperature))', DeprecationWarning, stacklevel=3)
+        target = CamTarget(squash=given.get('squash', 'sigmoid'), kl=given.get('kl', 'symmetric'),
+                           norm=given.get('target_norm', 'none'), temperature=given.get('temperature', 1.0))
+    if isinstance(target, str):
+        if target not in CAM_TARGETS:
+            raise ValueError(f'target must be one of {tuple(CAM_TARGETS)}, a CamTarget or a callable, got {target!r}')
+        return CAM_TARGETS[target]
+    if isinstance(target, CamTarget):
+        _check_choice('squash', target.squash, SQUASHES)
+        _check_choice('kl', target.kl, KL_MODES)
+        _check_choice('norm', target.norm, TARGET_NORMS)
+        if not target.temperature > 0:
+            raise ValueError(f'temperature must be > 0, got {target.temperature}')
+        return target
+    if callable(target):
+        return CamTarget(fn=target)
+    raise TypeError(f'target must be a name of {tuple(CAM_TARGETS)}, a CamTarget or a callable, got '
+                    f'{type(target).__name__}')
+
+
+def target_log_probs(cam_weights: torch.Tensor, target: CamTarget) -> torch.Tensor:
+    """log beta~ of `target` for beta = `cam_weights` (B x C), detached, in float32 or float64."""
+    if target.uniform:
+        beta = _upcast(cam_weights.detach())
+        return torch.full_like(beta, -math.log(beta.shape[1]))
+    if target.fn is not None:
+        beta = _upcast(cam_weights.detach())
+        log_q = target.fn(beta)
+        if not isinstance(log_q, torch.Tensor) or log_q.shape != beta.shape:
+            raise ValueError(f'the target callable must return log beta~ of shape {tuple(beta.shape)}, got '
+                             f'{getattr(log_q, "shape", type(log_q).__name__)}')
+        return log_q.detach().to(beta.dtype)
+    return cam_log_target(cam_weights, target.squash, target.norm, target.temperature)
 
 
 class GGAMLossTerms(NamedTuple):
@@ -111,6 +198,7 @@ def ggam_divergence(
         target_norm: str = 'none',
         temperature: float = 1.0,
         reduction: str = 'mean',
+        target: Optional[Union[str, CamTarget, Callable]] = None,
 ) -> torch.Tensor:
     """L_GGAM (eq. 5): the KL divergence between S and the Grad-CAM target beta~, per sample reduced over the batch.
 
@@ -122,12 +210,16 @@ def ggam_divergence(
         target_norm: See `cam_log_target`.
         temperature: See `cam_log_target`.
         reduction: 'mean' or 'sum' over the batch, or 'none' for a B vector.
+        target: The whole target at once (`GGAMLoss`'s `target`: a name of `CAM_TARGETS`, a `CamTarget` or a
+            callable); replaces squash, kl, target_norm and temperature when given.
     """
-    _check_choice('kl', kl, KL_MODES)
+    cam = resolve_cam_target(target) if target is not None else resolve_cam_target(
+        CamTarget(squash=squash, kl=kl, norm=target_norm, temperature=temperature))
+    kl = cam.kl
     _check_choice('reduction', reduction, REDUCTIONS)
     _check_weights('channel_weights', channel_weights)
     _check_weights('cam_weights', cam_weights, channel_weights.shape[0], channel_weights.shape[1])
-    log_q = cam_log_target(cam_weights, squash, target_norm, temperature)
+    log_q = target_log_probs(cam_weights, cam)
     s = _upcast(channel_weights)
     s = s / s.sum(1, keepdim=True)  # a no-op for a softmax output; keeps KL >= 0 when S was rounded (bf16, fp16)
     log_q = log_q.to(s.dtype)
@@ -154,6 +246,7 @@ def ggam_loss(
         label_smoothing: float = 0.0,
         reduction: str = 'mean',
         check_finite: bool = False,
+        cam_target: Optional[Union[str, CamTarget, Callable]] = None,
 ) -> GGAMLossTerms:
     """CE + lambda * L_GGAM (eq. 6), in at least float32, with both parts returned for logging.
 
@@ -170,6 +263,7 @@ def ggam_loss(
         label_smoothing: Passed to `F.cross_entropy`.
         reduction: 'mean' or 'sum' over the batch, or 'none' for B vectors.
         check_finite: Raise if logits, S or beta hold inf or NaN. Off by default: the check synchronises the host.
+        cam_target: The Grad-CAM target at once (see `ggam_divergence`'s `target`; `target` here is the labels).
     """
     if not lam >= 0:
         raise ValueError(f'lam must be >= 0, got {lam}')
@@ -193,7 +287,7 @@ def ggam_loss(
     ce = F.cross_entropy(
         _upcast(logits), _upcast(target) if target.is_floating_point() else target,
         label_smoothing=label_smoothing, reduction=reduction)
-    div = ggam_divergence(channel_weights, cam_weights, squash, kl, target_norm, temperature, reduction)
+    div = ggam_divergence(channel_weights, cam_weights, squash, kl, target_norm, temperature, reduction, cam_target)
     return GGAMLossTerms(ce + lam * div, ce, div)
 
 
@@ -208,40 +302,36 @@ class GGAMLoss(nn.Module):
     def __init__(
             self,
             lam: float = 1.0,
-            squash: str = 'sigmoid',
-            kl: str = 'symmetric',
-            target_norm: str = 'none',
-            temperature: float = 1.0,
+            target: Union[str, CamTarget, Callable] = 'paper',
             label_smoothing: float = 0.0,
             reduction: str = 'mean',
             check_finite: bool = False,
+            *,
+            squash: Optional[str] = None,
+            kl: Optional[str] = None,
+            target_norm: Optional[str] = None,
+            temperature: Optional[float] = None,
     ):
         """
         Args:
             lam: lambda, the weight of L_GGAM (the paper sweeps 1 to 9; 0 gives plain cross-entropy).
-            squash: 'sigmoid' (paper) or 'softmax' (authors' code) applied to beta.
-            kl: 'symmetric' (paper), 'forward' KL(S || beta~) (authors' code) or 'reverse'.
-            target_norm: 'none' (the default, the paper as written) or 'standardize' beta per sample before
-                squashing; see `cam_log_target`.
-            temperature: Divides beta before squashing.
+            target: The Grad-CAM target beta~ and its KL: 'paper' (sigmoid(beta) normalised, symmetric KL: eq. 5
+                as written), 'authors' (softmax(beta), KL(S || beta~): the authors' code), 'standardized' (beta
+                standardised per sample, then as 'paper'), 'uniform' (the control: KL towards 1/C, no Grad-CAM), a
+                `CamTarget` for any other combination, or a callable beta -> log beta~ (with the symmetric KL).
             label_smoothing: Of the cross-entropy.
             reduction: 'mean' or 'sum' over the batch, or 'none'.
             check_finite: Raise on non-finite inputs (synchronises the host).
+            squash / kl / target_norm / temperature: Deprecated spellings of `target` (a DeprecationWarning; they
+                go in the next release): `CamTarget(squash, kl, norm, temperature)`.
         """
         super().__init__()
         if not lam >= 0:
             raise ValueError(f'lam must be >= 0, got {lam}')
-        _check_choice('squash', squash, SQUASHES)
-        _check_choice('kl', kl, KL_MODES)
-        _check_choice('target_norm', target_norm, TARGET_NORMS)
         _check_choice('reduction', reduction, REDUCTIONS)
-        if not temperature > 0:
-            raise ValueError(f'temperature must be > 0, got {temperature}')
+        self.target = resolve_cam_target(target, squash=squash, kl=kl, target_norm=target_norm,
+                                         temperature=temperature)
         self.lam = lam
-        self.squash = squash
-        self.kl = kl
-        self.target_norm = target_norm
-        self.temperature = temperature
         self.label_smoothing = label_smoothing
         self.reduction = reduction
         self.check_finite = check_finite
@@ -275,9 +365,8 @@ class GGAMLoss(nn.Module):
                     'output must be a logits tensor or a forward_ggam result with logits, channel_weights and '
                     f'cam_weights, got {type(output).__name__}') from None
         return ggam_loss(
-            logits, target, channel_weights, cam_weights, lam=self.lam, squash=self.squash, kl=self.kl,
-            target_norm=self.target_norm, temperature=self.temperature, label_smoothing=self.label_smoothing,
-            reduction=self.reduction, check_finite=self.check_finite)
+            logits, target, channel_weights, cam_weights, lam=self.lam, label_smoothing=self.label_smoothing,
+            reduction=self.reduction, check_finite=self.check_finite, cam_target=self.target)
 
     def forward(
             self,
@@ -288,8 +377,28 @@ class GGAMLoss(nn.Module):
     ) -> torch.Tensor:
         return self.terms(output, target, channel_weights, cam_weights).loss
 
+    @property
+    def squash(self) -> str:
+        """The target's squash (read-only; see `target`)."""
+        return self.target.squash
+
+    @property
+    def kl(self) -> str:
+        """The target's KL (read-only; see `target`)."""
+        return self.target.kl
+
+    @property
+    def target_norm(self) -> str:
+        """The target's normalisation of beta (read-only; see `target`)."""
+        return self.target.norm
+
+    @property
+    def temperature(self) -> float:
+        """The target's temperature on beta (read-only; see `target`)."""
+        return self.target.temperature
+
     def extra_repr(self) -> str:
-        return (
-            f'lam={self.lam}, squash={self.squash!r}, kl={self.kl!r}, target_norm={self.target_norm!r}, '
-            f'temperature={self.temperature}, reduction={self.reduction!r}'
-        )
+        named = next((k for k, v in CAM_TARGETS.items() if v == self.target), None)
+        target = repr(named) if named else repr(self.target)
+        return f'lam={self.lam}, target={target}, reduction={self.reduction!r}'
+

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ggam_layers import GGAMHead, GGAMLoss, ggam_divergence
-from ggam_layers.loss import cam_log_target
+from ggam_layers.loss import CamTarget, cam_log_target
 
 SETTINGS = settings(max_examples=40, deadline=None)
 OPTIONS = st.fixed_dictionaries({
@@ -74,9 +74,10 @@ def test_loss_is_invariant_to_batch_order(sb, opts, seed):
     logits = torch.randn(b, 5, generator=g, dtype=torch.float64)
     target = torch.randint(0, 5, (b,), generator=g)
     perm = torch.randperm(b, generator=g)
-    crit = GGAMLoss(lam=2.0, **opts)
+    cam = CamTarget(squash=opts['squash'], norm=opts['target_norm'], temperature=opts['temperature'])
+    crit = GGAMLoss(lam=2.0, target=cam)
     torch.testing.assert_close(crit(logits, target, s, beta), crit(logits[perm], target[perm], s[perm], beta[perm]))
-    per_sample = GGAMLoss(lam=2.0, reduction='none', **opts)(logits, target, s, beta)
+    per_sample = GGAMLoss(lam=2.0, target=cam, reduction='none')(logits, target, s, beta)
     one = torch.stack([crit(logits[i:i + 1], target[i:i + 1], s[i:i + 1], beta[i:i + 1]) for i in range(b)])
     torch.testing.assert_close(per_sample, one)
 

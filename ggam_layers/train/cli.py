@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .._files import CONFIG_NAME, atomic_write_json
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
+from ..loss import CAM_TARGETS
 from ..model import ATTENTIONS
 from .checkpoint import CheckpointWriteError
 from .compare import ARMS, check_arms, train_compare
@@ -142,6 +143,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('GGAM loss')
     g.add_argument('--lam', type=float, help=h('lam', 'weight lambda of L_GGAM'))
     g.add_argument('--no-ggam-loss', dest='lam', action='store_const', const=0.0, help='ablation: lambda = 0')
+    g.add_argument('--cam-target', choices=tuple(CAM_TARGETS),
+                   help='the Grad-CAM target by name: paper (eq. 5 as written), authors (their code), standardized '
+                        '(beta standardised per sample), uniform (the control: KL towards 1/C, no Grad-CAM); '
+                        'replaces the four options below')
     g.add_argument('--squash', choices=('sigmoid', 'softmax'), help=h('squash', 'squashing of beta'))
     g.add_argument('--kl', choices=('symmetric', 'forward', 'reverse'), help=h('kl', 'KL direction'))
     g.add_argument('--target-norm', choices=('none', 'standardize'), help=h('target_norm', 'normalisation of beta'))

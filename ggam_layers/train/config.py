@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 from .._files import PRETRAINED_DIR, check_safetensors
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
+from ..loss import CAM_TARGETS, CamTarget
 from ..model import ATTENTIONS, check_backbone_name
 from .implied import apply_implications, flag
 from .loop import AMP_DTYPE_ALIASES
@@ -80,8 +81,10 @@ class TrainConfig:
 
     Loss (`GGAMLoss`):
         lam: Weight of L_GGAM (0 trains the attention with cross-entropy only).
-        squash / kl / target_norm / cam_temperature: Target options of `GGAMLoss` (cam_temperature is its
-            `temperature`).
+        cam_target: A named Grad-CAM target of `GGAMLoss` ('paper', 'authors', 'standardized', 'uniform': the
+            control without Grad-CAM); None builds it from the four options below.
+        squash / kl / target_norm / cam_temperature: The target's parts (`loss.CamTarget`: squash, kl, norm,
+            temperature), for combinations without a name.
         cam_class: Explain the 'pred'icted class (paper) or the 'label' with Grad-CAM; under mixup / cutmix,
             'label' is the label with the larger weight in the mixed target.
         label_smoothing: Of the cross-entropy.
@@ -182,6 +185,7 @@ class TrainConfig:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     # loss
     lam: float = 1.0
+    cam_target: Optional[str] = None
     squash: str = 'sigmoid'
     kl: str = 'symmetric'
     target_norm: str = 'none'  # the paper as written; 'standardize' lost 7.4 points at a 7 x 7 map (ablation_map7)
@@ -281,6 +285,12 @@ class TrainConfig:
                 kw[k] = tuple(kw[k])
         return cls(**kw)
 
+    def loss_target(self) -> CamTarget:
+        """The `GGAMLoss` target of this run: `cam_target` by name, else built from its four parts."""
+        if self.cam_target is not None:
+            return CAM_TARGETS[self.cam_target]
+        return CamTarget(squash=self.squash, kl=self.kl, norm=self.target_norm, temperature=self.cam_temperature)
+
     @property
     def arm(self) -> str:
         """What this run trains: 'ggam', 'se', 'cbam' (`attention`) or 'plain' (the timm model, `plain`)."""
@@ -299,6 +309,14 @@ class TrainConfig:
         choice('train_aug', TRAIN_AUGS)
         choice('data_path', DATA_PATHS)
         choice('attention', ATTENTIONS)
+        if self.cam_target is not None:
+            choice('cam_target', tuple(CAM_TARGETS))
+            parts = {k: getattr(self, k) for k in ('squash', 'kl', 'target_norm', 'cam_temperature')}
+            changed = {k: v for k, v in parts.items() if v != _FIELD_DEFAULTS[k]}
+            if changed:
+                raise ValueError(f'--cam-target {self.cam_target} (cam_target) names the whole target, and '
+                                 f'{", ".join(flag(k, v) for k, v in changed.items())} sets a part of it: drop one '
+                                 'of the two')
         if self.plain and self.attention != 'ggam':
             raise ValueError(f'--plain (plain) trains the timm model without a head attention, and --attention '
                              f'{self.attention} (attention) puts one there: drop one of the two')
@@ -364,6 +382,8 @@ class TrainConfig:
         check_backbone_name(self.model, 'model')
         return self
 
+
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 def _check_optimizer(name: str) -> None:
     """Refuse an optimizer name timm's registry does not know, with the closest names."""

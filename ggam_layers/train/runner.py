@@ -278,8 +278,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     mixup = _mixup(cfg, num_classes)
     # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
     smoothing = 0.0 if mixup is not None else cfg.label_smoothing
-    loss_fn = GGAMLoss(lam=cfg.lam, squash=cfg.squash, kl=cfg.kl, target_norm=cfg.target_norm,
-                       temperature=cfg.cam_temperature, label_smoothing=smoothing)
+    loss_fn = GGAMLoss(lam=cfg.lam, target=cfg.loss_target(), label_smoothing=smoothing)
 
     start_epoch, history = 0, []
     ckpt, state = _resume_state(out, model, ema, label, main) if cfg.resume else (None, {})
