@@ -294,14 +294,22 @@ class GGAMHead(nn.Module):
         on = attn.channel_attn and not attn.spatial_attn and attn.channel_rescale
         return float(x.shape[1]) if on else 1.0
 
+    def closed_form_unsupported(self) -> Optional[str]:
+        """Why `forward_ggam` cannot compute beta in closed form now (None when it can): the one list of what the
+        closed form covers, which the fused kernels' dispatch reads too."""
+        if not self.closed_form:
+            return 'closed_form=False'
+        if not isinstance(self.fc, nn.Linear):
+            return f'classifier {type(self.fc).__name__} is not nn.Linear'
+        if self.drop.p > 0 and self.training:
+            return 'dropout in train mode'
+        if self.attn.channel_attn and not isinstance(self.attn.act, nn.ReLU):
+            return f'act_layer {type(self.attn.act).__name__} is not ReLU'
+        return None
+
     def uses_closed_form(self) -> bool:
         """Whether `forward_ggam` computes beta in closed form (else by autograd on the head only)."""
-        return (
-            self.closed_form
-            and isinstance(self.fc, nn.Linear)
-            and (self.drop.p == 0 or not self.training)
-            and (not self.attn.channel_attn or isinstance(self.attn.act, nn.ReLU))
-        )
+        return self.closed_form_unsupported() is None
 
     def forward_ggam(self, x: torch.Tensor, classes: Optional[torch.Tensor] = None) -> GGAMOutput:
         """Logits, S, T and Grad-CAM beta in one pass.

@@ -77,13 +77,10 @@ def fused_unsupported(head: Any, x: torch.Tensor, ggam: bool) -> Optional[str]:
         return f'act_layer {type(attn.act).__name__} is not ReLU'
     if getattr(attn, 'gate', None) is not None:
         return 'spatial_gate=True'
-    if ggam:
-        if not head.closed_form:
-            return 'closed_form=False'
-        if not isinstance(head.fc, nn.Linear):
-            return f'classifier {type(head.fc).__name__} is not nn.Linear'
-        if head.drop.p > 0 and head.training:
-            return 'dropout in train mode'
+    if ggam:  # beta in closed form: what the head itself covers
+        reason = head.closed_form_unsupported()
+        if reason is not None:
+            return reason
     if x.dtype not in FUSED_DTYPES:
         return f'dtype {x.dtype} (covered: float32, float16, bfloat16)'
     if not TRITON_AVAILABLE:
