@@ -1,0 +1,150 @@
+"""What `benchmarks.ablation` trains: the paper's Table 3, the Grad-CAM targets (with the uniform control), one
+configuration as a `RunSpec`, and `build_plan`, the configurations of each part with the shared ones trained once."""
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+from benchmarks.ablation_budgets import Budget
+from ggam_layers.loss import cam_log_target
+
+__all__ = ['PAPER_TABLE3', 'UNIFORM_TEMPERATURE', 'TARGETS', 'TARGET_TEXT', 'PARTS', 'TABLE2', 'RunSpec', 'make_spec',
+           'build_plan', 'check_uniform_control']
+
+# Table 3 of the paper (CUB-200-2011, ResNet-50): (spatial attention, channel attention, GGAM loss) -> top-1 %
+PAPER_TABLE3: List[Tuple[bool, bool, bool, float]] = [
+    (False, False, False, 85.10),
+    (True, False, False, 85.61),
+    (False, True, False, 85.39),
+    (True, True, False, 86.86),
+    (False, False, True, 85.30),
+    (True, False, True, 86.58),
+    (False, True, True, 86.26),
+    (True, True, True, 88.45),
+]
+
+# beta / 1e30 is below 1e-28 for a standardised beta (|z| <= sqrt(C)): exp rounds it to exactly 1 in float32
+UNIFORM_TEMPERATURE = 1e30
+
+# GGAMLoss options (TrainConfig names) of each target; 'uniform' is the control without Grad-CAM
+TARGETS: Dict[str, Dict[str, Any]] = {
+    'literal': dict(squash='sigmoid', kl='symmetric', target_norm='none', cam_temperature=1.0),
+    'authors': dict(squash='softmax', kl='forward', target_norm='none', cam_temperature=1.0),
+    'standardize': dict(squash='sigmoid', kl='symmetric', target_norm='standardize', cam_temperature=1.0),
+    'standardize_softmax': dict(squash='softmax', kl='symmetric', target_norm='standardize', cam_temperature=1.0),
+    'uniform': dict(squash='softmax', kl='symmetric', target_norm='standardize', cam_temperature=UNIFORM_TEMPERATURE),
+}
+TARGET_TEXT = {
+    'literal': 'paper as written: sigmoid(beta) normalised, symmetric KL',
+    'authors': "authors' code: softmax(beta), KL(S || beta~)",
+    'standardize': 'beta standardised per sample, then sigmoid, symmetric KL',
+    'standardize_softmax': 'beta standardised per sample, then softmax, symmetric KL',
+    'uniform': 'control, no Grad-CAM: symmetric KL towards the uniform 1/C',
+}
+PARTS = ('ablation', 'sweep', 'target', 'rescale', 'table2')
+# the paper's Table 2 comparators (`GGAMModel(attention=...)`), trained with cross-entropy where GGAM sits
+TABLE2 = ('se', 'cbam')
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One configuration (trained once per seed).
+
+    Attributes:
+        spatial_attn / channel_attn: GGAM head options.
+        lam: Weight of the GGAM loss (0: cross-entropy only).
+        target: Key of `TARGETS` ('none' when lam is 0).
+        channel_rescale: The channel-only head hands the classifier C * S * A (`--channel-rescale`).
+        attention: 'ggam', or a Table 2 comparator ('se', 'cbam': cross-entropy only, the GGAM options unused).
+    """
+    spatial_attn: bool = True
+    channel_attn: bool = True
+    lam: float = 0.0
+    target: str = 'none'
+    channel_rescale: bool = False
+    attention: str = 'ggam'
+
+    @property
+    def key(self) -> str:
+        if self.attention != 'ggam':
+            return f'{self.attention}-lam0-none'
+        attn = ('S' if self.spatial_attn else '') + ('C' if self.channel_attn else '') or 'plain'
+        return f'{attn}{"x" if self.channel_rescale else ""}-lam{self.lam:g}-{self.target}'
+
+    def options(self) -> Dict[str, Any]:
+        """`TrainConfig` overrides of this configuration."""
+        if self.attention != 'ggam':
+            return dict(attention=self.attention, lam=0.0)
+        opts: Dict[str, Any] = dict(spatial_attn=self.spatial_attn, channel_attn=self.channel_attn, lam=self.lam)
+        if self.channel_rescale:
+            opts['channel_rescale'] = True
+        opts.update(TARGETS['literal' if self.target == 'none' else self.target])
+        return opts
+
+
+def make_spec(spatial: bool = True, channel: bool = True, lam: float = 0.0, target: str = 'literal') -> RunSpec:
+    """A GGAM configuration; without the loss (lam 0) its target is 'none'."""
+    return RunSpec(spatial, channel, float(lam), target if lam > 0 else 'none')
+
+
+def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
+    """The configurations of each part, and the distinct configurations to train (shared ones are trained once).
+
+    Returns:
+        {'ablation': [(spatial, channel, loss, paper, spec)], 'sweep': [(lam, spec)], 'sweep_reference': spec,
+        'target': [(target, lam, spec)], 'target_reference': spec, 'rescale': [(loss, spec)] (the channel-only
+        head with the C * S gain, without and with the loss), 'table2': [(attention, spec)] (SE and CBAM, against
+        the plain head and GGAM), 'specs': [distinct specs in order]}
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f'parts must be among {PARTS}, got {unknown}')
+    for name in (budget.ablation_target, *budget.targets):
+        if name not in TARGETS:
+            raise ValueError(f'target {name!r} is not one of {tuple(TARGETS)}')
+    reference = make_spec(True, True, 0.0)
+    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': [],
+                            'sweep_reference': reference, 'target_reference': reference}
+    if 'ablation' in parts:
+        # without channel attention the loss is a constant with no gradient: such a row trains exactly as its row
+        # without the loss (the first study ran both and got identical numbers), so it is not trained twice
+        plan['ablation'] = [(s, c, loss, paper, make_spec(s, c, budget.lam if loss and c else 0.0,
+                                                          budget.ablation_target))
+                            for s, c, loss, paper in PAPER_TABLE3]
+    if 'sweep' in parts:
+        plan['sweep'] = [(float(lam), make_spec(True, True, lam, budget.ablation_target)) for lam in budget.lambdas]
+    if 'target' in parts:
+        plan['target'] = [(t, float(lam), make_spec(True, True, lam, t)) for t in budget.targets
+                          for lam in budget.target_lambdas]
+    if 'rescale' in parts:
+        plan['rescale'] = [(loss, dataclasses.replace(make_spec(False, True, budget.lam if loss else 0.0,
+                                                             budget.ablation_target), channel_rescale=True))
+                           for loss in (False, True)]
+    if 'table2' in parts:  # SE and CBAM beside plain and GGAM (the paper's Table 2 compares the three)
+        plan['table2'] = [(a, RunSpec(attention=a)) for a in TABLE2]
+        plan.update(table2_lam=budget.lam, table2_target=budget.ablation_target)
+    specs: List[RunSpec] = []
+    wanted = [row[-1] for row in plan['ablation']] + [row[-1] for row in plan['rescale']]
+    if plan['table2']:
+        wanted += [make_spec(False, False, 0.0), reference, make_spec(True, True, budget.lam, budget.ablation_target),
+                   *(row[-1] for row in plan['table2'])]
+    if plan['sweep'] or plan['target']:
+        wanted.append(reference)
+    wanted += [row[-1] for row in plan['sweep']] + [row[-1] for row in plan['target']]
+    for spec in wanted:
+        if spec not in specs:
+            specs.append(spec)
+    plan['specs'] = specs
+    return plan
+
+
+def check_uniform_control(channels: int = 96) -> None:
+    """The control's target must be exactly 1/C whatever the scale of beta."""
+    opts = TARGETS['uniform']
+    for scale in (1e-6, 1e-3, 1.0, 1e6):
+        beta = torch.randn(4, channels, generator=torch.Generator().manual_seed(0)) * scale
+        log_q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature'])
+        if not torch.equal(log_q, torch.full_like(log_q, -math.log(channels))):
+            raise RuntimeError(f'the uniform control target is not exactly 1/C at beta scale {scale}')
