@@ -6,13 +6,12 @@ and imports these with `from benchmarks.common import ...`. Statistics over seed
 `ggam_layers.train.stats` (`mean_std`, `paired`, `fmt_pct`, `fmt_mean_std`, `fmt_paired`), trainings from
 `ggam_layers.train.train`.
 
-Process isolation is not shared, on purpose: the three scripts that use other processes need different things.
-`ablation.py` runs long trainings side by side in a spawned `ProcessPoolExecutor` whose workers are reused (each keeps
-the generated data between its runs) and has no time limit; `timm_coverage.py` runs thousands of short checks in
-persistent forked workers, each task with a CPU and a wall-clock limit, a worker replaced when a task hangs or kills
-it; `step_time.py` measures peak resident memory, which needs a fresh interpreter per measurement (nothing inherited,
-not the parent's heap) and a timeout. Reused against fresh, fork against spawn, limits against none: one helper would
-be a switch between three implementations.
+Work in other processes goes through one pool, `benchmarks/pool.py`: persistent workers that exit when the invoking
+process is gone, each task with an optional CPU and wall-clock limit, a worker replaced when a task overruns or kills
+it. `ablation.py` runs long trainings side by side in spawned workers that are reused (each keeps the generated data
+between its runs), with no limit; `timm_coverage.py` runs thousands of short checks in forked workers, each with a
+limit. `step_time.py`'s peak resident memory is no pool's work: it needs a fresh interpreter per measurement (nothing
+inherited, not the parent's heap) and a timeout (`benchmarks/memory.py`).
 """
 import hashlib
 import json
