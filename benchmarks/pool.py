@@ -186,7 +186,8 @@ def run_pool(
                 try:
                     msg, _, payload = conn.recv()
                 except (EOFError, OSError):
-                    code = w.proc.exitcode if not w.proc.is_alive() else None
+                    w.proc.join(timeout=5)  # its pipe closes a moment before the process can be reaped
+                    code = w.proc.exitcode
                     if not w.ready:  # its start failed (e.g. an import error): a new one would fail alike
                         raise RuntimeError(f'a {method} worker process died before its first task '
                                            f'(exit code {code})') from None
