@@ -9,6 +9,12 @@
 - `save_for_hf`: takes `data_config`, and merges `model_config['pretrained_cfg']` into the model's pretrained config,
   from timm 1.0.31. Before, that `pretrained_cfg` replaced the whole pretrained config and the data config had no way
   in: `save_for_hf` here then writes the same config.json in two steps (timm's, then the merge and the data config).
+- timm's hub module: timm 1.0.16 - 1.0.20 import `repo_type_and_id_from_hf_id`, which huggingface_hub 2.0 removed, so
+  beside huggingface_hub >= 2 timm takes the hub as missing (`timm_hub_available()` is False) and its `save_for_hf`
+  refuses to write a local folder. `save_for_hf` here then takes the same steps without timm's hub check: the weights
+  as timm writes them, then timm's own `save_config_for_hf` (the same config.json). Loading a `local-dir:` folder
+  needs no hub in any timm release; downloads by timm (`pretrained=True` for Hub-hosted weights, `hf-hub:` names
+  through `timm.create_model`) do, and `hub_mismatch()` says what to install.
 """
 import dataclasses
 import inspect
@@ -19,6 +25,7 @@ from typing import Any, Dict, Optional
 
 import timm
 import torch
+from timm.models import _hub as _timm_hub
 from timm.models import save_for_hf as _timm_save_for_hf
 
 from ._files import DATA_CONFIG_KEYS
@@ -28,7 +35,8 @@ try:
 except ImportError:  # timm < 1.0.17
     from timm.models._features_fx import register_notrace_function
 
-__all__ = ['create_model', 'register_notrace_function', 'safetensors_source', 'save_for_hf']
+__all__ = ['create_model', 'hub_mismatch', 'register_notrace_function', 'safetensors_source', 'save_for_hf',
+           'timm_hub_available']
 
 _TIMM_VERSION = tuple(int(n) for n in re.findall(r'\d+', timm.__version__)[:3])
 
@@ -57,18 +65,55 @@ def safetensors_source(cfg: Any) -> Any:
     return cfg
 
 
+def timm_hub_available() -> bool:
+    """Whether timm's hub module imported huggingface_hub (False for timm < 1.0.21 beside huggingface_hub >= 2)."""
+    return bool(_timm_hub.has_hf_hub(False))
+
+
+def hub_mismatch() -> Optional[str]:
+    """What to install where huggingface_hub is installed but timm cannot import it; None where timm's hub works."""
+    if timm_hub_available():
+        return None
+    try:
+        from importlib.metadata import version
+        hub = version('huggingface_hub')
+    except Exception:  # not installed: timm's own message ('pip install huggingface_hub') is the right one
+        return None
+    return (f'timm {timm.__version__} cannot import huggingface_hub {hub} (timm 1.0.16 - 1.0.20 need huggingface_hub '
+            "< 2), so timm cannot download from the Hugging Face Hub: pip install 'timm>=1.0.21' (or "
+            "'huggingface_hub<2')")
+
+
+def _timm_save(model, save_directory, safe_serialization, **kwargs) -> None:
+    """timm's `save_for_hf`; where timm's hub import failed, its steps without its hub check, which a local folder
+    does not need: the weights as it writes them, then its `save_config_for_hf` (the same config.json)."""
+    if timm_hub_available():
+        _timm_save_for_hf(model, save_directory, safe_serialization=safe_serialization, **kwargs)
+        return
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = model.state_dict()
+    if safe_serialization is True or safe_serialization == 'both':
+        from safetensors.torch import save_file
+        save_file(tensors, str(directory / _timm_hub.HF_SAFE_WEIGHTS_NAME))
+    if safe_serialization is False or safe_serialization == 'both':
+        torch.save(tensors, directory / _timm_hub.HF_WEIGHTS_NAME)
+    _timm_hub.save_config_for_hf(model, directory / 'config.json', **kwargs)
+
+
 def save_for_hf(model, save_directory, model_config: Optional[Dict[str, Any]] = None,
                 model_args: Optional[Dict[str, Any]] = None, safe_serialization=False,
                 data_config: Optional[Dict[str, Any]] = None) -> None:
-    """`timm.models.save_for_hf` with timm 1.0.31's `data_config` and `model_config['pretrained_cfg']` merge."""
+    """`timm.models.save_for_hf` with timm 1.0.31's `data_config` and `model_config['pretrained_cfg']` merge,
+    also where timm's hub import failed (`timm_hub_available()`: writing a local folder does not need the hub)."""
     if _TAKES_DATA_CONFIG:
-        _timm_save_for_hf(model, save_directory, model_config=model_config, model_args=model_args,
-                          safe_serialization=safe_serialization, data_config=data_config)
+        _timm_save(model, save_directory, model_config=model_config, model_args=model_args,
+                   safe_serialization=safe_serialization, data_config=data_config)
         return
     model_config = dict(model_config or {})
     overrides = dict(model_config.pop('pretrained_cfg', None) or {})
-    _timm_save_for_hf(model, save_directory, model_config=model_config, model_args=model_args,
-                      safe_serialization=safe_serialization)
+    _timm_save(model, save_directory, model_config=model_config, model_args=model_args,
+               safe_serialization=safe_serialization)
     path = Path(save_directory) / 'config.json'
     config = json.loads(path.read_text(encoding='utf-8'))
     cfg = config['pretrained_cfg']

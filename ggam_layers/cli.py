@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import List, Optional, Sequence
 
-__all__ = ['CLI_MODULES', 'build_parser', 'main']
+__all__ = ['CLI_MODULES', 'build_parser', 'main', 'numpy_problem']
 
 CLI_MODULES = ('ggam_layers.train.cli', 'ggam_layers.predict', 'ggam_layers.hub.cli', 'ggam_layers.viz')
 
@@ -44,6 +44,18 @@ def _subcommand_argv(argv: List[str], command: str) -> List[str]:
     return argv[argv.index(command) + 1:] if command in argv else []
 
 
+def numpy_problem() -> Optional[str]:
+    """Why torch cannot exchange arrays with numpy (torch 2.1 / 2.2, built against numpy 1, beside numpy 2), or None."""
+    import numpy as np
+    import torch
+    try:
+        torch.from_numpy(np.zeros(1))
+    except RuntimeError as e:
+        return (f'torch {torch.__version__} cannot use numpy {np.__version__} ({e}): torch 2.1 and 2.2 were built '
+                'against numpy 1; pip install "numpy<2" (or torch>=2.3)')
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -54,6 +66,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     args._argv = _subcommand_argv(argv, args.command)
+    problem = numpy_problem()  # every subcommand turns images into tensors through numpy
+    if problem:
+        parser.exit(1, f'ggam-layers {args.command}: error: {problem}\n')
     try:
         return int(args.func(args) or 0)
     except (FileExistsError, FileNotFoundError, ValueError) as e:  # user errors: the message says what to change

@@ -31,6 +31,7 @@ except ImportError:  # huggingface_hub < 0.24 has them in huggingface_hub.utils 
 from timm.models import get_pretrained_cfg, is_model, parse_model_name, split_model_name_tag
 
 from .._files import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, check_safetensors, refuse_pickle
+from .._timm_compat import timm_hub_available
 from ..model import GGAMModel
 from ._common import _registry, _version
 
@@ -131,6 +132,9 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
         origin = f'{CONFIG_NAME} of hf-hub:{ident}'
         _check_config(_read_config(config_file, origin), origin)
         weights = _hub_file(ident, WEIGHTS_NAME, cache_dir) if pretrained else None
+        if not timm_hub_available():  # timm < 1.0.21 beside huggingface_hub >= 2: the downloaded snapshot folder
+            _logger.debug('timm cannot use huggingface_hub: loading hf-hub:%s from %s', ident, config_file.parent)
+            return f'local-dir:{config_file.parent}', weights, f'hf-hub:{ident}'
         return name_or_path, weights, f'hf-hub:{ident}'
     arch, tag = split_model_name_tag(ident)
     if not is_model(arch):

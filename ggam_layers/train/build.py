@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._files import CheckpointError
+from .._timm_compat import hub_mismatch
 from ..data.builder import create_dataset
 from ..data.integrity import scan_images
 from ..hub.save import ggam_model_args, model_config_json
@@ -151,6 +152,10 @@ def _create(cfg: TrainConfig, num_classes: int, use_pretrained: bool, kwargs: Di
         return timm.create_model('ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
                                  **head, **kwargs)
     except (KeyError, RuntimeError) as e:
+        mismatch = hub_mismatch() if use_pretrained and 'huggingface_hub' in str(e) else None
+        if mismatch:  # timm < 1.0.21 beside huggingface_hub >= 2: timm says the hub is not installed
+            raise RuntimeError(f"the pretrained weights of {cfg.model} come from the Hugging Face Hub, and {mismatch}; "
+                               'or train from random initialisation with --no-pretrained') from e
         if not (use_pretrained and cfg.pretrained_file):
             raise
         reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:400]
