@@ -66,8 +66,8 @@ def test_hub_mismatch_says_what_to_install(monkeypatch):
 def test_a_hub_download_says_what_to_install(no_timm_hub):
     from ggam_layers.train import TrainConfig, build_model
 
-    with pytest.raises(RuntimeError, match=r"test_resnet.r160_in1k come from the Hugging Face Hub, and timm \S+ "
-                                           r"cannot import huggingface_hub .* pip install 'timm>=1.0.21'"):
+    with pytest.raises(ValueError, match=r"test_resnet.r160_in1k come from the Hugging Face Hub, and timm \S+ "
+                                         r"cannot import huggingface_hub .* pip install 'timm>=1.0.21'"):
         build_model(TrainConfig(model='test_resnet.r160_in1k', pretrained=True), 4)
 
 

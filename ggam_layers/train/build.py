@@ -154,8 +154,8 @@ def _create(cfg: TrainConfig, num_classes: int, use_pretrained: bool, kwargs: Di
     except (KeyError, RuntimeError) as e:
         mismatch = hub_mismatch() if use_pretrained and 'huggingface_hub' in str(e) else None
         if mismatch:  # timm < 1.0.21 beside huggingface_hub >= 2: timm says the hub is not installed
-            raise RuntimeError(f"the pretrained weights of {cfg.model} come from the Hugging Face Hub, and {mismatch}; "
-                               'or train from random initialisation with --no-pretrained') from e
+            raise ValueError(f"the pretrained weights of {cfg.model} come from the Hugging Face Hub, and {mismatch}; "
+                             'or train from random initialisation with --no-pretrained') from e
         if not (use_pretrained and cfg.pretrained_file):
             raise
         reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())[:400]
