@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -30,50 +28,18 @@ __all__ = ['REPO_ROOT', 'machine_info', 'machine_line', 'command_line', 'git_pro
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.lower().startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or 'unknown'
-
-
 def machine_info() -> Dict[str, Any]:
-    """The machine and software a benchmark ran on: CPU model, cores, threads, versions, GPU name if any."""
-    import numpy as np
-    import torch
-
-    info: Dict[str, Any] = {
-        'cpu': _cpu_model(),
-        'cpu_cores': os.cpu_count(),
-        'torch_threads': torch.get_num_threads(),
-        'platform': platform.platform(),
-        'python': platform.python_version(),
-        'torch': torch.__version__,
-        'numpy': np.__version__,
-    }
-    try:
-        import timm
-        info['timm'] = timm.__version__
-    except ImportError:
-        info['timm'] = None
-    if torch.cuda.is_available():
-        info['gpu'] = torch.cuda.get_device_name()
-        info['gpu_count'] = torch.cuda.device_count()
-        info['cuda'] = torch.version.cuda
-    else:
-        info['gpu'] = None
-    return info
+    """The machine and software a benchmark ran on (`ggam_layers.train.machine.machine_info`): CPU model, the CPU
+    features that select kernels (AVX2, AVX-512, AMX, ...) and torch's CPU kernel set, cores, threads, versions, GPU
+    name if any. Seeded results are bit-identical on one CPU type only, so every result file records them."""
+    from ggam_layers.train.machine import machine_info as package_machine_info
+    return package_machine_info()
 
 
 def machine_line(info: Mapping[str, Any]) -> str:
-    """One line naming the machine, for a Markdown header."""
-    where = f'{info.get("gpu")} GPU, ' if info.get('gpu') else ''
-    return (f'{where}{info.get("cpu")} ({info.get("cpu_cores")} cores, {info.get("torch_threads")} torch threads), '
-            f'torch {info.get("torch")}, timm {info.get("timm")}, Python {info.get("python")}')
+    """One line naming the machine, for a Markdown header (the CPU features too, where recorded)."""
+    from ggam_layers.train.machine import machine_line as package_machine_line
+    return package_machine_line(dict(info))
 
 
 def command_line(name: str, argv: Optional[Sequence[str]] = None) -> str:

@@ -71,6 +71,7 @@ from .loop import (
     train_one_epoch,
     updates_per_epoch,
 )
+from .machine import machine_info
 from .metrics import METRIC_COLUMNS, MetricsWriter
 from .report import write_report
 from .run_dir import (
@@ -493,5 +494,6 @@ def _final_result(cfg: TrainConfig, history: List[Dict[str, Any]], out: Path, nu
         'num_classes': num_classes,
         'world_size': info.world_size,
         'replica_max_abs_diff': replica_diff,
+        'machine': machine_info(),  # seeded runs are bit-identical on one CPU type only
         'history': history,
     }
