@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 __all__ = [
     'PRETRAINED_DIR', 'CONFIG_NAME', 'WEIGHTS_NAME', 'README_NAME', 'DATA_CONFIG_KEYS', 'TMP_PREFIX', 'PICKLE_SUFFIXES',
     'CONVERT_HINT', 'DAMAGED_HINT', 'CheckpointError', 'atomic_write', 'atomic_write_json', 'atomic_write_text',
-    'check_safetensors', 'save_weights', 'load_weights', 'refuse_pickle',
+    'check_safetensors', 'save_weights', 'load_weights', 'refuse_pickle', 'UMASK', 'fsync_dir',
 ]
 
 TMP_PREFIX = '.tmp-'
@@ -41,13 +41,14 @@ CONVERT_HINT = (
 DAMAGED_HINT = ('restore it from a good copy, or retrain: `ggam-layers train --resume RUN` starts again from the '
                 'newest intact checkpoint in RUN/checkpoints/')
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses larger headers too
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)  # the process's umask, read once (reading it means setting it)
+os.umask(UMASK)
 
 PathLike = Union[str, os.PathLike]
 
 
-def _fsync_dir(path: PathLike) -> None:
+def fsync_dir(path: PathLike) -> None:
+    """fsync the directory `path` (so a rename inside it is durable); a no-op where directories cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # platforms without directory file descriptors
@@ -74,7 +75,7 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{path.name}.', dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file the usual permissions
     try:
         write_fn(tmp)
         with open(tmp, 'rb+') as f:
@@ -85,7 +86,7 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -22,14 +22,14 @@ import torch.nn as nn
 from safetensors import SafetensorError
 
 from .._files import (
-    _UMASK,
     DAMAGED_HINT,
     TMP_PREFIX,
+    UMASK,
     WEIGHTS_NAME,
     CheckpointError,
     PathLike,
-    _fsync_dir,
     atomic_write,
+    fsync_dir,
     load_weights,
     save_weights,
 )
@@ -125,20 +125,20 @@ def save_checkpoint(
     previous = latest_checkpoint(out_dir)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f'{TMP_PREFIX}epoch-{epoch:04d}.', dir=root))
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~UMASK)
         try:
             save_weights(model, tmp / WEIGHTS_NAME, metadata={'format': 'pt', 'epoch': str(epoch)})
             for name, extra in (extra_weights or {}).items():
                 save_weights(extra, tmp / name, metadata={'format': 'pt', 'epoch': str(epoch)})
             atomic_write(tmp / STATE_NAME, lambda p: torch.save(state, p))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if final.exists():  # a checkpoint of the same epoch from an earlier attempt: replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(root)
+        fsync_dir(root)
         if export:
             _link_or_copy(final / WEIGHTS_NAME, Path(out_dir) / WEIGHTS_NAME)
     except (OSError, SafetensorError) as e:
