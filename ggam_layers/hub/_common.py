@@ -1,5 +1,7 @@
 """Paper metadata and lazy package accessors shared by the `ggam_layers.hub` modules (file names: `_files`)."""
-__all__ = ['PAPER_BIBTEX', 'PAPER_ID', 'PAPER_NAME']
+from types import ModuleType
+
+__all__ = ['LIBRARY_URL', 'PAPER_BIBTEX', 'PAPER_ID', 'PAPER_NAME', 'package_version', 'registry_module']
 
 PAPER_ID = 'arXiv:2101.09666'
 PAPER_NAME = 'Grad-CAM Guided Channel-Spatial Attention Module for Fine-Grained Visual Classification'
@@ -13,14 +15,16 @@ PAPER_BIBTEX = """@article{xu2021gradcam,
   primaryClass  = {cs.CV},
   url           = {https://arxiv.org/abs/2101.09666}
 }"""
-_LIBRARY_URL = 'https://github.com/ggam-layers/ggam-layers'
+LIBRARY_URL = 'https://github.com/ggam-layers/ggam-layers'
 
 
-def _version() -> str:
+def package_version() -> str:
+    """`ggam_layers.__version__`, read when called (the package root is not imported at load time)."""
     from .. import __version__
     return __version__
 
 
-def _registry():
+def registry_module() -> ModuleType:
+    """The `ggam_layers.registry` module (imported when called), which registers the GGAM models with timm."""
     from .. import registry
     return registry

@@ -4,7 +4,7 @@ from typing import Any, Dict, Optional, Union
 
 import timm
 
-from ._common import _LIBRARY_URL, PAPER_BIBTEX, PAPER_ID, _version
+from ._common import LIBRARY_URL, PAPER_BIBTEX, PAPER_ID, package_version
 
 __all__ = ['model_card']
 
@@ -48,7 +48,7 @@ def model_card(
         f"A GGAM image classifier: timm's `{args.get('backbone')}` backbone followed by the Grad-CAM guided "
         'channel-spatial attention head of Xu et al., "Grad-CAM Guided Channel-Spatial Attention Module for '
         f'Fine-Grained Visual Classification" ([{PAPER_ID}](https://arxiv.org/abs/2101.09666)), built with '
-        f'[ggam-layers]({_LIBRARY_URL}). The channel attention S and spatial attention T re-weight the last-stage '
+        f'[ggam-layers]({LIBRARY_URL}). The channel attention S and spatial attention T re-weight the last-stage '
         'feature maps; during training a symmetric KL term pulls S towards the Grad-CAM weights of the predicted '
         'class. At inference the model is a plain timm classifier: `model(x)` returns logits.')
     lines += ['', '## Model details', f"- **Architecture:** `{config['architecture']}` (timm entrypoint registered "
@@ -78,7 +78,7 @@ def model_card(
         else:
             lines += ['- **Training recipe:**', '', '  ```bash', f'  {recipe}', '  ```']
     lines.append(f'- **License:** {license_}')
-    lines.append(f'- **Software:** ggam-layers {_version()}, timm {timm.__version__}')
+    lines.append(f'- **Software:** ggam-layers {package_version()}, timm {timm.__version__}')
     if metrics:
         lines += ['', '## Evaluation', '', '| metric | value |', '| --- | --- |']
         lines += [f'| {k} | {_format_value(v)} |' for k, v in metrics.items()]

@@ -9,7 +9,7 @@ from typing import Any, Dict, Tuple, Union
 
 from .._files import CONFIG_NAME, DATA_CONFIG_KEYS, PICKLE_SUFFIXES, WEIGHTS_NAME, load_weights, refuse_pickle
 from ..model import GGAMModel
-from .load import _read_config, load_model
+from .load import load_model, read_model_config
 
 __all__ = ['load_checkpoint']
 
@@ -42,7 +42,7 @@ def load_checkpoint(path: Union[str, Path]) -> Tuple[GGAMModel, Dict[str, Any]]:
     if not config_file.is_file():
         raise FileNotFoundError(f'{config_file} is missing: a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}'
                                 ' (a run directory of `ggam-layers train`, or a folder written by save_pretrained)')
-    config = _read_config(config_file, str(config_file))
+    config = read_model_config(config_file, str(config_file))
     info = dict(config.get('ggam_layers') or {})
     if info.get('kind') == 'plain':
         raise ValueError(f'{config_file} is a run of the plain timm baseline, not a GGAM model: publish it with '

@@ -33,13 +33,14 @@ from timm.models import get_pretrained_cfg, is_model, parse_model_name, split_mo
 from .._files import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, check_safetensors, refuse_pickle
 from .._timm_compat import timm_hub_available
 from ..model import GGAMModel
-from ._common import _registry, _version
+from ._common import package_version, registry_module
 
-__all__ = ['load_model']
+__all__ = ['load_model', 'read_model_config']
 
 _logger = logging.getLogger(__name__)
 
-def _read_config(path: Path, origin: str) -> Dict[str, Any]:
+def read_model_config(path: Path, origin: str) -> Dict[str, Any]:
+    """The timm model config.json at `path` (named `origin` in errors); refuses bad JSON and a missing architecture."""
     try:
         config = json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as e:
@@ -55,7 +56,7 @@ def _read_config(path: Path, origin: str) -> Dict[str, Any]:
 def _unknown_architecture(arch: str, origin: str) -> str:
     ggam = sorted(n for n in timm.list_models('ggam*'))
     if arch.startswith('ggam'):
-        return (f'{origin} names architecture {arch!r}, which ggam-layers {_version()} does not register (it '
+        return (f'{origin} names architecture {arch!r}, which ggam-layers {package_version()} does not register (it '
                 f'registers {ggam}): the checkpoint needs a newer ggam-layers (`pip install -U ggam-layers`)')
     return (f'{origin} names architecture {arch!r}, which is not registered with timm {timm.__version__}: if it is '
             f'a timm model, upgrade timm (`pip install -U timm`); if another package defines it, import that package '
@@ -119,7 +120,7 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
         if not config_file.is_file():
             raise FileNotFoundError(f'{config_file} is missing: a GGAM model folder holds {CONFIG_NAME} and '
                                     f'{WEIGHTS_NAME} (written by ggam_layers.hub.save_pretrained)')
-        _check_config(_read_config(config_file, str(config_file)), str(config_file))
+        _check_config(read_model_config(config_file, str(config_file)), str(config_file))
         weights = folder / WEIGHTS_NAME
         if pretrained and not weights.is_file():
             pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -130,7 +131,7 @@ def _resolve(name_or_path: Union[str, Path], pretrained: bool, cache_dir) -> Tup
     if source == 'hf-hub':
         config_file = _hub_file(ident, CONFIG_NAME, cache_dir)
         origin = f'{CONFIG_NAME} of hf-hub:{ident}'
-        _check_config(_read_config(config_file, origin), origin)
+        _check_config(read_model_config(config_file, origin), origin)
         weights = _hub_file(ident, WEIGHTS_NAME, cache_dir) if pretrained else None
         if not timm_hub_available():  # timm < 1.0.21 beside huggingface_hub >= 2: the downloaded snapshot folder
             _logger.debug('timm cannot use huggingface_hub: loading hf-hub:%s from %s', ident, config_file.parent)
@@ -214,7 +215,7 @@ def load_model(
         cache_dir: Hugging Face cache folder (default: huggingface_hub's `HF_HUB_CACHE`).
         **kwargs: `timm.create_model` arguments: `num_classes` (a new classifier when it differs), ...
     """
-    _registry()
+    registry_module()
     name, weights, where = _resolve(name_or_path, pretrained, cache_dir)
     if weights is not None and weights.is_file():
         check_safetensors(weights)  # empty, truncated or foreign: one error naming the file and the fix

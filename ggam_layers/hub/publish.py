@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 from huggingface_hub import HfApi
 
 from ..model import GGAMModel
-from ._common import _version
+from ._common import package_version
 from .save import save_pretrained
 
 __all__ = ['push_to_hub']
@@ -48,7 +48,7 @@ def push_to_hub(
     save_kwargs.setdefault('repo_id', repo_id)
     if dry_run_dir is not None:
         return save_pretrained(model, dry_run_dir, **save_kwargs)
-    api = HfApi(token=token, library_name='ggam-layers', library_version=_version())
+    api = HfApi(token=token, library_name='ggam-layers', library_version=package_version())
     with tempfile.TemporaryDirectory(prefix='ggam-push-') as tmp:
         folder = save_pretrained(model, tmp, **save_kwargs)
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')

@@ -16,7 +16,7 @@ from timm.layers import get_act_layer
 from .._files import CONFIG_NAME, DATA_CONFIG_KEYS, README_NAME, TMP_PREFIX, WEIGHTS_NAME, save_weights
 from .._timm_compat import save_for_hf
 from ..model import GGAMModel
-from ._common import _LIBRARY_URL, PAPER_ID, PAPER_NAME, _registry, _version
+from ._common import LIBRARY_URL, PAPER_ID, PAPER_NAME, package_version, registry_module
 from .card import model_card
 
 __all__ = ['ggam_model_args', 'model_config_json', 'save_pretrained']
@@ -84,7 +84,7 @@ def ggam_model_args(model: GGAMModel) -> Dict[str, Any]:
 def _architecture(model: GGAMModel) -> str:
     """The registered entrypoint that rebuilds `model`: the named variant of its backbone (`ggam_resnet50` for
     'resnet50'), else the generic `ggam` (the backbone goes in `model_args` either way)."""
-    named = _registry().GGAM_BACKBONES
+    named = registry_module().GGAM_BACKBONES
     arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture')
     if arch in named and named[arch][0] == model.backbone_name:
         return arch
@@ -200,13 +200,13 @@ def save_pretrained(
     info = dict(extra_info or {})
     if 'version' in info:
         info['trained_with_version'] = info.pop('version')
-    info.update(version=_version(), paper=PAPER_ID)
+    info.update(version=package_version(), paper=PAPER_ID)
     info.update({k: v for k, v in (('dataset', dataset), ('metrics', metrics), ('recipe', recipe)) if v is not None})
     model_config = {
         'architecture': arch,
         'pretrained_cfg': {
             'architecture': arch, 'tag': None, 'classifier': 'head.fc', 'paper_ids': PAPER_ID,
-            'paper_name': PAPER_NAME, 'origin_url': _LIBRARY_URL,
+            'paper_name': PAPER_NAME, 'origin_url': LIBRARY_URL,
             'first_conv': f'backbone.{first_conv}' if isinstance(first_conv, str) else None,
         },
         'ggam_layers': info,
@@ -231,7 +231,7 @@ def save_pretrained(
         _verify_rebuild(model, config)
         weights = Path(tmp) / WEIGHTS_NAME
         header = {'format': 'pt', 'architecture': arch, 'backbone': str(args.get('backbone')),
-                  'ggam_layers_version': _version(), 'paper': PAPER_ID}
+                  'ggam_layers_version': package_version(), 'paper': PAPER_ID}
         if isinstance(recipe, str):
             header['recipe'] = recipe
         header.update(metadata or {})
