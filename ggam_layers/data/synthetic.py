@@ -21,7 +21,10 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageDraw
 
-__all__ = ['SyntheticFineGrained', 'SYNTHETIC_SPLITS', 'BEAK_SHAPES', 'PART_COLORS']
+__all__ = [
+    'SyntheticFineGrained', 'SYNTHETIC_SPLITS', 'BEAK_SHAPES', 'PART_COLORS', 'Box', 'SyntheticDataset',
+    'rotation_matrix', 'ellipse_points', 'flat_coords', 'bounding_box', 'box_union', 'hsv_to_rgb', 'scale_color',
+]
 
 SYNTHETIC_SPLITS = ('train', 'val', 'test')
 _SPLIT_CODE = {'train': 0, 'val': 1, 'test': 2}
@@ -55,7 +58,8 @@ _BEAKS = {
 }
 
 
-def _rot(angle: float) -> np.ndarray:
+def rotation_matrix(angle: float) -> np.ndarray:
+    """The 2x2 matrix rotating by `angle` radians."""
     c, s = math.cos(angle), math.sin(angle)
     return np.array([[c, -s], [s, c]], dtype=np.float64)
 
@@ -63,30 +67,35 @@ def _rot(angle: float) -> np.ndarray:
 _UNIT_CIRCLES: Dict[int, np.ndarray] = {}
 
 
-def _ellipse_pts(cx: float, cy: float, ax: float, ay: float, angle: float = 0.0, n: int = 20) -> np.ndarray:
+def ellipse_points(cx: float, cy: float, ax: float, ay: float, angle: float = 0.0, n: int = 20) -> np.ndarray:
+    """`n` points (n x 2) on the ellipse centred at (cx, cy) with semi-axes ax, ay, rotated by `angle`."""
     circle = _UNIT_CIRCLES.get(n)
     if circle is None:
         t = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
         circle = _UNIT_CIRCLES[n] = np.stack([np.cos(t), np.sin(t)], axis=1)
     pts = circle * (ax, ay)
     if angle:
-        pts = pts @ _rot(angle).T
+        pts = pts @ rotation_matrix(angle).T
     return pts + (cx, cy)
 
 
-def _flat(pts: np.ndarray) -> List[float]:
+def flat_coords(pts: np.ndarray) -> List[float]:
+    """Points (n x 2) as the flat [x0, y0, x1, y1, ...] list PIL's ImageDraw takes."""
     return pts.ravel().tolist()
 
 
-def _box(pts: np.ndarray) -> Box:
+def bounding_box(pts: np.ndarray) -> Box:
+    """The (x0, y0, x1, y1) box around points (n x 2)."""
     return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
 
 
-def _union(boxes: Sequence[Box]) -> Box:
+def box_union(boxes: Sequence[Box]) -> Box:
+    """The smallest box holding every box of `boxes`."""
     return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
 
 
-def _hsv_to_rgb(h: float, s: float, v: float) -> Tuple[int, int, int]:
+def hsv_to_rgb(h: float, s: float, v: float) -> Tuple[int, int, int]:
+    """An HSV colour (each in [0, 1]) as 8-bit RGB."""
     i = int(h * 6.0) % 6
     f = h * 6.0 - int(h * 6.0)
     p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
@@ -99,11 +108,12 @@ def _jitter(color: Sequence[int], rng: np.random.Generator, amount: float) -> Tu
     return tuple(int(min(255.0, max(0.0, c + e))) for c, e in zip(color, delta))
 
 
-def _scale(color: Sequence[int], f: float) -> Tuple[int, int, int]:
+def scale_color(color: Sequence[int], f: float) -> Tuple[int, int, int]:
+    """`color` with each channel times `f`, clipped to 0..255 (darker below 1, lighter above)."""
     return tuple(int(min(255, max(0, v * f))) for v in color)
 
 
-class _SyntheticDataset(torch.utils.data.Dataset):
+class SyntheticDataset(torch.utils.data.Dataset):
     """What the synthetic generators share: argument checks, labels, per-index random streams and the image cache.
 
     A subclass sets `_DEFAULT_SAMPLES_PER_CLASS` and `_STREAM_TAG` (seed words that keep its streams apart from the
@@ -250,7 +260,7 @@ class _SyntheticDataset(torch.utils.data.Dataset):
         return self._noise
 
 
-class SyntheticFineGrained(_SyntheticDataset):
+class SyntheticFineGrained(SyntheticDataset):
     """Synthetic fine-grained bird-like dataset whose classes differ only in small parts.
 
     Args:
@@ -363,19 +373,19 @@ class SyntheticFineGrained(_SyntheticDataset):
         size = self.image_size * ss
 
         # background: low frequency colour field + clutter
-        base = np.array(_hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.85))) / 255.0
+        base = np.array(hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.85))) / 255.0
         field = base + min(1.0, d) * rng.uniform(-0.25, 0.25, size=(4, 4, 3))
         field = np.clip(field * 255.0, 0, 255).astype(np.uint8)
         img = Image.fromarray(field).resize((size, size), Image.BICUBIC)
         draw = ImageDraw.Draw(img)
         n_clutter = rng.poisson(6.0 * d)
         for _ in range(n_clutter):
-            col = _hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.7), rng.uniform(0.2, 0.9))
+            col = hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.7), rng.uniform(0.2, 0.9))
             x, y = rng.uniform(0, size, 2)
             r = rng.uniform(0.04, 0.2) * size
             if rng.random() < 0.5:
-                pts = _ellipse_pts(x, y, r, r * rng.uniform(0.3, 1.0), rng.uniform(0, math.pi), n=12)
-                draw.polygon(_flat(pts), fill=col)
+                pts = ellipse_points(x, y, r, r * rng.uniform(0.3, 1.0), rng.uniform(0, math.pi), n=12)
+                draw.polygon(flat_coords(pts), fill=col)
             else:
                 a = rng.uniform(0, math.pi)
                 draw.line(
@@ -396,30 +406,31 @@ class SyntheticFineGrained(_SyntheticDataset):
 
         legs = [np.array([[lx, 0.2], [lx + dx, 0.45]]) for lx, dx in zip((-0.05, 0.08), leg_dx)]
         tail = np.array([[-0.4, -0.06], [-0.85, -0.2], [-0.85, 0.12], [-0.4, 0.08]])
-        tail = (tail - np.array([-0.4, 0.0])) @ _rot(tail_angle).T + np.array([-0.4, 0.0])
-        body_local = _ellipse_pts(0.0, 0.0, 0.5, 0.27, 0.0, n=28)
+        tail = (tail - np.array([-0.4, 0.0])) @ rotation_matrix(tail_angle).T + np.array([-0.4, 0.0])
+        body_local = ellipse_points(0.0, 0.0, 0.5, 0.27, 0.0, n=28)
         neck = np.array([0.36, -0.12])
-        head_c = (np.array([0.5, -0.26]) - neck) @ _rot(head_angle).T + neck
-        hrot = _rot(head_angle)
+        head_c = (np.array([0.5, -0.26]) - neck) @ rotation_matrix(head_angle).T + neck
+        hrot = rotation_matrix(head_angle)
 
         def hf(pts: np.ndarray) -> np.ndarray:
             return np.atleast_2d(pts) * ps @ hrot.T + head_c
 
         hr = 0.17
-        head_local = _ellipse_pts(head_c[0], head_c[1], hr, hr, 0.0, n=20)
+        head_local = ellipse_points(head_c[0], head_c[1], hr, hr, 0.0, n=20)
         crest_local = hf(_CREST)
         beak_local = hf(_BEAKS[attrs['beak']])
         eye_c = hf(np.array([0.05, -0.04]))[0]
-        ring_local = _ellipse_pts(eye_c[0], eye_c[1], 0.065 * ps, 0.065 * ps, 0.0, n=14)
+        ring_local = ellipse_points(eye_c[0], eye_c[1], 0.065 * ps, 0.065 * ps, 0.0, n=14)
         wc = np.array([-0.06, -0.03])
-        wing_local = _ellipse_pts(wc[0], wc[1], 0.3, 0.13, wing_angle, n=22)
+        wing_local = ellipse_points(wc[0], wc[1], 0.3, 0.13, wing_angle, n=22)
         bw, bh = 0.045 * ps, 0.11 * min(ps, 1.15)
         bars_local = [
-            np.array([[bx - bw, -bh], [bx + bw, -bh], [bx + bw, bh], [bx - bw, bh]]) @ _rot(wing_angle).T + wc
+            np.array([[bx - bw, -bh], [bx + bw, -bh], [bx + bw, bh], [bx - bw, bh]]) @ rotation_matrix(wing_angle).T
+            + wc
             for bx in (-0.06, 0.06)
         ]
 
-        rot = _rot(theta)
+        rot = rotation_matrix(theta)
         lin = rot * np.array([flip, 1.0]) * L  # local -> pixel offset from the body centre
 
         # place the body centre so the whole figure stays inside the image when possible
@@ -435,7 +446,7 @@ class SyntheticFineGrained(_SyntheticDataset):
 
         def poly(pts: np.ndarray, fill: Tuple[int, int, int]) -> np.ndarray:
             out = tf(pts)
-            draw.polygon(_flat(out), fill=fill)
+            draw.polygon(flat_coords(out), fill=fill)
             return out
 
         # part-like distractors in the background, away from the figure
@@ -451,27 +462,27 @@ class SyntheticFineGrained(_SyntheticDataset):
             self._draw_distractor(draw, rng, x, y, L, ps, self._palette)
 
         # body colours (nuisance)
-        body = _hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.35, 0.9))
-        wing_col = _scale(body, rng.uniform(0.55, 0.8))
-        head_col = _scale(body, rng.uniform(0.8, 1.15))
+        body = hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.35, 0.9))
+        wing_col = scale_color(body, rng.uniform(0.55, 0.8))
+        head_col = scale_color(body, rng.uniform(0.8, 1.15))
         dark = _jitter((30, 25, 20), rng, 15)
         beak_col = _jitter((60, 50, 40), rng, 25) if rng.random() < 0.5 else _jitter((200, 170, 90), rng, 30)
         cj = 25.0 * min(d, 2.0)  # part colour jitter
 
         for leg in legs:
-            draw.line(_flat(tf(leg)), fill=dark, width=max(1, int(0.025 * L)))
+            draw.line(flat_coords(tf(leg)), fill=dark, width=max(1, int(0.025 * L)))
         poly(tail, wing_col)
         body_pts = poly(body_local, body)
         # crest (drawn behind the head); its box is reported even when absent
         crest_pts = tf(crest_local)
         if attrs['crest'] == 'crested':
-            crest_col = _scale(body, rng.uniform(0.4, 0.7)) if rng.random() < 0.5 else _scale(body, 1.2)
-            draw.polygon(_flat(crest_pts), fill=crest_col)
+            crest_col = scale_color(body, rng.uniform(0.4, 0.7)) if rng.random() < 0.5 else scale_color(body, 1.2)
+            draw.polygon(flat_coords(crest_pts), fill=crest_col)
         poly(head_local, head_col)
         beak_pts = poly(beak_local, beak_col)
         ring_col = _jitter(PART_COLORS[attrs['eye_ring']], rng, cj)
         ring_pts = poly(ring_local, ring_col)
-        poly(_ellipse_pts(eye_c[0], eye_c[1], 0.03 * ps, 0.03 * ps, 0.0, n=10), dark)
+        poly(ellipse_points(eye_c[0], eye_c[1], 0.03 * ps, 0.03 * ps, 0.0, n=10), dark)
         poly(wing_local, wing_col)
         bar_col = _jitter(PART_COLORS[attrs['wing_bar']], rng, cj)
         bars = [poly(q, bar_col) for q in bars_local]
@@ -479,7 +490,7 @@ class SyntheticFineGrained(_SyntheticDataset):
 
         # occlusion (may hide parts, which caps the achievable accuracy)
         if rng.random() < min(1.0, self.occlusion_prob * d):
-            occ_col = _hsv_to_rgb(rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
+            occ_col = hsv_to_rgb(rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
             target = tf(rng.uniform([-0.5, -0.35], [0.6, 0.2]))[0]
             if rng.random() < 0.5:  # branch across the image
                 a = rng.uniform(0, math.pi)
@@ -494,8 +505,8 @@ class SyntheticFineGrained(_SyntheticDataset):
                 )
             else:  # leaf
                 r = rng.uniform(0.15, 0.3) * L
-                pts = _ellipse_pts(target[0], target[1], r, 0.45 * r, rng.uniform(0, math.pi), n=16)
-                draw.polygon(_flat(pts), fill=occ_col)
+                pts = ellipse_points(target[0], target[1], r, 0.45 * r, rng.uniform(0, math.pi), n=16)
+                draw.polygon(flat_coords(pts), fill=occ_col)
 
         # lighting and noise
         out = np.asarray(img.resize((self.image_size, self.image_size), Image.BOX), dtype=np.float32)
@@ -516,16 +527,16 @@ class SyntheticFineGrained(_SyntheticDataset):
             return x0, y0, x1, y1
 
         part_boxes = {
-            'beak': to_out(_box(beak_pts)),
-            'crest': to_out(_box(crest_pts)),
-            'eye_ring': to_out(_box(ring_pts)),
-            'wing_bar': to_out(_box(bar_pts)),
+            'beak': to_out(bounding_box(beak_pts)),
+            'crest': to_out(bounding_box(crest_pts)),
+            'eye_ring': to_out(bounding_box(ring_pts)),
+            'wing_bar': to_out(bounding_box(bar_pts)),
         }
         ann = {
             'label': label,
             'center': (float(min(lim, max(0.0, cx / ss))), float(min(lim, max(0.0, cy / ss)))),
-            'object_box': to_out(_box(body_pts)),
-            'part_box': _union(list(part_boxes.values())),
+            'object_box': to_out(bounding_box(body_pts)),
+            'part_box': box_union(list(part_boxes.values())),
             'part_boxes': part_boxes,
         }
         return out, ann
@@ -545,19 +556,19 @@ class SyntheticFineGrained(_SyntheticDataset):
         kind = int(rng.integers(4))
         a = rng.uniform(0, 2 * math.pi)
         if kind == 0:  # eye ring on a disc
-            disc = _hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.35, 0.9))
+            disc = hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.35, 0.9))
             for r, c in ((0.17, disc), (0.065 * ps, col), (0.03 * ps, (30, 25, 20))):
-                pts = _ellipse_pts(x, y, r * L, r * L, 0.0, n=14)
-                draw.polygon(_flat(pts), fill=c)
+                pts = ellipse_points(x, y, r * L, r * L, 0.0, n=14)
+                draw.polygon(flat_coords(pts), fill=c)
         elif kind == 1:  # wing bars on a wing-like ellipse
-            wing = _hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.7))
-            pts = _ellipse_pts(x, y, 0.3 * L, 0.13 * L, a, n=16)
-            draw.polygon(_flat(pts), fill=wing)
+            wing = hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.7))
+            pts = ellipse_points(x, y, 0.3 * L, 0.13 * L, a, n=16)
+            draw.polygon(flat_coords(pts), fill=wing)
             bw, bh = 0.045 * ps, 0.11 * min(ps, 1.15)
             for bx in (-0.06, 0.06):
                 q = np.array([[bx - bw, -bh], [bx + bw, -bh], [bx + bw, bh], [bx - bw, bh]]) * L
-                q = q @ _rot(a).T + np.array([x, y])
-                draw.polygon(_flat(q), fill=col)
+                q = q @ rotation_matrix(a).T + np.array([x, y])
+                draw.polygon(flat_coords(q), fill=col)
         elif kind == 2:  # beak-like triangle
             shape = [
                 np.array([[0.0, -0.055], [0.12, 0.0], [0.0, 0.055]]),
@@ -565,8 +576,8 @@ class SyntheticFineGrained(_SyntheticDataset):
                 np.array([[0.0, -0.05], [0.12, -0.03], [0.16, 0.03], [0.13, 0.1], [0.1, 0.03], [0.0, 0.05]]),
             ][int(rng.integers(3))]
             fill = (60, 50, 40) if rng.random() < 0.5 else (200, 170, 90)
-            q = shape * L * ps @ _rot(a).T + np.array([x, y])
-            draw.polygon(_flat(q), fill=_jitter(fill, rng, 25))
+            q = shape * L * ps @ rotation_matrix(a).T + np.array([x, y])
+            draw.polygon(flat_coords(q), fill=_jitter(fill, rng, 25))
         else:  # crest-like spikes
             q = (
                 np.array(
@@ -583,6 +594,6 @@ class SyntheticFineGrained(_SyntheticDataset):
                 * L
                 * ps
             )
-            q = q @ _rot(a).T + np.array([x, y])
-            fill = _hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8))
-            draw.polygon(_flat(q), fill=fill)
+            q = q @ rotation_matrix(a).T + np.array([x, y])
+            fill = hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8))
+            draw.polygon(flat_coords(q), fill=fill)

@@ -28,7 +28,17 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from . import synthetic as _fg
-from .synthetic import Box, _box, _ellipse_pts, _flat, _hsv_to_rgb, _rot, _scale, _SyntheticDataset, _union
+from .synthetic import (
+    Box,
+    SyntheticDataset,
+    bounding_box,
+    box_union,
+    ellipse_points,
+    flat_coords,
+    hsv_to_rgb,
+    rotation_matrix,
+    scale_color,
+)
 
 __all__ = [
     'SyntheticPretrain',
@@ -108,7 +118,7 @@ def _crescent() -> np.ndarray:
 
 # outlines in object units (x right, y down, about [-1, 1]^2), centred on their area
 _SHAPES: Dict[str, np.ndarray] = {
-    'ellipse': _ellipse_pts(0.0, 0.0, 1.0, 0.66, 0.0, n=32),
+    'ellipse': ellipse_points(0.0, 0.0, 1.0, 0.66, 0.0, n=32),
     'triangle': np.array([[0.0, -0.95], [1.0, 0.72], [-1.0, 0.72]]),
     'star': _regular_star(5, 1.05, 0.48, -math.pi / 2),
     'crescent': _crescent() + np.array([0.25, 0.0]),
@@ -147,7 +157,7 @@ def _part_polys(kind: str, angle: float, r: float, ps: float) -> List[Tuple[str,
     base = u * r
     if kind == 'knobs':  # a thin stem out of the outline with a disc at its tip
         tip = base + u * 0.34 * ps
-        disc = _ellipse_pts(tip[0], tip[1], 0.13 * ps, 0.13 * ps, 0.0, n=14)
+        disc = ellipse_points(tip[0], tip[1], 0.13 * ps, 0.13 * ps, 0.0, n=14)
         return [('stem', np.stack([base - u * 0.08, tip])), ('head', disc)]
     # horns: tall pointed triangles (at the knobs' anchors); spikes: short wide ones
     height, half = (0.42, 0.12) if kind == 'horns' else (0.26, 0.13)
@@ -170,7 +180,7 @@ def pretrain_generator_params(ds: 'SyntheticPretrain') -> Dict[str, Any]:
     return params
 
 
-class SyntheticPretrain(_SyntheticDataset):
+class SyntheticPretrain(SyntheticDataset):
     """Generic synthetic pretraining corpus: shape x colour x part configuration x texture, 96 classes.
 
     Args:
@@ -236,17 +246,17 @@ class SyntheticPretrain(_SyntheticDataset):
         size = self.image_size * ss
 
         # background: low-frequency colour field + clutter (any colour, including the body colour families)
-        base = np.array(_hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.85))) / 255.0
+        base = np.array(hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.85))) / 255.0
         field = np.clip((base + dm * rng.uniform(-0.25, 0.25, size=(4, 4, 3))) * 255.0, 0, 255).astype(np.uint8)
         img = Image.fromarray(field).resize((size, size), Image.BICUBIC)
         draw = ImageDraw.Draw(img)
         for _ in range(rng.poisson(6.0 * d)):
-            col = _hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.7), rng.uniform(0.2, 0.9))
+            col = hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.7), rng.uniform(0.2, 0.9))
             x, y = rng.uniform(0, size, 2)
             r = rng.uniform(0.04, 0.2) * size
             if rng.random() < 0.5:
-                draw.polygon(_flat(_ellipse_pts(x, y, r, r * rng.uniform(0.3, 1.0), rng.uniform(0, math.pi), n=12)),
-                             fill=col)
+                draw.polygon(flat_coords(ellipse_points(x, y, r, r * rng.uniform(0.3, 1.0), rng.uniform(0, math.pi),
+                                                        n=12)), fill=col)
             else:
                 a = rng.uniform(0, math.pi)
                 draw.line([(x - r * math.cos(a), y - r * math.sin(a)), (x + r * math.cos(a), y + r * math.sin(a))],
@@ -257,7 +267,7 @@ class SyntheticPretrain(_SyntheticDataset):
         R = rng.uniform(0.3 - 0.07 * dm, 0.3 + 0.04 * dm) * size  # object radius in pixels
         theta = rng.uniform(-1, 1) * math.radians(35) * min(d, 1.5)
         flip = -1.0 if rng.random() < 0.5 else 1.0
-        lin = _rot(theta) * np.array([flip, 1.0]) * R  # object units -> pixel offset from the object centre
+        lin = rotation_matrix(theta) * np.array([flip, 1.0]) * R  # object units -> pixel offset from the object centre
 
         outline = _SHAPES[attrs['shape']]
         anchors = _ANCHORS[(attrs['shape'], attrs['parts'])]
@@ -284,24 +294,25 @@ class SyntheticPretrain(_SyntheticDataset):
 
         # the object: parts behind the body, the body, its texture
         body = self._body_colour(rng, attrs['colour'], dm)
-        part_col = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.25, 0.95))
+        part_col = hsv_to_rgb(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.25, 0.95))
         part_boxes = []
         for kind, q in parts:
             qq = tf(q)
-            part_boxes.append(_box(qq))
+            part_boxes.append(bounding_box(qq))
             if kind == 'stem':
-                draw.line(_flat(qq), fill=part_col, width=max(1, int(0.06 * R)))
+                draw.line(flat_coords(qq), fill=part_col, width=max(1, int(0.06 * R)))
             else:
-                draw.polygon(_flat(qq), fill=part_col)
+                draw.polygon(flat_coords(qq), fill=part_col)
         body_pts = tf(outline)
-        draw.polygon(_flat(body_pts), fill=body)
+        draw.polygon(flat_coords(body_pts), fill=body)
         if attrs['texture'] == 'striped':
-            shade = _scale(body, rng.uniform(0.35, 0.6)) if rng.random() < 0.5 else _scale(body, rng.uniform(1.35, 1.7))
+            shade = (scale_color(body, rng.uniform(0.35, 0.6)) if rng.random() < 0.5
+                     else scale_color(body, rng.uniform(1.35, 1.7)))
             self._stripes(img, body_pts, shade, rng.uniform(0, math.pi), rng.uniform(0.28, 0.42) * R)
 
         # occlusion (may hide parts, which caps the achievable accuracy)
         if rng.random() < min(1.0, self.occlusion_prob * d):
-            occ_col = _hsv_to_rgb(rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
+            occ_col = hsv_to_rgb(rng.uniform(0.05, 0.4), rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.6))
             target = tf(rng.uniform([-0.7, -0.7], [0.7, 0.7]))[0]
             if rng.random() < 0.5:  # branch across the image
                 a = rng.uniform(0, math.pi)
@@ -310,8 +321,8 @@ class SyntheticPretrain(_SyntheticDataset):
                           fill=occ_col, width=max(1, int(rng.uniform(0.12, 0.28) * R)))
             else:  # leaf
                 r = rng.uniform(0.3, 0.6) * R
-                draw.polygon(_flat(_ellipse_pts(target[0], target[1], r, 0.45 * r, rng.uniform(0, math.pi), n=16)),
-                             fill=occ_col)
+                draw.polygon(flat_coords(ellipse_points(target[0], target[1], r, 0.45 * r, rng.uniform(0, math.pi),
+                                                        n=16)), fill=occ_col)
 
         # lighting and noise
         out = np.asarray(img.resize((self.image_size, self.image_size), Image.BOX), dtype=np.float32)
@@ -331,15 +342,15 @@ class SyntheticPretrain(_SyntheticDataset):
         ann = {
             'label': label,
             'center': (float(min(lim, max(0.0, cx / ss))), float(min(lim, max(0.0, cy / ss)))),
-            'object_box': to_out(_box(body_pts)),
-            'part_box': to_out(_union(part_boxes)),
+            'object_box': to_out(bounding_box(body_pts)),
+            'part_box': to_out(box_union(part_boxes)),
         }
         return out, ann
 
     @staticmethod
     def _body_colour(rng: np.random.Generator, family: str, dm: float) -> Tuple[int, int, int]:
         hue = (PRETRAIN_COLORS[family] + rng.uniform(-1, 1) * _HUE_JITTER * max(dm, 0.3)) % 1.0
-        return _hsv_to_rgb(hue, rng.uniform(0.6, 0.95), rng.uniform(0.6, 0.95))
+        return hsv_to_rgb(hue, rng.uniform(0.6, 0.95), rng.uniform(0.6, 0.95))
 
     @staticmethod
     def _stripes(img: Image.Image, poly: np.ndarray, colour: Tuple[int, int, int], angle: float,
@@ -351,7 +362,7 @@ class SyntheticPretrain(_SyntheticDataset):
             return
         w, h = x1 - x0, y1 - y0
         inside = Image.new('L', (w, h), 0)
-        ImageDraw.Draw(inside).polygon(_flat(poly - (x0, y0)), fill=255)
+        ImageDraw.Draw(inside).polygon(flat_coords(poly - (x0, y0)), fill=255)
         bands = Image.new('L', (w, h), 0)
         bd = ImageDraw.Draw(bands)
         u = np.array([math.cos(angle), math.sin(angle)])
@@ -362,24 +373,24 @@ class SyntheticPretrain(_SyntheticDataset):
             a = c + v * k
             b = a + v * period / 2
             band = np.stack([a - u * reach, a + u * reach, b + u * reach, b - u * reach])
-            bd.polygon(_flat(band), fill=255)
+            bd.polygon(flat_coords(band), fill=255)
         img.paste(colour, (x0, y0, x1, y1), ImageChops.multiply(inside, bands))
 
     def _draw_distractor(self, img: Image.Image, draw: ImageDraw.ImageDraw, rng: np.random.Generator, x: float,
                          y: float, R: float, ps: float) -> None:
-        col = _hsv_to_rgb(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.25, 0.95))
+        col = hsv_to_rgb(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.25, 0.95))
         kind = int(rng.integers(4))
         a = rng.uniform(0, 2 * math.pi)
-        lin = _rot(a) * R
+        lin = rotation_matrix(a) * R
         centre = np.array([x, y])
         if kind < 3:  # a loose knob, horn or spike
             for what, q in _part_polys(PRETRAIN_PARTS[kind], 0.0, 0.0, ps):
                 qq = q @ lin.T + centre
                 if what == 'stem':
-                    draw.line(_flat(qq), fill=col, width=max(1, int(0.06 * R)))
+                    draw.line(flat_coords(qq), fill=col, width=max(1, int(0.06 * R)))
                 else:
-                    draw.polygon(_flat(qq), fill=col)
+                    draw.polygon(flat_coords(qq), fill=col)
         else:  # a small striped patch
-            patch = _ellipse_pts(x, y, 0.35 * R, 0.25 * R, a, n=14)
-            draw.polygon(_flat(patch), fill=col)
-            self._stripes(img, patch, _scale(col, 0.5), rng.uniform(0, math.pi), rng.uniform(0.28, 0.42) * R)
+            patch = ellipse_points(x, y, 0.35 * R, 0.25 * R, a, n=14)
+            draw.polygon(flat_coords(patch), fill=col)
+            self._stripes(img, patch, scale_color(col, 0.5), rng.uniform(0, math.pi), rng.uniform(0.28, 0.42) * R)
