@@ -13,7 +13,7 @@ from ggam_layers import GGAMLoss
 from ggam_layers._files import WEIGHTS_NAME
 from ggam_layers.cli import main
 from ggam_layers.train import TrainConfig, evaluate, train
-from ggam_layers.train.build import _optimizer, _scheduler, build_model
+from ggam_layers.train.build import build_model, build_optimizer, build_scheduler
 from ggam_layers.train.checkpoint import TRAINING_WEIGHTS_NAME, list_checkpoints
 from ggam_layers.train.distributed import DistInfo
 from ggam_layers.train.loop import StepOptions, StepState, TrainForward, TrainingDiverged, train_one_epoch
@@ -121,7 +121,7 @@ def test_gradient_accumulation_gives_the_update_of_the_larger_batch(tmp_path):
 
 def test_layer_decay_and_the_head_split_show_in_the_optimizer_groups(tmp_path):
     cfg = tiny(tmp_path, model='test_convnext', layer_decay=0.5, backbone_lr_scale=0.1, lr=1e-2).validate()
-    opt = _optimizer(build_model(cfg, 4), cfg)
+    opt = build_optimizer(build_model(cfg, 4), cfg)
     lrs = {g['name']: g['lr'] for g in opt.param_groups}
     assert lrs['head'] == pytest.approx(1e-2)
     depths = sorted({int(n.split('-')[1].split('.')[0]) for n in lrs if n.startswith('backbone.top-')})
@@ -137,12 +137,12 @@ def test_layer_decay_and_the_head_split_show_in_the_optimizer_groups(tmp_path):
 def test_timm_optimizer_and_scheduler_names(tmp_path):
     cfg = tiny(tmp_path, opt='lamb', sched='step', decay_epochs=1, decay_rate=0.1, warmup_epochs=0, epochs=3,
                lr=1e-2).validate()
-    opt = _optimizer(build_model(cfg, 4), cfg)
+    opt = build_optimizer(build_model(cfg, 4), cfg)
     assert type(opt).__name__ == 'Lamb'
-    sched = _scheduler(opt, cfg, updates_per_epoch=4)
+    sched = build_scheduler(opt, cfg, updates_per_epoch=4)
     sched.step_update(4 * 2)  # after two epochs: two decays
     assert [g['lr'] for g in opt.param_groups] == pytest.approx([1e-4, 1e-4])
-    sgd = _optimizer(build_model(tiny(tmp_path, opt='sgd'), 4), tiny(tmp_path, opt='sgd'))
+    sgd = build_optimizer(build_model(tiny(tmp_path, opt='sgd'), 4), tiny(tmp_path, opt='sgd'))
     assert type(sgd).__name__ == 'SGD' and sgd.defaults['nesterov'] is False  # the paper's SGD
     with pytest.raises(ValueError, match="opt 'adamx' is not an optimizer of timm"):
         tiny(tmp_path, opt='adamx').validate()

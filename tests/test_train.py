@@ -409,9 +409,9 @@ def test_default_workers_follow_the_data(tmp_path):
     from torchvision.datasets import ImageFolder
 
     from ggam_layers.data.synthetic import SyntheticFineGrained
-    from ggam_layers.train.build import _usable_cores
+    from ggam_layers.train.build import usable_cores
     from ggam_layers.train.distributed import DistInfo
-    from ggam_layers.train.evaluate import _num_workers
+    from ggam_layers.train.evaluate import loader_workers
 
     (tmp_path / 'a').mkdir()
     from PIL import Image
@@ -420,8 +420,8 @@ def test_default_workers_follow_the_data(tmp_path):
     synth = SyntheticFineGrained('train', num_classes=2, samples_per_class=1)
     cfg = TrainConfig()
     assert cfg.workers is None and PRESETS['paper'].get('workers') is None
-    assert _num_workers(cfg, synth, DistInfo()) == 0
-    assert _num_workers(cfg, folder, DistInfo()) == min(8, _usable_cores())
-    assert _num_workers(TrainConfig(workers=3), synth, DistInfo()) == 3
+    assert loader_workers(cfg, synth, DistInfo()) == 0
+    assert loader_workers(cfg, folder, DistInfo()) == min(8, usable_cores())
+    assert loader_workers(TrainConfig(workers=3), synth, DistInfo()) == 3
     with pytest.raises(ValueError, match='workers must be >= 0'):
         TrainConfig(workers=-1).validate()

@@ -1,6 +1,6 @@
 """The building blocks of a training run: its datasets, model, data config, optimizer, RNG state and config.json.
 
-`ggam_layers.train` puts them together (and re-exports the public ones: `build_datasets`, `build_model`,
+`ggam_layers.train` puts them together (and re-exports `build_datasets`, `build_model` and
 `resolve_data_config`); `evaluate.py` and `compare.py` use them too.
 """
 import logging
@@ -28,19 +28,25 @@ from .config import RESUME_MUTABLE_FIELDS, TrainConfig
 from .distributed import DistInfo
 from .progress import progress
 
-__all__ = ['build_datasets', 'build_model', 'check_classes', 'resolve_data_config']
+__all__ = [
+    'build_datasets', 'build_model', 'check_classes', 'resolve_data_config', 'build_dataset', 'build_optimizer',
+    'build_scheduler', 'class_names_of', 'num_classes_of', 'prepare_generated', 'restore_rng_state', 'rng_state',
+    'run_config_json', 'scan_data', 'usable_cores',
+]
 
 _logger = logging.getLogger(__name__)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
 
 
-def _create_dataset(cfg: TrainConfig, split: str) -> Any:
+def build_dataset(cfg: TrainConfig, split: str) -> Any:
+    """The dataset of `cfg` for one split (PIL images; the synthetic sets rendered at `cfg.img_size`)."""
     kw = dict(cfg.dataset_kwargs)
     if cfg.dataset in ('synthetic', 'synthetic_pretrain'):
         kw.setdefault('image_size', cfg.img_size)  # render at the input size
@@ -52,10 +58,11 @@ def _create_dataset(cfg: TrainConfig, split: str) -> Any:
 
 def build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
     """The training and evaluation datasets of `cfg` (without transforms: they return PIL images)."""
-    return _create_dataset(cfg, cfg.train_split), _create_dataset(cfg, cfg.eval_split)
+    return build_dataset(cfg, cfg.train_split), build_dataset(cfg, cfg.eval_split)
 
 
-def _num_classes(ds: Any) -> int:
+def num_classes_of(ds: Any) -> int:
+    """The classes of a dataset: its `num_classes`, else the length of its `class_names` / `classes`."""
     n = getattr(ds, 'num_classes', None)
     if n is None:
         names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
@@ -65,7 +72,8 @@ def _num_classes(ds: Any) -> int:
     return int(n)
 
 
-def _class_names(ds: Any) -> Optional[List[str]]:
+def class_names_of(ds: Any) -> Optional[List[str]]:
+    """A dataset's class names (`class_names` or `classes`) as strings, or None."""
     names = getattr(ds, 'class_names', None) or getattr(ds, 'classes', None)
     return [str(n) for n in names] if names is not None else None
 
@@ -79,10 +87,10 @@ def check_classes(cfg: TrainConfig, datasets: Dict[str, Any]) -> None:
         datasets: {split name: dataset}, e.g. {cfg.train_split: train_ds, cfg.eval_split: eval_ds}.
     """
     for split, ds in datasets.items():
-        n = _num_classes(ds)
+        n = num_classes_of(ds)
         if n >= 2:
             continue
-        names = _class_names(ds) or []
+        names = class_names_of(ds) or []
         found = f': {", ".join(repr(c) for c in names[:10])}' if names else ''
         where = f" under '{cfg.data_root}'" if cfg.data_root else ''
         raise ValueError(
@@ -207,7 +215,7 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> List[Dict[str, Any]]:
     return [g for g in groups if g['params']]
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """timm's `create_optimizer_v2` over `_param_groups` ('sgd' is timm's 'momentum': no Nesterov, as the paper)."""
     from timm.optim import create_optimizer_v2
     opt = 'momentum' if cfg.opt.lower() == 'sgd' else cfg.opt.lower()
@@ -216,7 +224,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                                **kwargs)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int) -> Optional[Any]:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_epoch: int) -> Optional[Any]:
     """timm's `create_scheduler_v2` for its schedule names, stepped per update; None for the package's own 'cosine'
     and 'none' (`loop.lr_factor`)."""
     if cfg.sched in ('cosine', 'none'):
@@ -231,7 +239,8 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates_per_e
     return scheduler
 
 
-def _rng_state() -> Dict[str, Any]:
+def rng_state() -> Dict[str, Any]:
+    """The torch, CUDA, Python and NumPy random states, as a checkpoint stores them."""
     np_state = np.random.get_state()
     return {
         'torch': torch.get_rng_state(),
@@ -241,7 +250,8 @@ def _rng_state() -> Dict[str, Any]:
     }
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Set the random states `rng_state` returned (CUDA's only on the same number of devices)."""
     torch.set_rng_state(state['torch'])
     if state.get('cuda') and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -251,7 +261,7 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
 
 
-def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
+def prepare_generated(ds: Any, show: bool, desc: str) -> None:
     """Generate an on-demand dataset (one with `generate(i)` and a `cache`) once, up front."""
     gen = getattr(ds, 'generate', None)
     if callable(gen) and getattr(ds, 'cache', False):
@@ -260,8 +270,8 @@ def _prepare_generated(ds: Any, show: bool, desc: str) -> None:
 
 
 
-def _model_config(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
-                  command: Optional[str], tmp_parent: Optional[Path] = None) -> Dict[str, Any]:
+def run_config_json(model: nn.Module, cfg: TrainConfig, data_config: Dict[str, Any], class_names, num_classes: int,
+                    command: Optional[str], tmp_parent: Optional[Path] = None) -> Dict[str, Any]:
     """timm's config.json of the model (what `local-dir:` reads) with the run under the `ggam_layers` key."""
     model_args: Dict[str, Any] = {}
     if isinstance(model, GGAMModel):
@@ -288,8 +298,8 @@ def _recipe(cfg: TrainConfig) -> Dict[str, Any]:
     return {k: v for k, v in d.items() if k not in RESUME_MUTABLE_FIELDS}
 
 
-def _scan_data(cfg: TrainConfig, datasets: Dict[str, Any], info: DistInfo, show: bool) -> Tuple[Dict[str, Any],
-                                                                                                  Dict[str, Any]]:
+def scan_data(cfg: TrainConfig, datasets: Dict[str, Any], info: DistInfo, show: bool) -> Tuple[Dict[str, Any],
+                                                                                                 Dict[str, Any]]:
     """Check the image files of each split once (`data.integrity.scan_images`); returns the datasets without the
     unreadable files and a report {'train': n, 'eval': n, 'files': [{'split', 'path', 'reason'}, ...]}."""
     report: Dict[str, Any] = {'files': []}

@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .._files import CONFIG_NAME, atomic_write_json
 from ..model import ATTENTIONS
-from .build import _scan_data, build_datasets, check_classes
+from .build import build_datasets, check_classes, scan_data
 from .config import TrainConfig
 from .distributed import DistInfo, broadcast_object, cleanup_distributed, init_distributed
 from .run_dir import claim_output, default_output
@@ -103,8 +103,8 @@ def _compare(cfg: TrainConfig, out: Path, info: DistInfo, train_dataset: Any, ev
         train_dataset = train_dataset if train_dataset is not None else built[0]
         eval_dataset = eval_dataset if eval_dataset is not None else built[1]
     check_classes(cfg, {cfg.train_split: train_dataset, cfg.eval_split: eval_dataset})  # before the scan
-    scanned, _ = _scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
-                            cfg.progress and info.is_main)  # once: both models skip the same files
+    scanned, _ = scan_data(cfg, {'train': train_dataset, 'eval': eval_dataset}, info,
+                           cfg.progress and info.is_main)  # once: both models skip the same files
     train_dataset, eval_dataset = scanned['train'], scanned['eval']
     results = {}
     for name in arms:

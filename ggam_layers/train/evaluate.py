@@ -11,30 +11,31 @@ import torch
 
 from .._files import WEIGHTS_NAME, check_safetensors, load_weights
 from ..data.loader import SeededTransformDataset, ShardSampler, build_loader, build_transform
-from .build import _create_dataset, _num_classes, _prepare_generated, _scan_data, _usable_cores, build_model
+from .build import build_dataset, build_model, num_classes_of, prepare_generated, scan_data, usable_cores
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .loop import amp_dtype_for, evaluate_model
 from .report import write_report
 from .run_dir import RESULTS_NAME, read_run_config
 
-__all__ = ['evaluate']
+__all__ = ['evaluate', 'build_eval_loader', 'loader_workers']
 
 
-def _num_workers(cfg: TrainConfig, ds: Any, info: DistInfo) -> int:
+def loader_workers(cfg: TrainConfig, ds: Any, info: DistInfo) -> int:
     """DataLoader workers: `cfg.workers`, or when None 0 for in-memory data (the synthetic set: worker processes only
     add overhead) and for image files the usable cores divided by the processes on this node, at most 8."""
     if cfg.workers is not None:
         return cfg.workers
     if callable(getattr(ds, 'generate', None)):
         return 0
-    return min(8, max(1, _usable_cores() // info.local_world_size))
+    return min(8, max(1, usable_cores() // info.local_world_size))
 
 
-def _eval_loader(eval_ds: Any, transform, cfg: TrainConfig, info: DistInfo, pin: bool):
+def build_eval_loader(eval_ds: Any, transform: Any, cfg: TrainConfig, info: DistInfo, pin: bool) -> Any:
+    """The evaluation DataLoader: `eval_ds` with `transform` (unseeded), this rank's shard, `cfg.eval_batch_size`."""
     wrapped = SeededTransformDataset(eval_ds, transform, seed=cfg.seed, seeded=False)
     return build_loader(wrapped, cfg.eval_batch_size, ShardSampler(len(wrapped), info.rank, info.world_size),
-                        num_workers=_num_workers(cfg, eval_ds, info), pin_memory=pin)
+                        num_workers=loader_workers(cfg, eval_ds, info), pin_memory=pin)
 
 
 def evaluate(
@@ -86,25 +87,25 @@ def evaluate(
     split = split or cfg.eval_split
     dist_info = init_distributed(cfg.device)
     try:
-        torch.set_num_threads(cfg.threads or max(1, _usable_cores() // dist_info.local_world_size))
+        torch.set_num_threads(cfg.threads or max(1, usable_cores() // dist_info.local_world_size))
         weights = out / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f'{weights} is missing: the run has not finished an epoch yet')
         check_safetensors(weights)  # a damaged file stops here, before the data is read
         if eval_dataset is None:
-            eval_dataset = _create_dataset(cfg, split)
-        scanned, skipped = _scan_data(dataclasses.replace(cfg, eval_split=split), {'eval': eval_dataset}, dist_info,
-                                      progress and dist_info.is_main)
+            eval_dataset = build_dataset(cfg, split)
+        scanned, skipped = scan_data(dataclasses.replace(cfg, eval_split=split), {'eval': eval_dataset}, dist_info,
+                                     progress and dist_info.is_main)
         eval_dataset = scanned['eval']
-        num_classes = config.get('num_classes') or _num_classes(eval_dataset)
+        num_classes = config.get('num_classes') or num_classes_of(eval_dataset)
         model = build_model(cfg, num_classes, pretrained=False)
         load_weights(model, weights)
         model.to(dist_info.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         transform = build_transform(info_cfg['data_config'], is_training=False)
-        _prepare_generated(eval_dataset, progress and dist_info.is_main, f'generating {split} images')
-        loader = _eval_loader(eval_dataset, transform, cfg, dist_info, dist_info.device.type == 'cuda')
+        prepare_generated(eval_dataset, progress and dist_info.is_main, f'generating {split} images')
+        loader = build_eval_loader(eval_dataset, transform, cfg, dist_info, dist_info.device.type == 'cuda')
         amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, dist_info.device)
         res = evaluate_model(model, loader, dist_info.device, amp_dtype, cfg.channels_last, dist_info,
                              progress and dist_info.is_main, desc=f'eval {split}', tta=tta)

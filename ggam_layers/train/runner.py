@@ -26,20 +26,20 @@ from ..head import fused_self_test
 from ..loss import GGAMLoss
 from ..model import GGAMModel
 from .build import (
-    _class_names,
-    _model_config,
-    _num_classes,
-    _optimizer,
-    _prepare_generated,
-    _rng_state,
-    _scan_data,
-    _scheduler,
-    _set_rng_state,
-    _usable_cores,
     build_datasets,
     build_model,
+    build_optimizer,
+    build_scheduler,
     check_classes,
+    class_names_of,
+    num_classes_of,
+    prepare_generated,
     resolve_data_config,
+    restore_rng_state,
+    rng_state,
+    run_config_json,
+    scan_data,
+    usable_cores,
 )
 from .checkpoint import (
     TRAINING_WEIGHTS_NAME,
@@ -59,7 +59,7 @@ from .distributed import (
     init_distributed,
     replica_max_abs_diff,
 )
-from .evaluate import _eval_loader, _num_workers
+from .evaluate import build_eval_loader, loader_workers
 from .loop import (
     StepOptions,
     StepState,
@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     if cfg.batch_size % info.world_size:
         raise ValueError(f'batch_size {cfg.batch_size} (the global batch) must be divisible by the number of '
                          f'processes {info.world_size}')
-    torch.set_num_threads(cfg.threads or max(1, _usable_cores() // info.local_world_size))
+    torch.set_num_threads(cfg.threads or max(1, usable_cores() // info.local_world_size))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -246,12 +246,12 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         train_ds = train_ds if train_ds is not None else built[0]
         eval_ds = eval_ds if eval_ds is not None else built[1]
     check_classes(cfg, {cfg.train_split: train_ds, cfg.eval_split: eval_ds})
-    num_classes = _num_classes(train_ds)
-    if _num_classes(eval_ds) != num_classes:
+    num_classes = num_classes_of(train_ds)
+    if num_classes_of(eval_ds) != num_classes:
         raise ValueError(f'the training split has {num_classes} classes but the evaluation split has '
-                         f'{_num_classes(eval_ds)}')
+                         f'{num_classes_of(eval_ds)}')
     _check_batch_size(cfg, len(train_ds))
-    scanned, skipped = _scan_data(cfg, {'train': train_ds, 'eval': eval_ds}, info, show)
+    scanned, skipped = scan_data(cfg, {'train': train_ds, 'eval': eval_ds}, info, show)
     train_ds, eval_ds = scanned['train'], scanned['eval']
     _check_batch_size(cfg, len(train_ds), skipped['train'])
 
@@ -261,7 +261,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     data_config = resolve_data_config(cfg, model)
     config = None  # timm's config.json, made now (save_for_hf wants contiguous weights) and written with the run
     if main and (not cfg.resume or not (out / CONFIG_NAME).is_file()):
-        config = _model_config(model, cfg, data_config, _class_names(train_ds), num_classes, command, None)
+        config = run_config_json(model, cfg, data_config, class_names_of(train_ds), num_classes, command, None)
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -273,7 +273,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         fused_self_test(device)  # before any compile: a failing kernel turns the fused path off, with one warning
     ema = _model_ema(model, cfg)
 
-    optimizer = _optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg)
     amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
     scaler = fp16_grad_scaler() if amp_dtype == torch.float16 else None
     mixup = _mixup(cfg, num_classes)
@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         optimizer.load_state_dict(state['optimizer'])
         if scaler is not None and state.get('scaler'):
             scaler.load_state_dict(state['scaler'])
-        _set_rng_state(state['rng'])
+        restore_rng_state(state['rng'])
         start_epoch, history = int(state['epoch']), list(state['history'])
         if show:
             tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}', file=sys.stdout)
@@ -296,8 +296,8 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     _init_output(cfg, out, info)
     if config is not None:
         atomic_write_json(out / CONFIG_NAME, config)
-    _prepare_generated(train_ds, show, f'generating {cfg.train_split} images')
-    _prepare_generated(eval_ds, show, f'generating {cfg.eval_split} images')
+    prepare_generated(train_ds, show, f'generating {cfg.train_split} images')
+    prepare_generated(eval_ds, show, f'generating {cfg.eval_split} images')
 
     pin = device.type == 'cuda'
     train_set = SeededTransformDataset(
@@ -311,13 +311,13 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
             ShardSampler(len(eval_ds), info.rank, info.world_size), device, cfg.seed)
     else:
         train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler,
-                                    num_workers=_num_workers(cfg, train_ds, info),
+                                    num_workers=loader_workers(cfg, train_ds, info),
                                     drop_last=True, pin_memory=pin)
-        eval_loader = _eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
+        eval_loader = build_eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
     steps_per_epoch = updates_per_epoch(len(train_loader), cfg.grad_accum_steps)  # optimizer updates
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
     step_state = StepState(updates=start_epoch * steps_per_epoch, skipped=int(state.get('skipped_steps', 0)),
-                           scheduler=_scheduler(optimizer, cfg, steps_per_epoch), mixup=mixup, ema=ema)
+                           scheduler=build_scheduler(optimizer, cfg, steps_per_epoch), mixup=mixup, ema=ema)
 
     fwd = TrainForward(model, ggam=cfg.arm == 'ggam')
     opts = StepOptions(
@@ -361,7 +361,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
                 state = {
                     'format_version': _STATE_VERSION, 'epoch': epoch + 1, 'global_step': (epoch + 1) * steps_per_epoch,
                     'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
-                    'rng': _rng_state(), 'history': history, 'train_config': asdict(cfg),
+                    'rng': rng_state(), 'history': history, 'train_config': asdict(cfg),
                     'skipped_steps': step_state.skipped,
                 }
                 extra = {TRAINING_WEIGHTS_NAME: model} if ema is not None else None
@@ -401,7 +401,7 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     if main and history:
         atomic_write_json(out / RESULTS_NAME, {k: v for k, v in result.items() if k != 'history'})
         if last_eval:
-            write_report(last_eval, out, _class_names(train_ds), png=False)
+            write_report(last_eval, out, class_names_of(train_ds), png=False)
         config = json.loads((out / CONFIG_NAME).read_text(encoding='utf-8'))
         config['ggam_layers']['metrics'] = {k: result[k] for k in ('test_top1', 'test_top5', 'epochs_done')
                                             if result.get(k) is not None}
