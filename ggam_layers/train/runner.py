@@ -3,6 +3,8 @@
 Runs under DDP when launched by `torchrun`; only rank 0 writes files. Every check comes before the first write, each
 epoch ends in a complete checkpoint, and a signal waits until the checkpoint is written (see `checkpoint.py`,
 `signals.py`). The per-step work is `loop.py`; the building blocks (datasets, model, optimizer) are `build.py`.
+A run goes through `_set_up`, `_build_data` and `_build` (every check before the first write), `_fit` (one
+`_fit_epoch` per epoch) and `_finish`.
 """
 import dataclasses
 import json
@@ -221,10 +223,68 @@ def train(
         cleanup_distributed(info)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A checked run: its config, its processes, its run directory and its label ('GGAM resnet50')."""
+    cfg: TrainConfig
+    info: DistInfo
+    out: Path
+    label: str
+
+    @property
+    def show(self) -> bool:
+        """Whether this process shows progress bars and epoch lines (rank 0, with `cfg.progress`)."""
+        return self.cfg.progress and self.info.is_main
+
+
+@dataclasses.dataclass
+class _Data:
+    """The run's datasets (PIL images, unreadable files skipped), their classes and the skip report of `scan_data`."""
+    train: Any
+    eval: Any
+    num_classes: int
+    skipped: Dict[str, Any]
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What `_build` makes for `_fit` and `_finish`: the model and its training machinery, the loaders, and the
+    epochs already done (a resumed run's)."""
+    model: nn.Module
+    ema: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    amp_dtype: Optional[torch.dtype]
+    loss_fn: GGAMLoss
+    fwd: nn.Module
+    opts: StepOptions
+    step_state: StepState
+    train_loader: Any
+    eval_loader: Any
+    steps_per_epoch: int
+    start_epoch: int
+    history: List[Dict[str, Any]]
+    metrics_writer: Optional[MetricsWriter]
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and saved as model.safetensors: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, command: Optional[str]) -> Dict[str, Any]:
-    device = info.device
-    main = info.is_main
-    show = cfg.progress and main
+    """One run in its claimed folder, in four phases: set up, build (data, then model; every check comes before the
+    first write, so a refused run writes nothing), fit, finish."""
+    run = _set_up(cfg, info)
+    data = _build_data(run, train_ds, eval_ds)
+    parts = _build(run, data, command)
+    t_run = time.perf_counter()
+    last_eval = _fit(run, parts)
+    return _finish(run, data, parts, last_eval, t_run)
+
+
+def _set_up(cfg: TrainConfig, info: DistInfo) -> _Run:
+    """Check the batch splits over the processes, set threads and determinism, and check the run directory."""
     if cfg.batch_size % info.world_size:
         raise ValueError(f'batch_size {cfg.batch_size} (the global batch) must be divisible by the number of '
                          f'processes {info.world_size}')
@@ -232,15 +292,18 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    elif device.type == 'cuda':
+    elif info.device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     # every check first (settings, run directory, data layout, batch size, image files, model, checkpoint): a refused
     # run writes nothing
     out = _check_output(cfg)
     kind = {'ggam': 'GGAM', 'se': 'SE', 'cbam': 'CBAM'}.get(cfg.arm, cfg.arm)
-    label = f'{kind} {cfg.model}'
+    return _Run(cfg, info, out, f'{kind} {cfg.model}')
 
-    # data
+
+def _build_data(run: _Run, train_ds: Any, eval_ds: Any) -> _Data:
+    """The datasets (given, or built from the config), checked: classes, batch size, image files."""
+    cfg = run.cfg
     if train_ds is None or eval_ds is None:
         built = build_datasets(cfg)
         train_ds = train_ds if train_ds is not None else built[0]
@@ -251,72 +314,35 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         raise ValueError(f'the training split has {num_classes} classes but the evaluation split has '
                          f'{num_classes_of(eval_ds)}')
     _check_batch_size(cfg, len(train_ds))
-    scanned, skipped = scan_data(cfg, {'train': train_ds, 'eval': eval_ds}, info, show)
-    train_ds, eval_ds = scanned['train'], scanned['eval']
-    _check_batch_size(cfg, len(train_ds), skipped['train'])
+    scanned, skipped = scan_data(cfg, {'train': train_ds, 'eval': eval_ds}, run.info, run.show)
+    _check_batch_size(cfg, len(scanned['train']), skipped['train'])
+    return _Data(scanned['train'], scanned['eval'], num_classes, skipped)
 
-    # model
-    torch.manual_seed(derive_seed(cfg.seed, 0x313D))
-    model = build_model(cfg, num_classes)
-    data_config = resolve_data_config(cfg, model)
-    config = None  # timm's config.json, made now (save_for_hf wants contiguous weights) and written with the run
-    if main and (not cfg.resume or not (out / CONFIG_NAME).is_file()):
-        config = run_config_json(model, cfg, data_config, class_names_of(train_ds), num_classes, command, None)
-    if cfg.sync_bn and info.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if device.type == 'cuda' and isinstance(model, GGAMModel):
-        fused_self_test(device)  # before any compile: a failing kernel turns the fused path off, with one warning
-    ema = _model_ema(model, cfg)
 
+def _build(run: _Run, data: _Data, command: Optional[str]) -> _Parts:
+    """The model, its optimizer and loss and a resumed run's state (the last checks), then the run directory, the
+    generated images, the loaders and the metrics files."""
+    cfg, info = run.cfg, run.info
+    model, ema, data_config, config = _build_model(run, data, command)
     optimizer = build_optimizer(model, cfg)
-    amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, device)
+    amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, info.device)
     scaler = fp16_grad_scaler() if amp_dtype == torch.float16 else None
-    mixup = _mixup(cfg, num_classes)
+    mixup = _mixup(cfg, data.num_classes)
     # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
     smoothing = 0.0 if mixup is not None else cfg.label_smoothing
     loss_fn = GGAMLoss(lam=cfg.lam, target=cfg.loss_target(), label_smoothing=smoothing)
-
-    start_epoch, history = 0, []
-    ckpt, state = _resume_state(out, model, ema, label, main) if cfg.resume else (None, {})
-    if ckpt is not None:
-        optimizer.load_state_dict(state['optimizer'])
-        if scaler is not None and state.get('scaler'):
-            scaler.load_state_dict(state['scaler'])
-        restore_rng_state(state['rng'])
-        start_epoch, history = int(state['epoch']), list(state['history'])
-        if show:
-            tqdm.write(f'[{label}] resumed from {ckpt} after epoch {start_epoch}', file=sys.stdout)
+    start_epoch, history, skipped_steps = _resume(run, model, ema, optimizer, scaler)
 
     # the run directory, then the data
-    _init_output(cfg, out, info)
+    _init_output(cfg, run.out, info)
     if config is not None:
-        atomic_write_json(out / CONFIG_NAME, config)
-    prepare_generated(train_ds, show, f'generating {cfg.train_split} images')
-    prepare_generated(eval_ds, show, f'generating {cfg.eval_split} images')
-
-    pin = device.type == 'cuda'
-    train_set = SeededTransformDataset(
-        train_ds, build_transform(data_config, True, cfg.train_aug, cfg.hflip, aa=cfg.aa, reprob=cfg.reprob,
-                                  color_jitter=cfg.color_jitter), seed=cfg.seed, seeded=True)
-    sampler = EpochSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle=True)
-    if wants_device_data(cfg.data_path, device, train_ds, train_set.transform):
-        train_loader, eval_loader = device_loaders(
-            train_ds, eval_ds, train_set.transform, build_transform(data_config, False),
-            cfg.batch_size // info.world_size, cfg.eval_batch_size, sampler,
-            ShardSampler(len(eval_ds), info.rank, info.world_size), device, cfg.seed)
-    else:
-        train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler,
-                                    num_workers=loader_workers(cfg, train_ds, info),
-                                    drop_last=True, pin_memory=pin)
-        eval_loader = build_eval_loader(eval_ds, build_transform(data_config, False), cfg, info, pin)
+        atomic_write_json(run.out / CONFIG_NAME, config)
+    prepare_generated(data.train, run.show, f'generating {cfg.train_split} images')
+    prepare_generated(data.eval, run.show, f'generating {cfg.eval_split} images')
+    train_loader, eval_loader = _loaders(run, data, data_config)
     steps_per_epoch = updates_per_epoch(len(train_loader), cfg.grad_accum_steps)  # optimizer updates
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
-    step_state = StepState(updates=start_epoch * steps_per_epoch, skipped=int(state.get('skipped_steps', 0)),
+    step_state = StepState(updates=start_epoch * steps_per_epoch, skipped=skipped_steps,
                            scheduler=build_scheduler(optimizer, cfg, steps_per_epoch), mixup=mixup, ema=ema)
 
     fwd = TrainForward(model, ggam=cfg.arm == 'ggam')
@@ -326,82 +352,166 @@ def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, comman
         warmup_steps=warmup_steps, min_lr_ratio=cfg.min_lr_ratio, grad_accum_steps=cfg.grad_accum_steps,
         max_nonfinite_steps=cfg.max_nonfinite_steps)
     if info.distributed:
-        fwd = DistributedDataParallel(fwd, device_ids=[device.index] if device.type == 'cuda' else None)
+        fwd = DistributedDataParallel(fwd, device_ids=[info.device.index] if info.device.type == 'cuda' else None)
     if cfg.compile:
         fwd = torch.compile(fwd)
-    eval_model = ema.module if ema is not None else model  # what is evaluated and saved as model.safetensors
-    last_eval: Dict[str, Any] = {}
-    metrics_writer = MetricsWriter(str(out), cfg.tensorboard) if main else None
+    metrics_writer = MetricsWriter(str(run.out), cfg.tensorboard) if info.is_main else None
     if metrics_writer is not None and history:
         metrics_writer.write(history)  # drop rows of epochs after the checkpoint a killed run had logged
+    return _Parts(model, ema, optimizer, scaler, amp_dtype, loss_fn, fwd, opts, step_state, train_loader, eval_loader,
+                  steps_per_epoch, start_epoch, history, metrics_writer)
 
+
+def _build_model(run: _Run, data: _Data, command: Optional[str]
+                 ) -> Tuple[nn.Module, Any, Dict[str, Any], Optional[Dict[str, Any]]]:
+    """The seeded model on its device and its EMA (or None), its data config, and the config.json to write (rank 0
+    of a run without one; else None)."""
+    cfg, info, device = run.cfg, run.info, run.info.device
+    torch.manual_seed(derive_seed(cfg.seed, 0x313D))
+    model = build_model(cfg, data.num_classes)
+    data_config = resolve_data_config(cfg, model)
+    config = None  # timm's config.json, made now (save_for_hf wants contiguous weights) and written with the run
+    if info.is_main and (not cfg.resume or not (run.out / CONFIG_NAME).is_file()):
+        config = run_config_json(model, cfg, data_config, class_names_of(data.train), data.num_classes, command, None)
+    if cfg.sync_bn and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if device.type == 'cuda' and isinstance(model, GGAMModel):
+        fused_self_test(device)  # before any compile: a failing kernel turns the fused path off, with one warning
+    return model, _model_ema(model, cfg), data_config, config
+
+
+def _resume(run: _Run, model: nn.Module, ema: Any, optimizer: torch.optim.Optimizer, scaler: Any
+            ) -> Tuple[int, List[Dict[str, Any]], int]:
+    """With `cfg.resume`, load the newest intact checkpoint into the model, EMA, optimizer, scaler and random state.
+    Returns the epochs done, their history and the updates skipped so far (0, [], 0 for a new run)."""
+    if not run.cfg.resume:
+        return 0, [], 0
+    ckpt, state = _resume_state(run.out, model, ema, run.label, run.info.is_main)
+    if ckpt is None:
+        return 0, [], 0
+    optimizer.load_state_dict(state['optimizer'])
+    if scaler is not None and state.get('scaler'):
+        scaler.load_state_dict(state['scaler'])
+    restore_rng_state(state['rng'])
+    start_epoch = int(state['epoch'])
+    if run.show:
+        tqdm.write(f'[{run.label}] resumed from {ckpt} after epoch {start_epoch}', file=sys.stdout)
+    return start_epoch, list(state['history']), int(state.get('skipped_steps', 0))
+
+
+def _loaders(run: _Run, data: _Data, data_config: Dict[str, Any]) -> Tuple[Any, Any]:
+    """The training loader (seeded augmentation, this rank's share of each epoch) and the evaluation loader; both on
+    the device when the data fits there (`data.device`)."""
+    cfg, info, device = run.cfg, run.info, run.info.device
+    pin = device.type == 'cuda'
+    train_set = SeededTransformDataset(
+        data.train, build_transform(data_config, True, cfg.train_aug, cfg.hflip, aa=cfg.aa, reprob=cfg.reprob,
+                                    color_jitter=cfg.color_jitter), seed=cfg.seed, seeded=True)
+    sampler = EpochSampler(len(train_set), seed=cfg.seed, rank=info.rank, world_size=info.world_size, shuffle=True)
+    if wants_device_data(cfg.data_path, device, data.train, train_set.transform):
+        return device_loaders(
+            data.train, data.eval, train_set.transform, build_transform(data_config, False),
+            cfg.batch_size // info.world_size, cfg.eval_batch_size, sampler,
+            ShardSampler(len(data.eval), info.rank, info.world_size), device, cfg.seed)
+    train_loader = build_loader(train_set, cfg.batch_size // info.world_size, sampler,
+                                num_workers=loader_workers(cfg, data.train, info), drop_last=True, pin_memory=pin)
+    return train_loader, build_eval_loader(data.eval, build_transform(data_config, False), cfg, info, pin)
+
+
+def _fit(run: _Run, parts: _Parts) -> Dict[str, Any]:
+    """Train to `cfg.epochs` (or `cfg.stop_after`), one checkpoint per epoch, Ctrl-C / SIGTERM waiting for a
+    checkpoint being written (`InterruptGuard`). Returns the last evaluation ({} when none ran)."""
+    cfg = run.cfg
     end_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    t_run = time.perf_counter()
-    guard = InterruptGuard()
-    try:
-        guard.__enter__()
-        for epoch in range(start_epoch, end_epoch):
-            row = train_one_epoch(fwd, model, loss_fn, optimizer, scaler, train_loader, epoch, opts, info, show,
-                                  f'[{label}]', step_state)
-            _check_finite_weights(model, ema, epoch + 1)
-            broadcast_buffers(model, info)  # every rank evaluates (and rank 0 saves) the same running statistics
-            is_last = epoch + 1 == end_epoch
-            if (epoch + 1) % cfg.eval_every == 0 or is_last:
-                t0 = time.perf_counter()
-                res = evaluate_model(eval_model, eval_loader, device, amp_dtype, cfg.channels_last, info, show,
-                                     desc=f'[{label}] eval')
-                row.update(test_loss=res['loss'], test_top1=res['top1'], test_top5=res['top5'],
-                           eval_time_s=time.perf_counter() - t0)
-            else:
-                row.update(test_loss=None, test_top1=None, test_top5=None, eval_time_s=None)
-            history.append({**{k: row.get(k) for k in METRIC_COLUMNS}, 'lr_groups': row['lr_groups']})
-            if row.get('test_top1') is not None:
-                last_eval = res
-            if main:
-                state = {
-                    'format_version': _STATE_VERSION, 'epoch': epoch + 1, 'global_step': (epoch + 1) * steps_per_epoch,
-                    'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
-                    'rng': rng_state(), 'history': history, 'train_config': asdict(cfg),
-                    'skipped_steps': step_state.skipped,
-                }
-                extra = {TRAINING_WEIGHTS_NAME: model} if ema is not None else None
-                with guard.critical():  # a signal now waits until the checkpoint is complete
-                    save_checkpoint(out, epoch + 1, eval_model, state, keep=cfg.keep_checkpoints, extra_weights=extra)
-                    metrics_writer.write(history)
-            barrier(info)
-            if show:
-                tqdm.write(_epoch_line(label, history[-1], cfg.epochs), file=sys.stdout)
-            elif main:
-                _logger.info(_epoch_line(label, history[-1], cfg.epochs))
-    except TrainingDiverged as e:
-        if main:
-            print(_diverged_message(out, label, e, cfg), file=sys.stderr, flush=True)
-        raise
-    except (KeyboardInterrupt, RuntimeError) as e:  # a signal, or (DDP) a peer process that died
-        if main and not isinstance(e, CheckpointWriteError):
-            print(_stopped_message(out, label, e), file=sys.stderr, flush=True)
-        raise
-    finally:
-        guard.__exit__(None, None, None)
-        if metrics_writer is not None:
-            metrics_writer.close()
+    last_eval: Dict[str, Any] = {}
+    with InterruptGuard() as guard:
+        try:
+            for epoch in range(parts.start_epoch, end_epoch):
+                last_eval = _fit_epoch(run, parts, guard, epoch, end_epoch) or last_eval
+        except TrainingDiverged as e:
+            if run.info.is_main:
+                print(_diverged_message(run.out, run.label, e, cfg), file=sys.stderr, flush=True)
+            raise
+        except (KeyboardInterrupt, RuntimeError) as e:  # a signal, or (DDP) a peer process that died
+            if run.info.is_main and not isinstance(e, CheckpointWriteError):
+                print(_stopped_message(run.out, run.label, e), file=sys.stderr, flush=True)
+            raise
+        finally:
+            if parts.metrics_writer is not None:
+                parts.metrics_writer.close()
+    return last_eval
 
-    replica_diff = replica_max_abs_diff(model, info)
-    result = _final_result(cfg, history, out, num_classes, info, time.perf_counter() - t_run, replica_diff, label)
-    result.update(skipped_train_images=skipped['train'], skipped_eval_images=skipped['eval'],
-                  skipped_files=skipped['files'], skipped_steps=step_state.skipped,
+
+def _fit_epoch(run: _Run, parts: _Parts, guard: InterruptGuard, epoch: int, end_epoch: int) -> Dict[str, Any]:
+    """Train epoch `epoch` (0-based), evaluate when due, checkpoint it (rank 0) and log it. Returns the evaluation,
+    or {} when none was due."""
+    cfg, info, label = run.cfg, run.info, run.label
+    row = train_one_epoch(parts.fwd, parts.model, parts.loss_fn, parts.optimizer, parts.scaler, parts.train_loader,
+                          epoch, parts.opts, info, run.show, f'[{label}]', parts.step_state)
+    _check_finite_weights(parts.model, parts.ema, epoch + 1)
+    broadcast_buffers(parts.model, info)  # every rank evaluates (and rank 0 saves) the same running statistics
+    res: Dict[str, Any] = {}
+    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end_epoch:
+        t0 = time.perf_counter()
+        res = evaluate_model(parts.eval_model, parts.eval_loader, info.device, parts.amp_dtype, cfg.channels_last,
+                             info, run.show, desc=f'[{label}] eval')
+        row.update(test_loss=res['loss'], test_top1=res['top1'], test_top5=res['top5'],
+                   eval_time_s=time.perf_counter() - t0)
+    else:
+        row.update(test_loss=None, test_top1=None, test_top5=None, eval_time_s=None)
+    parts.history.append({**{k: row.get(k) for k in METRIC_COLUMNS}, 'lr_groups': row['lr_groups']})
+    if info.is_main:
+        _save_epoch(run, parts, guard, epoch + 1)
+    barrier(info)
+    if run.show:
+        tqdm.write(_epoch_line(label, parts.history[-1], cfg.epochs), file=sys.stdout)
+    elif info.is_main:
+        _logger.info(_epoch_line(label, parts.history[-1], cfg.epochs))
+    return res if row.get('test_top1') is not None else {}
+
+
+def _save_epoch(run: _Run, parts: _Parts, guard: InterruptGuard, epochs_done: int) -> None:
+    """Write the checkpoint of `epochs_done` epochs and the metrics files; a signal waits until both are written."""
+    cfg, scaler = run.cfg, parts.scaler
+    state = {
+        'format_version': _STATE_VERSION, 'epoch': epochs_done, 'global_step': epochs_done * parts.steps_per_epoch,
+        'optimizer': parts.optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler is not None else {},
+        'rng': rng_state(), 'history': parts.history, 'train_config': asdict(cfg),
+        'skipped_steps': parts.step_state.skipped,
+    }
+    extra = {TRAINING_WEIGHTS_NAME: parts.model} if parts.ema is not None else None
+    with guard.critical():  # a signal now waits until the checkpoint is complete
+        save_checkpoint(run.out, epochs_done, parts.eval_model, state, keep=cfg.keep_checkpoints, extra_weights=extra)
+        parts.metrics_writer.write(parts.history)
+
+
+def _finish(run: _Run, data: _Data, parts: _Parts, last_eval: Dict[str, Any], t_run: float) -> Dict[str, Any]:
+    """The run's result (its wall time counted from `t_run`, a `time.perf_counter()`); on rank 0 also results.json,
+    the per-class report and the metrics in config.json."""
+    cfg, info, out, history, ema = run.cfg, run.info, run.out, parts.history, parts.ema
+    replica_diff = replica_max_abs_diff(parts.model, info)
+    result = _final_result(cfg, history, out, data.num_classes, info, time.perf_counter() - t_run, replica_diff,
+                           run.label)
+    result.update(skipped_train_images=data.skipped['train'], skipped_eval_images=data.skipped['eval'],
+                  skipped_files=data.skipped['files'], skipped_steps=parts.step_state.skipped,
                   weights='ema' if ema is not None else 'model',
                   model_ema_decay=cfg.model_ema_decay if ema is not None else None)
     if last_eval:  # what fine-grained papers report beside top-1 (the CSV files: report.py)
         result.update(test_mean_per_class_top1=last_eval['mean_per_class_top1'],
                       test_per_class_top1=last_eval['per_class_top1'])
     if ema is not None and history:  # the raw weights beside the EMA that model.safetensors holds
-        raw = evaluate_model(model, eval_loader, device, amp_dtype, cfg.channels_last, info, False)
+        raw = evaluate_model(parts.model, parts.eval_loader, info.device, parts.amp_dtype, cfg.channels_last, info,
+                             False)
         result.update(test_top1_raw=raw['top1'], test_top5_raw=raw['top5'])
-    if main and history:
+    if info.is_main and history:
         atomic_write_json(out / RESULTS_NAME, {k: v for k, v in result.items() if k != 'history'})
         if last_eval:
-            write_report(last_eval, out, class_names_of(train_ds), png=False)
+            write_report(last_eval, out, class_names_of(data.train), png=False)
         config = json.loads((out / CONFIG_NAME).read_text(encoding='utf-8'))
         config['ggam_layers']['metrics'] = {k: result[k] for k in ('test_top1', 'test_top5', 'epochs_done')
                                             if result.get(k) is not None}
