@@ -315,7 +315,50 @@ def test_cpu_without_interpreter_falls_back(monkeypatch):
         head.forward_ggam(x)
     with pytest.raises(ValueError, match='fused must be'):
         GGAMHead(8, 2, fused='yes')
-    assert len(COVERED) >= 5 and len(FALLBACK) >= 5
+
+
+def test_the_documented_cover_and_fallbacks_are_what_the_dispatch_does(monkeypatch):
+    """Each line of `kernels.COVERED` names options the fused path takes, and each line of `kernels.FALLBACK` a case
+    it refuses, with its reason (the dispatch alone: no kernel runs, so this runs wherever Triton is installed)."""
+    from ggam_layers.kernels import dispatch
+    monkeypatch.setenv('TRITON_INTERPRET', '1')  # read when called: CPU tensors count as covered
+    x = _features((2, C, 3, 4))
+    covered = [  # one group per line of COVERED: (head, features, for forward_ggam rather than forward)
+        [(_head(spatial_norm=n), x, True) for n in ('softmax', 'sum', 'sigmoid')],
+        [(_head(pool_type=p), x, True) for p in ('avg', 'sum', 'auto')],
+        [(_head(cam_layer=c), x, True) for c in ('features', 'attended')],
+        [(_head(**o), x, True) for o in ({'channel_attn': False}, {'spatial_attn': False}, {'temperature': 0.5},
+                                         {'spatial_attn': False, 'channel_rescale': True}, {'rd_channels': 3})],
+        [(_head().train(), x, True), (_head().eval(), x, True), (_head(drop_rate=0.5).train(), x, False)],
+        [(_head(), x.to(dt), True) for dt in (torch.float16, torch.bfloat16)]
+        + [(_head(), x.contiguous(memory_format=torch.channels_last), True), (_head(), x.transpose(2, 3), True)],
+    ]
+    assert len(covered) == len(COVERED)
+    for line, group in zip(COVERED, covered):
+        for head, feats, ggam in group:
+            assert dispatch.fused_unsupported(head, feats, ggam) is None, line
+    not_linear = _head()
+    not_linear.fc = torch.nn.Sequential(not_linear.fc)
+    refused = [  # in the order of FALLBACK: (head, features, words of the reason)
+        (_head(act_layer='gelu'), x, 'act_layer GELU is not ReLU'),
+        (_head(closed_form=False), x, 'closed_form=False'),
+        (_head(spatial_gate=True), x, 'spatial_gate=True'),
+        (_head(drop_rate=0.5).train(), x, 'dropout in train mode'),
+        (not_linear, x, 'classifier Sequential is not nn.Linear'),
+        (_head(), x.double(), 'dtype torch.float64'),
+        (_head(), x.to('meta'), 'device meta'),
+    ]
+    reasons = [dispatch.fused_unsupported(head, feats, True) for head, feats, _ in refused]
+    with monkeypatch.context() as m:
+        m.setattr(dispatch, 'TRITON_AVAILABLE', False)
+        reasons.append(dispatch.fused_unsupported(_head(), x, True))
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, 'is_tracing', lambda: True)
+        reasons.append(dispatch.fused_unsupported(_head(), x, True))
+    words = [w for _, _, w in refused] + ['Triton is not installed', 'torch.jit tracing or scripting']
+    assert len(reasons) == len(FALLBACK)
+    for line, reason, word in zip(FALLBACK, reasons, words):
+        assert reason is not None and word in reason, (line, reason)
 
 
 @needs_kernels
