@@ -113,13 +113,17 @@ def test_bad_image_is_found_and_named(tmp_path, kind):
     bad = _break(tmp_path / 'bad.jpg', kind)
     reason = check_image(str(bad))
     assert reason is not None
-    assert ('truncated' in reason) if kind == 'truncated' else True
+    # a file PIL cannot identify, or one whose decoding stops early: the reason says which
+    if kind == 'truncated':
+        assert reason.startswith('truncated (image file is truncated'), reason
+    else:
+        assert reason == 'not an image file PIL can read'
     _folder(tmp_path / 'ds')
     shutil.copy(bad, tmp_path / 'ds' / 'train' / 'a' / 'zz_bad.jpg')
     ds = create_dataset('folder', root=tmp_path / 'ds', split='train')
     clean, report = scan_images(ds, max_bad_fraction=0.5, name='folder train')
     assert len(ds) == 9 and len(clean) == 8 and report.skipped == 1
-    assert report.bad[0].path.endswith('zz_bad.jpg')
+    assert report.bad[0].path.endswith('zz_bad.jpg') and report.bad[0].reason == reason
     assert clean.num_classes == 2 and clean.class_names == ['a', 'b']
     assert all(clean[i][0].size == (32, 32) for i in range(len(clean)))  # every kept sample loads
 
