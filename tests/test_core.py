@@ -188,8 +188,20 @@ def test_dropout_in_train_mode_falls_back_and_matches_autograd():
     torch.manual_seed(0)
     head = GGAMHead(16, 5, rd_channels=4, drop_rate=0.5).double().train()
     assert not head.uses_closed_form()
+    x = _features(2, 16, 3, 3)
+    torch.manual_seed(1)
+    out = head.forward_ggam(x)
+    torch.manual_seed(1)  # the same dropout mask: beta is the Grad-CAM of the head as it ran
+    ref = grad_cam_weights(x, head, out.classes)
+    torch.testing.assert_close(out.cam_weights, ref.weights, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(out.logits, ref.scores, rtol=0, atol=0)
+    torch.manual_seed(2)  # another mask, another beta: the mask is part of it
+    assert not torch.allclose(head.forward_ggam(x, out.classes).cam_weights, out.cam_weights)
     head.eval()
     assert head.uses_closed_form()
+    out = head.forward_ggam(x)
+    torch.testing.assert_close(out.cam_weights, grad_cam_weights(x, head, out.classes).weights, rtol=1e-10,
+                               atol=1e-14)
 
 
 def test_generic_per_sample_matches_a_loop_with_a_batch_coupled_head():
