@@ -104,11 +104,18 @@ def test_timm_optimizer_layer_decay_and_ema(built):
     assert scales == {1.0}  # the GGAM head is the last group: full learning rate
     assert min(g['lr_scale'] for g in opt.param_groups) < 1.0
     ema = ModelEmaV3(model, decay=0.9)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
     GGAMLoss()(model.forward_ggam(x), torch.tensor([0, 1])).backward()
     opt.step()
     ema.update(model)
     assert set(ema.module.state_dict()) == set(model.state_dict())
+    # the EMA of every parameter (the head's too) moved a tenth of the way to the updated weights
+    moved = dict(ema.module.named_parameters())
+    assert moved.keys() == before.keys()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(moved[n], before[n] + 0.1 * (p.detach() - before[n]), msg=n)
 
 
 def test_head_param_groups_follow_the_paper():
