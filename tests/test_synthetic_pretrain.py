@@ -152,6 +152,9 @@ def test_cache_keys_follow_every_generator_parameter(tmp_path) -> None:
     assert cache_key(fine) != base  # the same arguments to another generator
     params = generator_params(_ds())
     assert params['generator'] == 'SyntheticPretrain' and len(params['generator_md5']) == 64
+    # the md5 of both sources: the pretraining generator and the fine-grained one whose drawing helpers it uses
+    sources = (Path(ggam_layers.__file__).parent / 'data' / name for name in ('synthetic_pretrain.py', 'synthetic.py'))
+    assert params['generator_md5'] == ''.join(hashlib.md5(f.read_bytes()).hexdigest() for f in sources)
 
     ds = _ds()
     images, targets = synthetic_tensors(ds, None, cache_dir=tmp_path)
