@@ -71,9 +71,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              f'Machine: {machine_line(meta["machine"])}.', '', f'Command: `{meta["command"]}`', '',
              f'Budget (every run): {budget.describe()}; final feature map '
              f'{", ".join(sorted({str(r["loc_feature_grid"]) for r in rows if r.get("loc_feature_grid")})) or "?"}. '
-             'Trained with `ggam_layers.train.train` (preset `synthetic`: '
-             'flip augmentation, weight decay 0.05, cosine schedule after half an epoch of warm-up); top-1 is the '
-             "engine's evaluation after the last epoch.", '',
+             'Trained with `ggam_layers.train.train` (preset `synthetic`: flip augmentation, weight decay '
+             f'{budget.weight_decay if budget.weight_decay is not None else 0.05:g}, cosine schedule after half an '
+             "epoch of warm-up); top-1 is the engine's evaluation after the last epoch.", '',
              f'Time: {meta["runs"]} runs, wall {meta["wall_s"]:.0f} s, CPU {meta["cpu_s"]:.0f} s (all processes; '
              f'{len(meta["invocations"])} invocation(s), {meta["jobs"]} job(s) x {meta["threads"]} thread(s)); '
              f'CPU / 2 = {meta["cpu_s"] / 2:.0f} s estimates the wall time on 2 otherwise idle cores (the wall time '
