@@ -25,8 +25,7 @@ LAYOUTS = {
 
 
 # (backbone, attention): GGAM on every layout, SE and CBAM on one layout each
-CASES = [(name, 'ggam') for name in LAYOUTS] + [('test_resnet', 'se'), ('test_mambaout', 'cbam'), ('test_vit', 'se'),
-                                                 ('test_resnet', 'cbam')]
+CASES = [(name, 'ggam') for name in LAYOUTS] + [('test_resnet', 'se'), ('test_mambaout', 'cbam'), ('test_vit', 'se')]
 CASE_IDS = [f'{n}-{a}' for n, a in CASES]
 
 
