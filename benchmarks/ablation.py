@@ -11,9 +11,9 @@ with the same backbone, budget and seeds; between runs only the GGAM head option
 * `target`: how the Grad-CAM target is made (docs/design.md), each at several lambdas: the paper as written
   (sigmoid, symmetric KL), the authors' code (softmax, forward KL), informative targets (beta standardised per
   sample before squashing) and a control with no Grad-CAM at all, the same symmetric KL towards the uniform
-  distribution (`UNIFORM_CONTROL`: standardised beta divided by a temperature of 1e30 before the softmax, so the
-  target is exactly 1/C in float32; the training API has no criterion hook, this reaches the same loss through its
-  options). If the literal loss helps as much as the uniform control, its gain is a regulariser on S, not guidance.
+  distribution (`--cam-target uniform`: the target is exactly 1/C; earlier studies reached the same loss through a
+  temperature of 1e30 on the standardised beta, `UNIFORM_TEMPERATURE`). If the literal loss helps as much as the
+  uniform control, its gain is a regulariser on S, not guidance.
 
 Measured for every run: test top-1 (the engine's final evaluation), the normalised entropy of S (H(S) / log C, mean
 over the test set), the Pearson correlation between S and beta over channels (per sample, averaged), the spread of
@@ -62,6 +62,7 @@ from benchmarks.ablation_plan import (
     RunSpec,
     build_plan,
     check_uniform_control,
+    target_options,
 )
 from benchmarks.ablation_plot import plot_sweep
 from benchmarks.ablation_report import LOC_COLUMNS, TABLE2_TEXT, write_report
@@ -72,7 +73,8 @@ from benchmarks.common import command_line, format_value, machine_info
 from benchmarks.pool import Outcome, exit_with_parent, run_pool
 
 __all__ = [
-    'PAPER_TABLE3', 'TARGETS', 'TARGET_TEXT', 'UNIFORM_TEMPERATURE', 'PARTS', 'TABLE2', 'TABLE2_TEXT', 'IMAGENET',
+    'PAPER_TABLE3', 'TARGETS', 'TARGET_TEXT', 'UNIFORM_TEMPERATURE', 'target_options', 'PARTS', 'TABLE2',
+    'TABLE2_TEXT', 'IMAGENET',
     'PROVENANCE_FILES', 'METRICS', 'LOC_COLUMNS', 'Budget', 'BUDGETS', 'RunSpec', 'build_plan', 'train_config',
     'run_one', 'channel_stats', 'summarise', 'paired_difference', 'build_tables', 'write_report', 'plot_sweep', 'main',
 ]

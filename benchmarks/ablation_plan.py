@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from benchmarks.ablation_budgets import Budget
-from ggam_layers.loss import cam_log_target
+from ggam_layers.loss import CAM_TARGETS, CamTarget, target_log_probs
 
 __all__ = ['PAPER_TABLE3', 'UNIFORM_TEMPERATURE', 'TARGETS', 'TARGET_TEXT', 'PARTS', 'TABLE2', 'RunSpec', 'make_spec',
            'build_plan', 'check_uniform_control']
@@ -25,17 +25,36 @@ PAPER_TABLE3: List[Tuple[bool, bool, bool, float]] = [
     (True, True, True, 88.45),
 ]
 
-# beta / 1e30 is below 1e-28 for a standardised beta (|z| <= sqrt(C)): exp rounds it to exactly 1 in float32
+# The temperature on the standardised beta through which earlier studies reached the uniform control: beta / 1e30
+# is below 1e-28 (|z| <= sqrt(C)), so exp rounds it to exactly 1 in float32 and the target is exactly 1/C.
+# `--cam-target uniform` (`GGAMLoss(target='uniform')`) trains to the same weights (tests/test_cam_target.py).
 UNIFORM_TEMPERATURE = 1e30
 
-# GGAMLoss options (TrainConfig names) of each target; 'uniform' is the control without Grad-CAM
-TARGETS: Dict[str, Dict[str, Any]] = {
-    'literal': dict(squash='sigmoid', kl='symmetric', target_norm='none', cam_temperature=1.0),
-    'authors': dict(squash='softmax', kl='forward', target_norm='none', cam_temperature=1.0),
-    'standardize': dict(squash='sigmoid', kl='symmetric', target_norm='standardize', cam_temperature=1.0),
-    'standardize_softmax': dict(squash='softmax', kl='symmetric', target_norm='standardize', cam_temperature=1.0),
-    'uniform': dict(squash='softmax', kl='symmetric', target_norm='standardize', cam_temperature=UNIFORM_TEMPERATURE),
+# the GGAMLoss target of each row; 'uniform' is the control without Grad-CAM
+TARGETS: Dict[str, CamTarget] = {
+    'literal': CAM_TARGETS['paper'],
+    'authors': CAM_TARGETS['authors'],
+    'standardize': CAM_TARGETS['standardized'],
+    'standardize_softmax': CamTarget(squash='softmax', norm='standardize'),
+    'uniform': CAM_TARGETS['uniform'],
 }
+
+
+def target_options(name: str) -> Dict[str, Any]:
+    """`TrainConfig` overrides of a target of `TARGETS`: `cam_target` for a named one, else its four parts."""
+    target = TARGETS[name]
+    named = next((n for n, t in CAM_TARGETS.items() if t == target), None)
+    if named is not None:
+        return dict(cam_target=named)
+    return dict(squash=target.squash, kl=target.kl, target_norm=target.norm, cam_temperature=target.temperature)
+
+
+def target_columns(name: str) -> Dict[str, Any]:
+    """The report's columns of a target: squash, kl, target_norm, cam_temperature ('–' where the control has none)."""
+    t = TARGETS[name]
+    if t.uniform:
+        return dict(squash='–', kl=t.kl, target_norm='–', cam_temperature=None)
+    return dict(squash=t.squash, kl=t.kl, target_norm=t.norm, cam_temperature=t.temperature)
 TARGET_TEXT = {
     'literal': 'paper as written: sigmoid(beta) normalised, symmetric KL',
     'authors': "authors' code: softmax(beta), KL(S || beta~)",
@@ -80,7 +99,7 @@ class RunSpec:
         opts: Dict[str, Any] = dict(spatial_attn=self.spatial_attn, channel_attn=self.channel_attn, lam=self.lam)
         if self.channel_rescale:
             opts['channel_rescale'] = True
-        opts.update(TARGETS['literal' if self.target == 'none' else self.target])
+        opts.update(target_options('literal' if self.target == 'none' else self.target))
         return opts
 
 
@@ -142,9 +161,8 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
 
 def check_uniform_control(channels: int = 96) -> None:
     """The control's target must be exactly 1/C whatever the scale of beta."""
-    opts = TARGETS['uniform']
     for scale in (1e-6, 1e-3, 1.0, 1e6):
         beta = torch.randn(4, channels, generator=torch.Generator().manual_seed(0)) * scale
-        log_q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature'])
+        log_q = target_log_probs(beta, TARGETS['uniform'])
         if not torch.equal(log_q, torch.full_like(log_q, -math.log(channels))):
             raise RuntimeError(f'the uniform control target is not exactly 1/C at beta scale {scale}')

@@ -3,7 +3,7 @@ differences between configurations (same seeds), and the result tables of the pl
 import dataclasses
 from typing import Any, Dict, Sequence
 
-from benchmarks.ablation_plan import TARGETS, make_spec
+from benchmarks.ablation_plan import make_spec, target_columns
 from ggam_layers.train.stats import mean_std, paired
 
 __all__ = ['METRICS', 'summarise', 'paired_difference', 'build_tables']
@@ -73,7 +73,7 @@ def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[s
         tables['sweep'].append({'lam': lam, **summarise(rows, spec.key), 'vs_no_loss': paired_difference(
             rows, spec.key, ref)})
     for target, lam, spec in plan['target']:
-        row = {'target_name': target, 'lam': lam, **TARGETS[target], **summarise(rows, spec.key),
+        row = {'target_name': target, 'lam': lam, **target_columns(target), **summarise(rows, spec.key),
                'vs_no_loss': paired_difference(rows, spec.key, ref)}
         uni = make_spec(True, True, lam, 'uniform')
         if target != 'uniform' and any(r['key'] == uni.key for r in rows):

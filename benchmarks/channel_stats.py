@@ -6,7 +6,7 @@ from typing import Any, Dict
 import torch
 
 from benchmarks.ablation_plan import TARGETS, RunSpec
-from ggam_layers.loss import cam_log_target
+from ggam_layers.loss import target_log_probs
 
 __all__ = ['channel_stats']
 
@@ -33,7 +33,7 @@ def channel_stats(model, images: torch.Tensor, targets: torch.Tensor, spec: RunS
                    for i in range(0, images.shape[0], batch_size))
         return {'entropy_S': None, 'max_S_times_C': None, 'corr_S_beta': None, 'target_spread': None,
                 'beta_abs': None, 'top1': hits / images.shape[0]}
-    opts = TARGETS['literal' if spec.target == 'none' else spec.target]
+    target = TARGETS['literal' if spec.target == 'none' else spec.target]
     ent, smax, corr, spread, babs, hits = [], [], [], [], [], 0
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size]
@@ -47,7 +47,7 @@ def channel_stats(model, images: torch.Tensor, targets: torch.Tensor, spec: RunS
         sc, bc = s - s.mean(1, keepdim=True), beta - beta.mean(1, keepdim=True)
         denom = (sc.square().sum(1) * bc.square().sum(1)).sqrt()
         corr.append(torch.where(denom > 0, (sc * bc).sum(1) / denom.clamp_min(1e-300), torch.nan))
-        q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature']).exp()
+        q = target_log_probs(beta, target).exp()
         spread.append(c * (q.amax(1) - q.amin(1)))
         babs.append(beta.abs().mean(1))
         hits += int((out.logits.argmax(1) == targets[start:start + batch_size]).sum())

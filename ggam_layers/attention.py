@@ -8,10 +8,11 @@ arXiv 2101.09666.
     u = sum_c B_c                                 channel sum, H x W
     T = norm(u)                                   eq. 3: softmax (paper text), u / sum(u) (eq. 3) or sigmoid (code)
     D = A * T                                     eq. 2, what the classifier sees
-    D = A * (1 - g + g * N T)                     with `spatial_gate` (ours): g a learned scalar from 0, N T has
-                                                  mean 1 (softmax / sum norms; T itself for sigmoid)
+    D = A * (1 - g + g * N T)                     with parts='channel-spatial-gated' (ours): g a learned scalar
+                                                  from 0, N T has mean 1 (softmax / sum norms; T for sigmoid)
 """
-from typing import NamedTuple, Optional, Type, Union
+import warnings
+from typing import Dict, NamedTuple, Optional, Type, Union
 
 import torch
 import torch.nn as nn
@@ -19,9 +20,91 @@ from timm.layers import create_act_layer, make_divisible
 
 from ._trace import is_eager
 
-__all__ = ['AttentionResult', 'ChannelSpatialAttention', 'SPATIAL_NORMS', 'check_features']
+__all__ = ['ATTENTION_PARTS', 'AttentionParts', 'LEGACY_SWITCHES', 'AttentionResult', 'ChannelSpatialAttention',
+           'SPATIAL_NORMS', 'act_layer_name', 'check_features', 'parts_name', 'resolve_parts']
 
 SPATIAL_NORMS = ('softmax', 'sum', 'sigmoid')
+
+
+class AttentionParts(NamedTuple):
+    """Which parts of eq. 1-3 a `ChannelSpatialAttention` runs: the learned channel softmax S (else S = 1/C), the
+    spatial map T, the gain C on S * A of the channel-only head, the learned gate on T."""
+    channel: bool
+    spatial: bool
+    rescale: bool = False
+    gate: bool = False
+
+
+# `parts`: the paper's attention, each half alone (the paper's Table 3 ablation), none, and two variants of ours
+ATTENTION_PARTS: Dict[str, AttentionParts] = {
+    'channel-spatial': AttentionParts(True, True),  # the paper: D = A * T, T from S * A
+    'channel': AttentionParts(True, False),  # eq. 1 only: D = S * A
+    'spatial': AttentionParts(False, True),  # S = 1/C: T from the channel mean of A
+    'none': AttentionParts(False, False),  # D = A
+    'channel-rescaled': AttentionParts(True, False, rescale=True),  # ours: D = C * S * A (a uniform S passes A)
+    'channel-spatial-gated': AttentionParts(True, True, gate=True),  # ours: D = A * (1 - g + g N T), g from 0
+    'spatial-gated': AttentionParts(False, True, gate=True),  # ours: the gate on the channel-mean map
+}
+
+# the boolean switches `parts` replaced (one release of deprecation)
+LEGACY_SWITCHES = ('channel_attn', 'spatial_attn', 'channel_rescale', 'spatial_gate')
+
+
+def resolve_parts(parts: Optional[str] = None, *, channel_attn: Optional[bool] = None,
+                  spatial_attn: Optional[bool] = None, channel_rescale: Optional[bool] = None,
+                  spatial_gate: Optional[bool] = None, stacklevel: int = 3) -> str:
+    """The name in `ATTENTION_PARTS` of `parts`, or of the deprecated boolean switches (with a DeprecationWarning).
+
+    Args:
+        parts: A name of `ATTENTION_PARTS`; None is 'channel-spatial' unless switches are given.
+        channel_attn / spatial_attn / channel_rescale / spatial_gate: The switches of earlier releases; None: not
+            given. They may not be combined with `parts`.
+        stacklevel: Of the warning (the caller of the public constructor).
+    """
+    given = {k: v for k, v in zip(LEGACY_SWITCHES, (channel_attn, spatial_attn, channel_rescale, spatial_gate))
+             if v is not None}
+    if given:
+        if parts is not None:
+            raise ValueError(f'parts={parts!r} names the attention parts, and {", ".join(sorted(given))} set them too: '
+                             'pass parts= alone')
+        warnings.warn(f'{", ".join(sorted(given))} are deprecated: pass parts= (one of {tuple(ATTENTION_PARTS)})',
+                      DeprecationWarning, stacklevel=stacklevel)
+        parts = parts_name(given.get('channel_attn', True), given.get('spatial_attn', True),
+                           given.get('channel_rescale', False), given.get('spatial_gate', False))
+    parts = 'channel-spatial' if parts is None else parts
+    if parts not in ATTENTION_PARTS:
+        raise ValueError(f'parts must be one of {tuple(ATTENTION_PARTS)}, got {parts!r}')
+    return parts
+
+
+def parts_name(channel_attn: bool, spatial_attn: bool, channel_rescale: bool = False,
+               spatial_gate: bool = False) -> str:
+    """The `ATTENTION_PARTS` name of a combination of the switches; ValueError for one that has no meaning."""
+    if channel_rescale and spatial_attn:
+        raise ValueError('channel_rescale=True scales eq. 1 (B = S * A) by C and needs spatial_attn=False; with '
+                         'the spatial map S only shapes T')
+    if spatial_gate and not spatial_attn:
+        raise ValueError('spatial_gate=True gates the spatial map T and needs spatial_attn=True')
+    rescale = bool(channel_rescale and channel_attn)  # without S, C * S * A is A: the switch changed nothing
+    want = AttentionParts(bool(channel_attn), bool(spatial_attn), rescale, bool(spatial_gate))
+    return next(name for name, p in ATTENTION_PARTS.items() if p == want)
+
+
+def act_layer_name(act: nn.Module) -> Optional[str]:
+    """The timm name (`timm.layers.get_act_layer`) of an activation module's class, None if it has none."""
+    from timm.layers import get_act_layer
+    for name in _ACT_NAMES:
+        try:
+            if type(act) is get_act_layer(name):
+                return name
+        except (KeyError, ValueError, TypeError):
+            continue
+    return None
+
+
+# activations the channel attention may use, by timm name (get_act_layer resolves each to a class)
+_ACT_NAMES = ('relu', 'gelu', 'gelu_tanh', 'quick_gelu', 'silu', 'swish', 'mish', 'sigmoid', 'tanh', 'hard_sigmoid',
+              'hard_swish', 'hard_mish', 'relu6', 'leaky_relu', 'elu', 'celu', 'selu', 'prelu', 'identity')
 
 
 class AttentionResult(NamedTuple):
@@ -73,14 +156,16 @@ class ChannelSpatialAttention(nn.Module):
             rd_divisor: int = 1,
             act_layer: Union[str, Type[nn.Module]] = 'relu',
             spatial_norm: str = 'softmax',
-            channel_attn: bool = True,
-            spatial_attn: bool = True,
+            parts: Optional[str] = None,
             temperature: float = 1.0,
             eps: float = 1e-6,
-            channel_rescale: bool = False,
-            spatial_gate: bool = False,
             device=None,
             dtype=None,
+            *,
+            channel_attn: Optional[bool] = None,
+            spatial_attn: Optional[bool] = None,
+            channel_rescale: Optional[bool] = None,
+            spatial_gate: Optional[bool] = None,
     ):
         """
         Args:
@@ -91,20 +176,18 @@ class ChannelSpatialAttention(nn.Module):
             act_layer: Activation between the two FC layers (name or class).
             spatial_norm: How u is normalised into T: 'softmax' over positions (paper text), 'sum' (u / sum(u),
                 eq. 3; samples whose sum is not above `eps` fall back to softmax) or 'sigmoid' (authors' code).
-            channel_attn: Use the learned channel attention S; when False, S is the uniform 1/C and has no params.
-            spatial_attn: Use the spatial map T; when False the output is B = S * A (eq. 1 only), or A itself when
-                channel attention is off too.
+            parts: Which parts run (`ATTENTION_PARTS`; None: 'channel-spatial', the paper): 'channel-spatial'
+                (S, then T; the classifier sees D = A * T), 'channel' (eq. 1 only: D = S * A), 'spatial' (S is the
+                uniform 1/C and has no parameters; T from the channel mean of A), 'none' (D = A), and two variants
+                of ours: 'channel-rescaled' (D = C * S * A, an SE-like gain: a uniform S passes A through unchanged,
+                where eq. 1 divides it by C) and 'channel-spatial-gated' / 'spatial-gated' (T blended in through a
+                learned scalar gate g that starts at 0: D = A * (1 - g + g * N T) for the softmax and sum norms, whose
+                N T has mean 1, A * (1 - g + g T) for sigmoid; at g = 0 the head sees A unchanged, and it learns how
+                much spatial attention to use, as residual gates and LayerScale do).
             temperature: Divides the logits of S before the softmax (1.0 is the paper).
             eps: Guard of the 'sum' denominator.
-            channel_rescale: With `spatial_attn=False`, hand the classifier C * S * A instead of eq. 1's S * A (an
-                SE-like gain: a uniform S then passes A through unchanged, where eq. 1 divides it by C). Ours, off by
-                default; it has no meaning with the spatial map (S only shapes T there), so it needs
-                `spatial_attn=False`.
-            spatial_gate: Blend the spatial map in through a learned scalar gate g that starts at 0: D = A * (1 - g
-                + g * N T) for the softmax and sum norms (N T has mean 1 over the N positions), A * (1 - g + g T) for
-                sigmoid. At g = 0 the head sees A unchanged (with average pooling: the plain backbone's head), and
-                it learns how much spatial attention to use, as residual gates and LayerScale do. Ours, off by
-                default; needs `spatial_attn=True`.
+            channel_attn / spatial_attn / channel_rescale / spatial_gate: Deprecated spellings of `parts` (a
+                DeprecationWarning; they go in the next release).
         """
         super().__init__()
         if channels < 1:
@@ -113,13 +196,12 @@ class ChannelSpatialAttention(nn.Module):
             raise ValueError(f'spatial_norm must be one of {SPATIAL_NORMS}, got {spatial_norm!r}')
         if not temperature > 0:
             raise ValueError(f'temperature must be > 0, got {temperature}')
-        if channel_rescale and spatial_attn:
-            raise ValueError('channel_rescale=True scales eq. 1 (B = S * A) by C and needs spatial_attn=False; with '
-                             'the spatial map S only shapes T')
-        if spatial_gate and not spatial_attn:
-            raise ValueError('spatial_gate=True gates the spatial map T and needs spatial_attn=True')
+        parts = resolve_parts(parts, channel_attn=channel_attn, spatial_attn=spatial_attn,
+                              channel_rescale=channel_rescale, spatial_gate=spatial_gate)
+        channel_attn, spatial_attn, channel_rescale, spatial_gate = ATTENTION_PARTS[parts]
         dd = {'device': device, 'dtype': dtype}
         self.channels = channels
+        self.parts = parts
         self.spatial_norm = spatial_norm
         self.channel_attn = channel_attn
         self.spatial_attn = spatial_attn
@@ -191,10 +273,5 @@ class ChannelSpatialAttention(nn.Module):
         return self.attend(x).output
 
     def extra_repr(self) -> str:
-        return (
-            f'channels={self.channels}, rd_channels={self.rd_channels}, spatial_norm={self.spatial_norm!r}, '
-            f'channel_attn={self.channel_attn}, spatial_attn={self.spatial_attn}, temperature={self.temperature}'
-            + (', channel_rescale=True' if self.channel_rescale else '')
-            + (', spatial_gate=True' if self.spatial_gate else '')
-        )
-
+        return (f'channels={self.channels}, rd_channels={self.rd_channels}, parts={self.parts!r}, '
+                f'spatial_norm={self.spatial_norm!r}, temperature={self.temperature}')

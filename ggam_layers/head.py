@@ -31,7 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._trace import is_eager
-from .attention import AttentionResult, ChannelSpatialAttention, check_features
+from .attention import AttentionResult, ChannelSpatialAttention, check_features, resolve_parts
+from .closed_form import add_mlp_grad, position_grad, spatial_beta
 from .gradcam import grad_cam_weights, select_classes
 from .kernels.dispatch import fused_unsupported, load_ops
 
@@ -98,16 +99,13 @@ def closed_form_cam_weights(
                 gate = attn.gate.detach().to(dtype)
                 kappa = kappa * gate * attn.gate_scale(result.spatial_weights)
             g = kappa * torch.einsum('bc,bcn->bn', w, a)
-            gbar = (t * g).sum(1, keepdim=True)
-            if attn.spatial_norm == 'softmax':
-                r = t * (g - gbar)
-            elif attn.spatial_norm == 'sigmoid':
-                r = g * t * (1 - t)
-            else:
+            total = fallback = None
+            if attn.spatial_norm == 'sum':
+                fallback = result.sum_fallback[:, None]
                 total = result.spatial_logits.detach().flatten(1).to(dtype).sum(1, keepdim=True)
-                total = torch.where(result.sum_fallback[:, None], torch.ones_like(total), total)
-                r = torch.where(result.sum_fallback[:, None], t * (g - gbar), (g - gbar) / total)
-            beta = (kappa / n) * w * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
+                total = torch.where(fallback, torch.ones_like(total), total)
+            r = position_grad(g, t, attn.spatial_norm, total, fallback)
+            beta = spatial_beta(w, s, t, r, kappa, n)
             if gated:
                 beta = beta + (1 - gate) * kappa_plain * w
             grad_s = torch.einsum('bn,bcn->bc', r, a)
@@ -116,11 +114,9 @@ def closed_form_cam_weights(
             beta = k * w * s if attn.channel_attn else kappa * w
             grad_s = k * w * a.sum(2)
         if attn.channel_attn:
-            grad_z = s * (grad_s - (s * grad_s).sum(1, keepdim=True)) / attn.temperature
             w1, b1 = attn.fc1.weight.detach().to(dtype), attn.fc1.bias.detach().to(dtype)
             z1 = F.linear(a.mean(2), w1, b1)
-            grad_h1 = (grad_z @ attn.fc2.weight.detach().to(dtype)) * (z1 > 0)
-            beta = beta + (grad_h1 @ w1) / n
+            beta = add_mlp_grad(beta, s, grad_s, z1, w1, attn.fc2.weight.detach().to(dtype), attn.temperature, n)
     return beta
 
 
@@ -139,18 +135,20 @@ class GGAMHead(nn.Module):
             rd_divisor: int = 1,
             act_layer: Union[str, Type[nn.Module]] = 'relu',
             spatial_norm: str = 'softmax',
-            channel_attn: bool = True,
-            spatial_attn: bool = True,
+            parts: Optional[str] = None,
             temperature: float = 1.0,
             pool_type: str = 'auto',
             drop_rate: float = 0.,
             cam_layer: str = 'features',
             closed_form: bool = True,
             fused: Union[bool, str] = 'auto',
-            channel_rescale: bool = False,
-            spatial_gate: bool = False,
             device=None,
             dtype=None,
+            *,
+            channel_attn: Optional[bool] = None,
+            spatial_attn: Optional[bool] = None,
+            channel_rescale: Optional[bool] = None,
+            spatial_gate: Optional[bool] = None,
     ):
         """
         Args:
@@ -161,21 +159,20 @@ class GGAMHead(nn.Module):
             rd_divisor: See `ChannelSpatialAttention`.
             act_layer: See `ChannelSpatialAttention`; the closed form needs ReLU (others use autograd).
             spatial_norm: See `ChannelSpatialAttention`.
-            channel_attn: See `ChannelSpatialAttention`.
-            spatial_attn: See `ChannelSpatialAttention`.
+            parts: Which parts of the attention run (`ChannelSpatialAttention`, `ATTENTION_PARTS`).
             temperature: See `ChannelSpatialAttention`.
             pool_type: 'avg' (global average of D, the paper's pipeline), 'sum' (sum of D over positions: with a
                 normalised T this is attention pooling, the T-weighted mean of A, on the scale of a plain global
-                average pool) or 'auto' ('sum' for the softmax and sum norms, 'avg' otherwise; 'avg' with
-                `spatial_gate`, whose N T already has mean 1, so that g = 0 is the plain global average pool).
+                average pool) or 'auto' ('sum' for the softmax and sum norms, 'avg' otherwise; 'avg' for the gated
+                parts, whose N T already has mean 1, so that g = 0 is the plain global average pool).
             drop_rate: Dropout before the classifier.
             cam_layer: Take the Grad-CAM gradient at 'features' A (paper) or 'attended' D (authors' code).
             closed_form: Use the closed form of beta where it applies; False always uses autograd.
             fused: 'auto' runs the fused Triton kernels (`ggam_layers.kernels`) for CUDA features when Triton is
                 installed and the options are covered, else the PyTorch path; True always runs them (an error when
                 they cannot run: on the CPU they need TRITON_INTERPRET=1); False never.
-            channel_rescale: See `ChannelSpatialAttention` (C * S * A for the channel-only head; ours).
-            spatial_gate: See `ChannelSpatialAttention` (a learned gate g from 0 on the spatial map; ours).
+            channel_attn / spatial_attn / channel_rescale / spatial_gate: Deprecated spellings of `parts` (a
+                DeprecationWarning; they go in the next release).
         """
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -194,15 +191,16 @@ class GGAMHead(nn.Module):
         self.fused = fused
         self.attn = ChannelSpatialAttention(
             in_features, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, act_layer=act_layer,
-            spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
-            temperature=temperature, channel_rescale=channel_rescale, spatial_gate=spatial_gate, **dd)
+            spatial_norm=spatial_norm, temperature=temperature, **dd,
+            parts=resolve_parts(parts, channel_attn=channel_attn, spatial_attn=spatial_attn,
+                                channel_rescale=channel_rescale, spatial_gate=spatial_gate))
         self.pool_type = self.auto_pool_type() if pool_type == 'auto' else pool_type
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     def auto_pool_type(self) -> str:
         """What `pool_type='auto'` means for this head's attention: 'sum' for a softmax or sum normalised T (attention
-        pooling on the scale of a global average), 'avg' otherwise (no T, a sigmoid T, or `spatial_gate`, whose N T
+        pooling on the scale of a global average), 'avg' otherwise (no T, a sigmoid T, or a gated T, whose N T
         already has mean 1, so that g = 0 is the plain global average pool)."""
         attn = self.attn
         return 'sum' if attn.spatial_attn and attn.spatial_norm in ('softmax', 'sum') and not attn.spatial_gate \

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['CAM_TARGETS', 'CamTarget', 'GGAMLoss', 'GGAMLossTerms', 'cam_log_target', 'ggam_divergence', 'ggam_loss',
-           'resolve_cam_target', 'SQUASHES', 'KL_MODES', 'TARGET_NORMS']
+           'resolve_cam_target', 'target_log_probs', 'SQUASHES', 'KL_MODES', 'TARGET_NORMS']
 
 SQUASHES = ('sigmoid', 'softmax')
 KL_MODES = ('symmetric', 'forward', 'reverse')

@@ -30,6 +30,7 @@ from ._features import (
 )
 from ._timm_compat import create_model
 from ._trace import is_eager
+from .attention import act_layer_name, resolve_parts
 from .attn_head import BASELINE_ATTENTIONS, AttnPoolHead
 from .head import GGAMHead, GGAMOutput
 
@@ -88,20 +89,22 @@ class GGAMModel(nn.Module):
             rd_divisor: int = 1,
             act_layer: Union[str, Type[nn.Module]] = 'relu',
             spatial_norm: str = 'softmax',
-            channel_attn: bool = True,
-            spatial_attn: bool = True,
+            parts: Optional[str] = None,
             temperature: float = 1.0,
             pool_type: str = 'auto',
             drop_rate: float = 0.,
             cam_layer: str = 'features',
             closed_form: bool = True,
-            channel_rescale: bool = False,
-            spatial_gate: bool = False,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
             global_pool: Optional[str] = None,
             attention: str = 'ggam',
             device=None,
             dtype=None,
+            *,
+            channel_attn: Optional[bool] = None,
+            spatial_attn: Optional[bool] = None,
+            channel_rescale: Optional[bool] = None,
+            spatial_gate: Optional[bool] = None,
             **kwargs,
     ):
         """
@@ -116,15 +119,13 @@ class GGAMModel(nn.Module):
             rd_divisor: See `ChannelSpatialAttention`.
             act_layer: See `ChannelSpatialAttention`.
             spatial_norm: See `ChannelSpatialAttention`.
-            channel_attn: See `ChannelSpatialAttention`.
-            spatial_attn: See `ChannelSpatialAttention`.
+            parts: Which parts of the attention run (`ChannelSpatialAttention`, `ATTENTION_PARTS`; None:
+                'channel-spatial', the paper).
             temperature: See `ChannelSpatialAttention`.
             pool_type: See `GGAMHead`.
             drop_rate: Dropout before the classifier.
             cam_layer: See `GGAMHead`.
             closed_form: See `GGAMHead`.
-            channel_rescale: See `ChannelSpatialAttention` (C * S * A for the channel-only head; ours).
-            spatial_gate: See `ChannelSpatialAttention` (a learned gate from 0 on the spatial map; ours).
             img_size: Input size for backbones that take one (ViT, Swin); also the probe's input size.
             global_pool: timm's pooling argument: '' returns the attended map D unpooled (needs num_classes=0);
                 'avg' / 'sum' / 'auto' set the GGAM head's pooling of D (as `pool_type`); None keeps `pool_type`.
@@ -132,6 +133,8 @@ class GGAMModel(nn.Module):
                 from timm.layers at the same place, 'se' (`SEModule`) or 'cbam' (`CbamModule`), followed by global
                 average pooling (`AttnPoolHead`; of the GGAM options only `rd_ratio` and `drop_rate` apply, and the
                 model trains with cross-entropy: `forward_ggam` needs 'ggam').
+            channel_attn / spatial_attn / channel_rescale / spatial_gate: Deprecated spellings of `parts` (a
+                DeprecationWarning; they go in the next release).
             **kwargs: Passed on to `timm.create_model` of the backbone (e.g. `drop_path_rate`).
         """
         super().__init__()
@@ -140,6 +143,8 @@ class GGAMModel(nn.Module):
         if attention != 'ggam' and pool_type not in ('auto', 'avg'):
             raise ValueError(f"attention={attention!r} pools by global average: pool_type must be 'auto' or 'avg', got "
                              f'{pool_type!r}')
+        parts = resolve_parts(parts, channel_attn=channel_attn, spatial_attn=spatial_attn,
+                              channel_rescale=channel_rescale, spatial_gate=spatial_gate)
         pool_type = _resolve_global_pool(global_pool, pool_type, num_classes)
         backbone_args = dict(backbone_args or {}, **kwargs)
         runtime = ('pretrained_cfg', 'pretrained_cfg_overlay', 'device', 'dtype')
@@ -184,9 +189,8 @@ class GGAMModel(nn.Module):
         if attention == 'ggam':
             self.head = GGAMHead(
                 self.num_features, num_classes, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
-                act_layer=act_layer, spatial_norm=spatial_norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
-                temperature=temperature, pool_type=pool_type, drop_rate=drop_rate, cam_layer=cam_layer,
-                closed_form=closed_form, channel_rescale=channel_rescale, spatial_gate=spatial_gate, device=device,
+                act_layer=act_layer, spatial_norm=spatial_norm, parts=parts, temperature=temperature,
+                pool_type=pool_type, drop_rate=drop_rate, cam_layer=cam_layer, closed_form=closed_form, device=device,
                 dtype=dtype)
         else:
             self.head = AttnPoolHead(self.num_features, num_classes, attention=attention, rd_ratio=rd_ratio,
@@ -207,22 +211,28 @@ class GGAMModel(nn.Module):
         self._set_global_pool('' if global_pool == '' else self.head.pool_type)
         self.head_pruned = False
         # what timm.create_model records: timm.models.save_for_hf writes it to config.json as model_args
-        self._model_args = dict(self.model_args, **self._head_args(act_layer))
+        self._model_args = dict(self.model_args, **self.head_args(act_layer))
 
-    def _head_args(self, act_layer: Union[str, Type[nn.Module]]) -> Dict[str, Any]:
-        head, attn = self.head, self.head.attn
+    def head_args(self, act_layer: Optional[Union[str, Type[nn.Module]]] = None) -> Dict[str, Any]:
+        """The head's constructor arguments as resolved (the one list of them): the attention, its `parts` and
+        options, the hidden width `rd_channels` rather than `rd_ratio`, the resolved `pool_type` rather than 'auto'.
+
+        Args:
+            act_layer: Recorded as the channel attention's activation when its module has no timm name; None raises
+                ValueError then (config.json needs a name).
+        """
+        head = self.head
         if isinstance(head, AttnPoolHead):
             return dict(attention=head.attention, rd_ratio=head.rd_ratio, pool_type=head.pool_type)
-        args = dict(
-            channel_attn=attn.channel_attn, spatial_attn=attn.spatial_attn, spatial_norm=attn.spatial_norm,
-            temperature=attn.temperature, pool_type=head.pool_type, cam_layer=head.cam_layer,
-            closed_form=head.closed_form)
+        attn = head.attn
+        args: Dict[str, Any] = dict(parts=attn.parts, spatial_norm=attn.spatial_norm, temperature=attn.temperature,
+                                    pool_type=head.pool_type, cam_layer=head.cam_layer, closed_form=head.closed_form)
         if attn.channel_attn:
-            args.update(rd_channels=attn.rd_channels, act_layer=act_layer)
-        if attn.channel_rescale:
-            args['channel_rescale'] = True
-        if attn.spatial_gate:
-            args['spatial_gate'] = True
+            name = act_layer_name(attn.act)
+            if name is None and act_layer is None:
+                raise ValueError(f'the channel attention uses activation {type(attn.act).__name__}, which has no timm '
+                                 "name to record in config.json; pass model_args={'act_layer': '<timm name>'}")
+            args.update(rd_channels=attn.rd_channels, act_layer=name if name is not None else act_layer)
         return args
 
     def _set_global_pool(self, global_pool: str) -> None:

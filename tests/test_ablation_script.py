@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, benchmark_command, load_benchmark
 
-from ggam_layers.loss import cam_log_target, ggam_divergence
+from ggam_layers.loss import cam_log_target, ggam_divergence, target_log_probs
 
 __all__ = []
 
@@ -20,13 +20,17 @@ abl = load_benchmark('ablation')
 
 @pytest.mark.parametrize('scale', [1e-8, 1e-3, 1.0, 1e8])
 def test_uniform_control_target_is_exactly_uniform(scale):
-    opts = abl.TARGETS['uniform']
+    target = abl.TARGETS['uniform']
+    assert abl.target_options('uniform') == {'cam_target': 'uniform'}  # the named control, no temperature trick
     beta = torch.randn(3, 96, generator=torch.Generator().manual_seed(1)) * scale
-    log_q = cam_log_target(beta, opts['squash'], opts['target_norm'], opts['cam_temperature'])
+    log_q = target_log_probs(beta, target)
     assert torch.equal(log_q, torch.full_like(log_q, -math.log(96)))
+    # the temperature of earlier studies gave the same target
+    trick = cam_log_target(beta, 'softmax', 'standardize', abl.UNIFORM_TEMPERATURE)
+    assert torch.equal(trick, log_q)
     # so the control's loss is the symmetric KL between S and the uniform distribution
     s = torch.softmax(torch.randn(3, 96, generator=torch.Generator().manual_seed(2)), 1)
-    got = ggam_divergence(s, beta, opts['squash'], opts['kl'], opts['target_norm'], opts['cam_temperature'])
+    got = ggam_divergence(s, beta, target='uniform')
     u = torch.full_like(s, 1 / 96)
     want = 0.5 * ((s * (s / u).log()).sum(1) + (u * (u / s).log()).sum(1)).mean()
     torch.testing.assert_close(got, want)
@@ -145,7 +149,7 @@ def test_channel_stats_matches_a_direct_computation():
     q = 1 / (1 + np.exp(-z))
     q /= q.sum(1, keepdims=True)
     assert got['target_spread'] == pytest.approx(float(np.mean(c * (q.max(1) - q.min(1)))), rel=1e-4)
-    plain = timm.create_model('ggam', backbone='test_resnet', num_classes=5, channel_attn=False).eval()
+    plain = timm.create_model('ggam', backbone='test_resnet', num_classes=5, parts='spatial').eval()
     got = abl.channel_stats(plain, x, labels, abl.RunSpec(True, False, 0.0, 'none'))
     assert got['entropy_S'] == pytest.approx(1.0, abs=1e-12) and got['corr_S_beta'] is None
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 from reference import ref_attention, ref_beta, ref_ggam_divergence, ref_loss
 
 from ggam_layers import ChannelSpatialAttention, GGAMHead, GGAMLoss, ggam_divergence, ggam_loss, grad_cam_weights
+from ggam_layers.attention import parts_name
 
 NORMS = ('softmax', 'sum', 'sigmoid')
 SWITCHES = ((True, True), (True, False), (False, True), (False, False))
@@ -24,7 +25,7 @@ def _attn_weights(attn):
 
 def _head(norm, channel_attn, spatial_attn, pool='auto', tau=1.0, cam_layer='features', c=32, k=7, seed=0):
     torch.manual_seed(seed)
-    head = GGAMHead(c, k, rd_ratio=0.25, spatial_norm=norm, channel_attn=channel_attn, spatial_attn=spatial_attn,
+    head = GGAMHead(c, k, rd_ratio=0.25, spatial_norm=norm, parts=parts_name(channel_attn, spatial_attn),
                     pool_type=pool, temperature=tau, cam_layer=cam_layer).double()
     # larger FC weights than the default init, so S and T are far from uniform and every term of beta matters
     with torch.no_grad():
@@ -90,7 +91,7 @@ def test_closed_form_beta_matches_reference_and_autograd(norm, switches, pool, c
 def test_channel_rescale_matches_reference_and_autograd(pool, cam_layer):
     """The channel-only head with the C * S gain: D = C * S * A; beta in closed form = autograd = reference."""
     torch.manual_seed(0)
-    head = GGAMHead(32, 7, rd_ratio=0.25, spatial_attn=False, channel_rescale=True, pool_type=pool,
+    head = GGAMHead(32, 7, rd_ratio=0.25, parts='channel-rescaled', pool_type=pool,
                     cam_layer=cam_layer).double()
     with torch.no_grad():
         for p in head.parameters():
@@ -109,8 +110,8 @@ def test_channel_rescale_matches_reference_and_autograd(pool, cam_layer):
         beta = ref_beta(x[i], int(out.classes[i]), _attn_weights(head.attn), head.fc.weight, head.fc.bias, pool=pool,
                         cam_layer=cam_layer, spatial_attn=False, rescale=True)
         torch.testing.assert_close(out.cam_weights[i] / scale, beta / scale, rtol=0, atol=1e-10)
-    with pytest.raises(ValueError, match='channel_rescale=True .* needs spatial_attn=False'):
-        ChannelSpatialAttention(8, channel_rescale=True)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='channel_rescale=True .* needs'):
+        ChannelSpatialAttention(8, channel_rescale=True)  # the switches of earlier releases check as they did
 
 
 @pytest.mark.parametrize('norm,pool,cam_layer', list(itertools.product(
@@ -119,7 +120,7 @@ def test_spatial_gate_matches_reference_and_autograd(norm, pool, cam_layer):
     """The gated spatial map D = A * (1 - g + g N T): forward = float64 reference, beta in closed form = autograd =
     reference, at a gate value away from 0 and 1."""
     torch.manual_seed(0)
-    head = GGAMHead(32, 7, rd_ratio=0.25, spatial_norm=norm, spatial_gate=True, pool_type=pool,
+    head = GGAMHead(32, 7, rd_ratio=0.25, spatial_norm=norm, parts='channel-spatial-gated', pool_type=pool,
                     cam_layer=cam_layer).double()
     assert head.pool_type == ('avg' if pool == 'auto' else pool)  # 'auto': g = 0 is the plain average pool
     with torch.no_grad():
@@ -148,14 +149,14 @@ def test_spatial_gate_starts_as_the_plain_head_and_learns():
     """At g = 0 the gated head is GAP + linear (the plain backbone's head); g gets a gradient from there (so it can
     learn to use T); gradcheck through the gated head; the gate needs the spatial map."""
     torch.manual_seed(0)
-    head = GGAMHead(16, 5, rd_channels=4, spatial_gate=True).double()
+    head = GGAMHead(16, 5, rd_channels=4, parts='channel-spatial-gated').double()
     x = torch.rand(4, 16, 3, 5, dtype=torch.float64)
     torch.testing.assert_close(head(x), head.fc(x.mean((2, 3))), rtol=1e-12, atol=1e-12)
     head(x).logsumexp(1).sum().backward()
     assert head.attn.gate.grad is not None and head.attn.gate.grad.abs() > 0
-    assert 'spatial_gate=True' in repr(head.attn)
+    assert "parts='channel-spatial-gated'" in repr(head.attn)
     assert torch.autograd.gradcheck(lambda a: GGAMHead.forward(head, a), (x.clone().requires_grad_(True),))
-    with pytest.raises(ValueError, match='spatial_gate=True .* needs spatial_attn=True'):
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match='spatial_gate=True .* needs spatial_attn'):
         ChannelSpatialAttention(8, spatial_attn=False, spatial_gate=True)
     with pytest.raises(ValueError, match='--spatial-gate'):
         from ggam_layers.train.config import TrainConfig
@@ -324,7 +325,7 @@ def test_spatial_gate_round_trips_through_save_pretrained_and_timm(tmp_path):
     from ggam_layers.hub import load_model, save_pretrained
 
     torch.manual_seed(0)
-    model = wrap_timm_model('test_resnet', num_classes=3, spatial_gate=True).eval()
+    model = wrap_timm_model('test_resnet', num_classes=3, parts='channel-spatial-gated').eval()
     with torch.no_grad():
         model.head.attn.gate.fill_(0.4)  # not the initial 0: the reload must read it from the file
     save_pretrained(model, tmp_path / 'm')
@@ -347,7 +348,7 @@ def test_channel_rescale_round_trips_through_save_pretrained(tmp_path):
     from ggam_layers.hub import load_model, save_pretrained
 
     torch.manual_seed(0)
-    model = wrap_timm_model('test_resnet', num_classes=3, spatial_attn=False, channel_rescale=True).eval()
+    model = wrap_timm_model('test_resnet', num_classes=3, parts='channel-rescaled').eval()
     save_pretrained(model, tmp_path / 'm')
     loaded = load_model(str(tmp_path / 'm')).eval()
     assert loaded.head.attn.channel_rescale and not loaded.head.attn.spatial_attn

@@ -131,12 +131,12 @@ CASES = [
     ('sum-norm-fallback', {'spatial_norm': 'sum'}, (2, C, 3, 4), -1.0, False),
     ('sigmoid-tau', {'spatial_norm': 'sigmoid', 'temperature': 0.5}, (2, C, 7, 9), 1.0, False),
     ('sigmoid-sum-pool', {'spatial_norm': 'sigmoid', 'pool_type': 'sum'}, (2, C, 3, 4), 1.0, True),
-    ('no-channel', {'channel_attn': False}, (2, C, 7, 9), 1.0, False),
-    ('no-spatial', {'spatial_attn': False}, (2, C, 3, 4), 1.0, False),
-    ('no-spatial-sum-tau', {'spatial_attn': False, 'pool_type': 'sum', 'temperature': 2.0}, (2, C, 3, 4), 1.0, True),
-    ('neither', {'channel_attn': False, 'spatial_attn': False}, (2, C, 3, 4), 1.0, False),
-    ('channel-rescale', {'spatial_attn': False, 'channel_rescale': True}, (2, C, 3, 4), 1.0, False),
-    ('channel-rescale-sum', {'spatial_attn': False, 'channel_rescale': True, 'pool_type': 'sum'}, (2, C, 7, 9), 1.0,
+    ('no-channel', {'parts': 'spatial'}, (2, C, 7, 9), 1.0, False),
+    ('no-spatial', {'parts': 'channel'}, (2, C, 3, 4), 1.0, False),
+    ('no-spatial-sum-tau', {'parts': 'channel', 'pool_type': 'sum', 'temperature': 2.0}, (2, C, 3, 4), 1.0, True),
+    ('neither', {'parts': 'none'}, (2, C, 3, 4), 1.0, False),
+    ('channel-rescale', {'parts': 'channel-rescaled'}, (2, C, 3, 4), 1.0, False),
+    ('channel-rescale-sum', {'parts': 'channel-rescaled', 'pool_type': 'sum'}, (2, C, 7, 9), 1.0,
      True),
     ('1x1-batch1', {}, (1, C, 1, 1), 1.0, False),
     ('batch1-given-class', {'cam_layer': 'features'}, (1, C, 7, 9), 1.0, True),
@@ -278,7 +278,7 @@ FALLBACK_CASES = [
     ('autograd-beta', {'closed_form': False}, torch.float32, False, 'closed_form=False'),
     ('dropout-train', {'drop_rate': 0.5}, torch.float32, True, 'dropout'),
     ('float64', {}, torch.float64, False, 'float64'),
-    ('spatial-gate', {'spatial_gate': True}, torch.float32, False, 'spatial_gate=True'),
+    ('spatial-gate', {'parts': 'channel-spatial-gated'}, torch.float32, False, 'spatial_gate=True'),
 ]
 
 
@@ -327,8 +327,8 @@ def test_the_documented_cover_and_fallbacks_are_what_the_dispatch_does(monkeypat
         [(_head(spatial_norm=n), x, True) for n in ('softmax', 'sum', 'sigmoid')],
         [(_head(pool_type=p), x, True) for p in ('avg', 'sum', 'auto')],
         [(_head(cam_layer=c), x, True) for c in ('features', 'attended')],
-        [(_head(**o), x, True) for o in ({'channel_attn': False}, {'spatial_attn': False}, {'temperature': 0.5},
-                                         {'spatial_attn': False, 'channel_rescale': True}, {'rd_channels': 3})],
+        [(_head(**o), x, True) for o in ({'parts': 'spatial'}, {'parts': 'channel'}, {'temperature': 0.5},
+                                         {'parts': 'channel-rescaled'}, {'rd_channels': 3})],
         [(_head().train(), x, True), (_head().eval(), x, True), (_head(drop_rate=0.5).train(), x, False)],
         [(_head(), x.to(dt), True) for dt in (torch.float16, torch.bfloat16)]
         + [(_head(), x.contiguous(memory_format=torch.channels_last), True), (_head(), x.transpose(2, 3), True)],
@@ -342,7 +342,7 @@ def test_the_documented_cover_and_fallbacks_are_what_the_dispatch_does(monkeypat
     refused = [  # in the order of FALLBACK: (head, features, words of the reason)
         (_head(act_layer='gelu'), x, 'act_layer GELU is not ReLU'),
         (_head(closed_form=False), x, 'closed_form=False'),
-        (_head(spatial_gate=True), x, 'spatial_gate=True'),
+        (_head(parts='channel-spatial-gated'), x, 'spatial_gate=True'),
         (_head(drop_rate=0.5).train(), x, 'dropout in train mode'),
         (not_linear, x, 'classifier Sequential is not nn.Linear'),
         (_head(), x.double(), 'dtype torch.float64'),

@@ -88,7 +88,7 @@ def test_save_pretrained_writes_what_timm_reads(tmp_path):
     assert config['num_classes'] == 5 and config['label_names'] == list('abcde')
     args = config['model_args']
     assert args['backbone'] == 'test_resnet'
-    expected = dict(num_classes=5, in_chans=3, channel_attn=True, spatial_attn=True, spatial_norm='softmax',
+    expected = dict(num_classes=5, in_chans=3, parts='channel-spatial', spatial_norm='softmax',
                     temperature=1.0, pool_type='sum', drop_rate=0.0, cam_layer='features', closed_form=True,
                     rd_channels=model.head.attn.rd_channels, act_layer='relu')
     assert {k: args[k] for k in expected} == expected
@@ -117,7 +117,7 @@ def test_save_pretrained_writes_what_timm_reads(tmp_path):
 @pytest.mark.parametrize('name,kwargs,size', [
     ('ggam', dict(backbone='test_convnext', spatial_norm='sigmoid', temperature=0.5, rd_channels=3,
                   act_layer='gelu', cam_layer='attended'), 64),
-    ('ggam', dict(backbone='test_efficientnet', channel_attn=False, pool_type='avg', drop_rate=0.1), 64),
+    ('ggam', dict(backbone='test_efficientnet', parts='spatial', pool_type='avg', drop_rate=0.1), 64),
     ('ggam', dict(backbone='test_vit', img_size=64, spatial_norm='sum', closed_form=False), 64),
     ('ggam', dict(backbone='test_mambaout'), 64),
 ])

@@ -269,7 +269,7 @@ def test_reset_classifier_auto_pool_keeps_a_gated_head_plain_at_the_start():
     """`global_pool='auto'` resolves as the head's own 'auto' does: a gated head keeps its global average (was 'sum',
     N times the average)."""
     torch.manual_seed(0)
-    model = wrap_timm_model('test_resnet', num_classes=5, spatial_gate=True).eval()
+    model = wrap_timm_model('test_resnet', num_classes=5, parts='channel-spatial-gated').eval()
     assert model.head.pool_type == 'avg'
     model.reset_classifier(7, global_pool='auto')
     assert model.head.pool_type == 'avg' and model.global_pool == 'avg'
@@ -279,7 +279,7 @@ def test_reset_classifier_auto_pool_keeps_a_gated_head_plain_at_the_start():
         torch.testing.assert_close(model.forward_head(feats, pre_logits=True), feats.mean((2, 3)))
 
 
-@pytest.mark.parametrize('kwargs', [dict(channel_attn=False), dict(channel_attn=False, spatial_attn=False)])
+@pytest.mark.parametrize('kwargs', [dict(parts='spatial'), dict(parts='none')])
 def test_reset_classifier_keeps_the_model_dtype_without_channel_attention(kwargs):
     model = wrap_timm_model('test_resnet', num_classes=5, **kwargs).double().eval()
     model.reset_classifier(7)

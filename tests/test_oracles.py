@@ -38,7 +38,7 @@ def _ours(model, x):
 
 
 @pytest.mark.parametrize('dtype', (torch.float32, torch.float64))
-@pytest.mark.parametrize('head_kwargs', ({}, {'spatial_norm': 'sigmoid'}, {'spatial_attn': False}))
+@pytest.mark.parametrize('head_kwargs', ({}, {'spatial_norm': 'sigmoid'}, {'parts': 'channel'}))
 def test_captum_agrees(dtype, head_kwargs):
     model = _model(dtype, **head_kwargs)
     x = torch.randn(4, 3, 16, 14, dtype=dtype)

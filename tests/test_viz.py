@@ -194,7 +194,7 @@ def test_mode_grads_and_buffers_untouched(mode, closed_form):
 
 
 def test_no_spatial_attention_and_errors():
-    model = _model('test_resnet', spatial_attn=False)
+    model = _model('test_resnet', parts='channel')
     res = cam_maps(model, _images(2))
     assert res.attention is None and res.spatial_weights is None
     assert res.heatmap.shape == (2, *IMG_HW)
@@ -242,8 +242,7 @@ def test_render_grid_size_and_panels(tmp_path):
     pytest.importorskip('matplotlib')
     from PIL import Image
 
-    models = {'ggam': _model('test_resnet', seed=11), 'baseline': _model('test_resnet', seed=12, channel_attn=False,
-                                                                         spatial_attn=False)}
+    models = {'ggam': _model('test_resnet', seed=11), 'baseline': _model('test_resnet', seed=12, parts='none')}
     images = [_rgb(1), _rgb(2, (60, 90))]
     names = ['cls0', 'cls1', 'cls2', 'cls3', 'cls4']
     fig = plot_cam_grid(images, models, label_names=names, targets=[0, 1], boxes=[(30, 20, 60, 50), None],

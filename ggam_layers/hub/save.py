@@ -11,73 +11,45 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import timm
 import torch.nn as nn
-from timm.layers import get_act_layer
 
 from .._files import CONFIG_NAME, DATA_CONFIG_KEYS, README_NAME, TMP_PREFIX, WEIGHTS_NAME, save_weights
 from .._timm_compat import save_for_hf
+from ..attention import LEGACY_SWITCHES
 from ..model import GGAMModel
 from ._common import LIBRARY_URL, PAPER_ID, PAPER_NAME, package_version, registry_module
 from .card import model_card
 
 __all__ = ['ggam_model_args', 'model_config_json', 'save_pretrained']
 
-# activations the channel attention may use, by timm name (get_act_layer resolves each to a class)
-_ACT_NAMES = ('relu', 'gelu', 'gelu_tanh', 'quick_gelu', 'silu', 'swish', 'mish', 'sigmoid', 'tanh', 'hard_sigmoid',
-              'hard_swish', 'hard_mish', 'relu6', 'leaky_relu', 'elu', 'celu', 'selu', 'prelu', 'identity')
 # create_model keyword arguments that are not architecture (run settings), or that the recorded rd_channels supersedes
 _RUNTIME_ARGS = ('device', 'dtype', 'pretrained_model_args', 'backbone_pretrained', 'pretrained_cfg',
                  'pretrained_cfg_overlay', 'cache_dir', 'global_pool', 'rd_ratio', 'rd_divisor')
 
 
-def _act_name(act: nn.Module) -> str:
-    for name in _ACT_NAMES:
-        try:
-            if type(act) is get_act_layer(name):
-                return name
-        except (KeyError, ValueError, TypeError):
-            continue
-    raise ValueError(
-        f'the channel attention uses activation {type(act).__name__}, which has no timm name to record in '
-        "config.json; pass model_args={'act_layer': '<timm name>'} to save_pretrained")
-
-
-def ggam_model_args(model: GGAMModel) -> Dict[str, Any]:
+def ggam_model_args(model: GGAMModel, act_layer: Optional[str] = None) -> Dict[str, Any]:
     """The constructor arguments that rebuild `model`'s architecture, as JSON-serialisable values.
 
     Read from the model itself (backbone name, every GGAM option as it is after resolution: the hidden width
     `rd_channels` rather than `rd_ratio`, the resolved `pool_type` rather than 'auto'), on top of the keyword
     arguments timm recorded when the model came from `timm.create_model` (e.g. `img_size`, `backbone_args`).
+
+    Args:
+        model: The model.
+        act_layer: The timm name to record for a channel-attention activation that has none (else ValueError).
     """
     if not isinstance(model, GGAMModel):
         raise TypeError(f'model must be a GGAMModel, got {type(model).__name__}')
     args = {k: v for k, v in dict(getattr(model, 'model_args', None) or getattr(model, '_model_args', {})).items()
             if k not in _RUNTIME_ARGS and not k.endswith('drop_path_rate')}
-    head, attn = model.head, model.head.attn
+    head = model.head
     args.update(backbone=model.backbone_name, num_classes=model.num_classes, in_chans=model.in_chans,
                 pool_type=head.pool_type, drop_rate=head.drop.p)
     patch_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', None)
     if 'img_size' not in args and 'img_size' not in args.get('backbone_args', {}) and patch_size is not None:
         args['img_size'] = list(patch_size) if isinstance(patch_size, (tuple, list)) else patch_size
-    if model.attention != 'ggam':  # an SE / CBAM head (`AttnPoolHead`): the attention and its reduction
-        args.update(attention=model.attention, rd_ratio=head.rd_ratio)
-        return args
-    args.update(
-        channel_attn=attn.channel_attn,
-        spatial_attn=attn.spatial_attn,
-        spatial_norm=attn.spatial_norm,
-        temperature=attn.temperature,
-        cam_layer=head.cam_layer,
-        closed_form=head.closed_form,
-    )
-    if attn.channel_attn:
-        args.update(rd_channels=attn.rd_channels, act_layer=_act_name(attn.act))
-    else:
-        args.pop('rd_channels', None)
-        args.pop('act_layer', None)
-    if attn.channel_rescale:
-        args['channel_rescale'] = True
-    if attn.spatial_gate:
-        args['spatial_gate'] = True
+    for key in (*LEGACY_SWITCHES, 'rd_channels', 'act_layer'):
+        args.pop(key, None)  # switches of earlier releases (`parts` replaced them), options the head may not have
+    args.update(model.head_args(act_layer))
     return args
 
 
@@ -125,7 +97,9 @@ def model_config_json(
         config = json.loads((Path(tmp) / CONFIG_NAME).read_text(encoding='utf-8'))
     if isinstance(model, GGAMModel):
         config.pop('global_pool', None)
-        config.get('model_args', {}).pop('global_pool', None)
+        # timm adds back every create_model argument it recorded: not the switches `parts` replaced
+        for key in ('global_pool', *(k for k in LEGACY_SWITCHES if k not in model_args)):
+            config.get('model_args', {}).pop(key, None)
     config['pretrained_cfg'] = {k: v for k, v in config['pretrained_cfg'].items() if v is not None}
     return config
 
@@ -192,7 +166,7 @@ def save_pretrained(
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError('metadata must map str to str (safetensors header metadata)')
 
-    args = ggam_model_args(model)
+    args = ggam_model_args(model, act_layer=(model_args or {}).get('act_layer'))
     args.update(model_args or {})
     arch = _architecture(model)
     backbone_cfg = getattr(model.backbone, 'pretrained_cfg', None) or {}

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..closed_form import add_mlp_grad, position_grad, spatial_beta
 from . import triton_kernels as tk
 
 __all__ = ['attend', 'channel_contract', 'position_contract', 'input_grad', 'fused_cam_weights', 'spatial_normalize']
@@ -111,13 +112,8 @@ def spatial_normalize(u: Tensor, spatial_norm: str, eps: float) -> Tuple[Tensor,
 
 def _normalize_vjp(u: Tensor, t: Tensor, dt: Tensor, spatial_norm: str, eps: float) -> Tensor:
     """d loss / d u from d loss / d T."""
-    if spatial_norm == 'sigmoid':
-        return dt * t * (1 - t)
-    soft = t * (dt - (t * dt).sum(1, keepdim=True))
-    if spatial_norm == 'softmax':
-        return soft
-    _, total, fallback = spatial_normalize(u, spatial_norm, eps)
-    return torch.where(fallback, soft, (dt - (t * dt).sum(1, keepdim=True)) / total)
+    _, total, fallback = spatial_normalize(u, spatial_norm, eps) if spatial_norm == 'sum' else (None, None, None)
+    return position_grad(dt, t, spatial_norm, total, fallback)
 
 
 def _f32(x: Optional[Tensor]) -> Optional[Tensor]:
@@ -239,22 +235,14 @@ def fused_cam_weights(
         channel = fc1_w is not None
         if spatial_attn:
             g = chan(a3, wk, kappa)                                      # read 1
-            gbar = (t * g).sum(1, keepdim=True)
-            if spatial_norm == 'softmax':
-                r = t * (g - gbar)
-            elif spatial_norm == 'sigmoid':
-                r = g * t * (1 - t)
-            else:
-                _, total, fallback = spatial_normalize(u, spatial_norm, eps)
-                r = torch.where(fallback, t * (g - gbar), (g - gbar) / total)
-            beta = (kappa / n) * wk * t.sum(1, keepdim=True) + s * r.sum(1, keepdim=True) / n
+            _, total, fallback = spatial_normalize(u, spatial_norm, eps) if spatial_norm == 'sum' else (None,) * 3
+            r = position_grad(g, t, spatial_norm, total, fallback)
+            beta = spatial_beta(wk, s, t, r, kappa, n)
             grad_s = pos(a3, r, 1.0) if channel else None                # read 2 (only S has parameters)
         else:
             beta = (kappa * gain) * wk * s if channel else kappa * wk
             grad_s = (kappa * n * gain) * wk * m  # no spatial map: sum_n A_{c,n} = N GAP_c, no pass over A
         if channel:
-            grad_z = s * (grad_s - (s * grad_s).sum(1, keepdim=True)) / temperature
-            grad_h1 = (grad_z @ fc2_w.detach().float()) * (z1 > 0)
-            beta = beta + (grad_h1 @ fc1_w.detach().float()) / n
+            beta = add_mlp_grad(beta, s, grad_s, z1, fc1_w.detach().float(), fc2_w.detach().float(), temperature, n)
     return beta
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._files import CheckpointError
 from .._timm_compat import hub_mismatch
+from ..attention import parts_name
 from ..data.builder import create_dataset
 from ..data.integrity import scan_images
 from ..hub.save import ggam_model_args, model_config_json
@@ -151,10 +152,9 @@ def _create(cfg: TrainConfig, num_classes: int, use_pretrained: bool, kwargs: Di
                                      drop_rate=cfg.drop_rate, **kwargs)
         head: Dict[str, Any] = dict(rd_ratio=cfg.rd_ratio, drop_rate=cfg.drop_rate)
         if cfg.attention == 'ggam':
-            head.update(channel_attn=cfg.channel_attn, spatial_attn=cfg.spatial_attn, spatial_norm=cfg.spatial_norm,
-                        temperature=cfg.attn_temperature, pool_type=cfg.pool_type, cam_layer=cfg.cam_layer,
-                        **({'channel_rescale': True} if cfg.channel_rescale else {}),
-                        **({'spatial_gate': True} if cfg.spatial_gate else {}))
+            head.update(parts=parts_name(cfg.channel_attn, cfg.spatial_attn, cfg.channel_rescale, cfg.spatial_gate),
+                        spatial_norm=cfg.spatial_norm, temperature=cfg.attn_temperature, pool_type=cfg.pool_type,
+                        cam_layer=cfg.cam_layer)
         else:  # an SE / CBAM head: the GGAM options do not apply
             head['attention'] = cfg.attention
         return timm.create_model('ggam', backbone=cfg.model, pretrained=use_pretrained, num_classes=num_classes,
