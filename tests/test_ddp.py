@@ -104,7 +104,7 @@ def _finite_decision_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.nn as nn
 
     from ggam_layers.train.distributed import DistInfo
-    from ggam_layers.train.loop import StepOptions, StepState, TrainingDiverged, _finish_update
+    from ggam_layers.train.loop import StepOptions, StepState, TrainingDiverged, finish_update
 
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world)
@@ -119,7 +119,7 @@ def _finite_decision_worker(rank: int, world: int, port: int, out: str) -> None:
         model(torch.ones(1, 3)).sum().backward()  # finite gradients on both ranks: only the loss flag differs
         finite = torch.tensor(rank == 0)
         try:
-            _finish_update(model, list(model.parameters()), opt, None, finite, opts, state, 0, update, info)
+            finish_update(model, list(model.parameters()), opt, None, finite, opts, state, 0, update, info)
             events.append(('ok', state.skipped, state.skipped_in_a_row))
         except TrainingDiverged:
             events.append(('diverged', state.skipped, state.skipped_in_a_row))

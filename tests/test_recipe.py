@@ -17,7 +17,7 @@ from ggam_layers.train.build import build_model, build_optimizer, build_schedule
 from ggam_layers.train.checkpoint import TRAINING_WEIGHTS_NAME, list_checkpoints
 from ggam_layers.train.distributed import DistInfo
 from ggam_layers.train.loop import StepOptions, StepState, TrainForward, TrainingDiverged, train_one_epoch
-from ggam_layers.train.runner import _check_finite_weights, _mixup
+from ggam_layers.train.runner import build_mixup, check_finite_weights
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,7 +76,7 @@ class _Recorder(TrainForward):
 @pytest.mark.parametrize('cam_class', ['pred', 'label'])
 def test_mixup_makes_soft_targets_and_grad_cam_explains_the_documented_class(cam_class):
     cfg = TrainConfig(model='test_resnet', mixup=0.8, cutmix=1.0, label_smoothing=0.1, cam_class=cam_class)
-    mixup = _mixup(cfg, num_classes=4)
+    mixup = build_mixup(cfg, num_classes=4)
     torch.manual_seed(0)
     model = timm.create_model('ggam', backbone='test_resnet', num_classes=4)
     x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
@@ -224,11 +224,11 @@ def test_a_non_finite_loss_is_skipped_then_stops_the_run(tmp_path, capsys):
 
 def test_non_finite_weights_are_never_checkpointed():
     model = nn.Linear(2, 2)
-    _check_finite_weights(model, None, 1)
+    check_finite_weights(model, None, 1)
     with torch.no_grad():
         model.weight[0, 0] = float('nan')
     with pytest.raises(TrainingDiverged, match='non-finite weights'):
-        _check_finite_weights(model, None, 3)
+        check_finite_weights(model, None, 3)
 
 
 def test_skipped_updates_leave_the_weights_and_count(tmp_path):
@@ -247,7 +247,7 @@ def test_skipped_updates_leave_the_weights_and_count(tmp_path):
     assert row['skipped_steps'] == 3 and state.skipped_in_a_row == 3 and state.updates == 3
     assert all(torch.equal(p, before[k]) for k, p in model.named_parameters())  # no update was applied
     with pytest.raises(TrainingDiverged, match='non-finite weights'):  # NaN batches poisoned BatchNorm's statistics
-        _check_finite_weights(model, None, 1)
+        check_finite_weights(model, None, 1)
     with pytest.raises(TrainingDiverged, match='3 updates in a row had a non-finite loss'):
         train_one_epoch(TrainForward(model, True), model, GGAMLoss(), opt, None, [(x, y)] * 3, 1,
                         StepOptions(epochs=2, max_nonfinite_steps=2), DistInfo(device=torch.device('cpu')),

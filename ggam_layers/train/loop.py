@@ -22,8 +22,8 @@ from .distributed import DistInfo, all_ranks_true, all_reduce_sum
 from .progress import progress as progress_bar
 
 __all__ = ['AMP_DTYPE_ALIASES', 'StepOptions', 'StepState', 'TrainForward', 'TrainingDiverged', 'amp_dtype_for',
-           'autocast', 'evaluate_model', 'fp16_grad_scaler', 'lr_factor', 'normalize_amp_dtype', 'train_one_epoch',
-           'updates_per_epoch', 'tta_views', 'TTA_MODES']
+           'autocast', 'evaluate_model', 'finish_update', 'fp16_grad_scaler', 'lr_factor', 'normalize_amp_dtype',
+           'train_one_epoch', 'updates_per_epoch', 'tta_views', 'TTA_MODES']
 
 # every spelling of the autocast dtype that timm and PyTorch users type, to its canonical name
 AMP_DTYPE_ALIASES = {
@@ -257,7 +257,7 @@ def train_one_epoch(
             scaled = loss / in_update
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if last:
-            _finish_update(model, params, optimizer, scaler, finite, opts, state, epoch, update, info)
+            finish_update(model, params, optimizer, scaler, finite, opts, state, epoch, update, info)
         with torch.no_grad():
             n = y.shape[0]
             sums += torch.stack([
@@ -295,7 +295,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, state: StepState, update: int, n_u
         g['lr'] = g['initial_lr'] * factor
 
 
-def _finish_update(model: nn.Module, params: list, optimizer: torch.optim.Optimizer, scaler: Optional[Any],
+def finish_update(model: nn.Module, params: list, optimizer: torch.optim.Optimizer, scaler: Optional[Any],
                    finite: torch.Tensor, opts: StepOptions, state: StepState, epoch: int, update: int,
                    info: DistInfo) -> None:
     """Clip, check and apply the accumulated gradient, or skip the update when it is not finite.

@@ -88,7 +88,7 @@ from .run_dir import (
 from .signals import InterruptGuard, TrainingInterrupted
 from .stats import percent
 
-__all__ = ['train']
+__all__ = ['build_mixup', 'check_finite_weights', 'train']
 
 _logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def _build(run: _Run, data: _Data, command: Optional[str]) -> _Parts:
     optimizer = build_optimizer(model, cfg)
     amp_dtype = amp_dtype_for(cfg.amp, cfg.amp_dtype, info.device)
     scaler = fp16_grad_scaler() if amp_dtype == torch.float16 else None
-    mixup = _mixup(cfg, data.num_classes)
+    mixup = build_mixup(cfg, data.num_classes)
     # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
     smoothing = 0.0 if mixup is not None else cfg.label_smoothing
     loss_fn = GGAMLoss(lam=cfg.lam, target=cfg.loss_target(), label_smoothing=smoothing)
@@ -453,7 +453,7 @@ def _fit_epoch(run: _Run, parts: _Parts, guard: InterruptGuard, epoch: int, end_
     cfg, info, label = run.cfg, run.info, run.label
     row = train_one_epoch(parts.fwd, parts.model, parts.loss_fn, parts.optimizer, parts.scaler, parts.train_loader,
                           epoch, parts.opts, info, run.show, f'[{label}]', parts.step_state)
-    _check_finite_weights(parts.model, parts.ema, epoch + 1)
+    check_finite_weights(parts.model, parts.ema, epoch + 1)
     broadcast_buffers(parts.model, info)  # every rank evaluates (and rank 0 saves) the same running statistics
     res: Dict[str, Any] = {}
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == end_epoch:
@@ -529,7 +529,7 @@ def _model_ema(model: nn.Module, cfg: TrainConfig) -> Any:
     return ema_cls(model, decay=cfg.model_ema_decay)
 
 
-def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
+def build_mixup(cfg: TrainConfig, num_classes: int) -> Any:
     """timm's `Mixup` (mixup and / or cutmix, soft targets with the label smoothing), or None."""
     if not (cfg.mixup or cfg.cutmix):
         return None
@@ -539,7 +539,7 @@ def _mixup(cfg: TrainConfig, num_classes: int) -> Any:
                  num_classes=num_classes)
 
 
-def _check_finite_weights(model: nn.Module, ema: Any, epoch: int) -> None:
+def check_finite_weights(model: nn.Module, ema: Any, epoch: int) -> None:
     """Refuse to checkpoint weights (or BatchNorm statistics) that are not finite: a checkpoint is never replaced
     by a bad one."""
     for m in (model, ema.module if ema is not None else None):
