@@ -21,9 +21,10 @@ random augmentation depend only on (seed, epoch, sample index), so a resumed run
 uninterrupted one, and `--batch-size` is the global batch whatever the number of processes.
 
 The modules, bottom to top (each imports only those below it): `progress`, `signals`, `distributed`, `metrics`,
-`checkpoint`, `loop` (one epoch, evaluation), `config` (`TrainConfig`, presets), `run_dir`, `build` (datasets,
-model, optimizer, config.json), `evaluate`, `runner` (`train`), `compare` (GGAM against plain), `stats`, `seeds`
-(over seeds) and `cli` (the `train` and `eval` subcommands). This file is the facade.
+`checkpoint`, `loop` (one epoch, evaluation), `options` (`option()`, how a config field is declared), `config`
+(`TrainConfig`, presets), `run_dir`, `build` (datasets, model, optimizer, config.json), `evaluate`, `runner` (`train`),
+`compare` (GGAM against plain), `stats`, `seeds` (over seeds), `cli` (the `train` and `eval` subcommands) and
+`options_doc` (docs/options.md). This file is the facade.
 """
 from .build import build_datasets, build_model, resolve_data_config
 from .cli import add_train_args, compare_requested, config_from_args, register_cli

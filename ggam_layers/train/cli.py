@@ -6,20 +6,18 @@ import errno
 import os
 import shlex
 import sys
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .._files import CONFIG_NAME, atomic_write_json
-from ..data.device import DATA_PATHS
-from ..data.loader import TRAIN_AUGS
-from ..loss import CAM_TARGETS
-from ..model import ATTENTIONS
 from .checkpoint import CheckpointWriteError
 from .compare import ARMS, check_arms, train_compare
-from .config import AMP_DTYPES, CAM_CLASSES, MIXUP_MODES, PRESETS, SCHEDULES, TrainConfig
+from .config import PRESET_NOTES, PRESETS, TrainConfig
 from .evaluate import evaluate
 from .loop import TTA_MODES, TrainingDiverged
+from .options import cli_flag, is_optional, option_help, option_spec
 from .run_dir import read_run_config
 from .runner import train
 from .seeds import train_compare_seeds
@@ -31,16 +29,6 @@ __all__ = ['DEFAULT_PRESET', 'add_train_args', 'config_from_args', 'compare_requ
 # what `ggam-layers train` runs without --preset: the paper's setting (a pretrained backbone fine-tuned), on the
 # built-in synthetic set with the backbone the package ships (benchmarks/README.md, "Fine-tuning pretrained features")
 DEFAULT_PRESET = 'synthetic_finetune'
-
-
-def _preset_help(name: str, text: str) -> str:
-    default = {f.name: f.default for f in fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    if name not in default:
-        return text
-    values = {preset: PRESETS[preset].get(name, default[name]) for preset in PRESETS}
-    if len(set(map(repr, values.values()))) == 1:
-        return f'{text} (default {values[DEFAULT_PRESET]})'
-    return f'{text} (' + '; '.join(f'{k}: {v}' for k, v in values.items()) + ')'
 
 
 def _parse_kv(text: str) -> Tuple[str, Any]:
@@ -61,14 +49,12 @@ def _floats3(text: str) -> Tuple[float, float, float]:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    """Add the `train` options; every default is SUPPRESS so that only explicit flags override the preset."""
-    h = _preset_help
+    """Add the `train` options: one per `TrainConfig` field, made from its declaration (`train/options.py`), and the
+    options that are not fields (--preset, --compare-plain, --compare, --seeds). Every field's default is SUPPRESS,
+    so that only explicit flags override the preset."""
     p.add_argument('--preset', choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                   help='recipe to start from: synthetic_finetune (the default: the shipped pretrained backbone '
-                        'fine-tuned on the built-in data set, a fast CPU run), synthetic (the same data set, from '
-                        'scratch), '
-                        "paper (the paper's CUB-200-2011 recipe) or fgvc (a modern fine-tune: ConvNeXt-S at 384 px, "
-                        'EMA, mixup / cutmix, RandAugment, layer decay); every option below overrides it')
+                   help=_escape('recipe to start from; every option below overrides it. '
+                                + ' '.join(f'{name}: {PRESET_NOTES[name]}' for name in PRESETS)))
     p.add_argument('--compare-plain', action=argparse.BooleanOptionalAction,
                    help='train GGAM and then the plain backbone the same way and print both test accuracies '
                         '(default: on when `train` gets no option at all)')
@@ -79,140 +65,56 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help='with --compare-plain (implied) or --compare A B: train both models once per seed into '
                         'OUT/seed<S>/ and print each pair, mean ± std and the paired difference with the seeds where '
                         'the first wins')
-    g = p.add_argument_group('data')
-    g.add_argument('--dataset', help=h('dataset', 'synthetic, synthetic_pretrain, cub, nabirds, dogs, inat, aircraft, '
-                                                  'cars, flowers, pets, folder or hfds/NAME'))
-    g.add_argument('--data-root', help='dataset folder (not needed for synthetic)')
-    g.add_argument('--train-split', help=h('train_split', 'split to train on'))
-    g.add_argument('--eval-split', help=h('eval_split', 'split to evaluate on'))
-    g.add_argument('--data-arg', dest='dataset_kwargs', action='append', type=_parse_kv, metavar='KEY=VALUE',
-                   help='extra dataset argument, repeatable (synthetic: samples_per_class=20, num_classes=10, ...)')
-    g.add_argument('--img-size', type=int, help=h('img_size', 'input size'))
-    g.add_argument('--crop-pct', type=float, help=h('crop_pct', 'evaluation crop fraction (paper aug: resize to '
-                                                    'img-size / crop-pct, then crop)'))
-    g.add_argument('--crop-mode', choices=('center', 'squash', 'border'), help=h('crop_mode', 'evaluation crop mode'))
-    g.add_argument('--train-aug', choices=TRAIN_AUGS, help=h('train_aug', 'training augmentation'))
-    g.add_argument('--hflip', type=float, help=h('hflip', 'horizontal flip probability'))
-    g.add_argument('--aa', metavar='POLICY', help=h('aa', "timm auto-augment policy with --train-aug timm, e.g. "
-                                                     "rand-m9-mstd0.5-inc1 (RandAugment) or original (AutoAugment)"))
-    g.add_argument('--reprob', type=float, help=h('reprob', 'random erasing probability (--train-aug timm)'))
-    g.add_argument('--color-jitter', type=float, help=h('color_jitter', 'colour jitter strength (--train-aug timm; '
-                                                                        'off under RandAugment)'))
-    g.add_argument('--mixup', type=float, metavar='ALPHA', help=h('mixup', 'mixup alpha (0: off; timm Mixup)'))
-    g.add_argument('--cutmix', type=float, metavar='ALPHA', help=h('cutmix', 'cutmix alpha (0: off)'))
-    g.add_argument('--mixup-prob', type=float, help=h('mixup_prob', 'probability of mixing a batch'))
-    g.add_argument('--mixup-switch-prob', type=float,
-                   help=h('mixup_switch_prob', 'probability of cutmix instead of mixup when both are on'))
-    g.add_argument('--mixup-mode', choices=MIXUP_MODES, help=h('mixup_mode', 'mix per batch, pair or element'))
-    g.add_argument('--interpolation', help="resize interpolation (default: the backbone's)")
-    g.add_argument('--mean', type=_floats3, help="normalisation mean, three numbers (default: the backbone's)")
-    g.add_argument('--std', type=_floats3, help="normalisation std, three numbers (default: the backbone's)")
-    g.add_argument('--strict-data', action='store_true',
-                   help='stop at the first unreadable image (default: skip it with a warning and count it)')
-    g.add_argument('--max-bad-fraction', type=float, metavar='F',
-                   help=h('max_bad_fraction', 'stop when more than this fraction of the images is unreadable'))
-    g = p.add_argument_group('model')
-    g.add_argument('--model', help=h('model', 'timm backbone'))
-    g.add_argument('--plain', action='store_true', help='train the plain timm backbone with cross-entropy (baseline)')
-    g.add_argument('--attention', choices=ATTENTIONS,
-                   help=h('attention', "the head's attention: ggam (the paper's method) or the paper's Table 2 "
-                                       "comparators at the same place, se / cbam (timm.layers' SEModule / CbamModule, "
-                                       'global average pooling, cross-entropy only)'))
-    g.add_argument('--pretrained', action=argparse.BooleanOptionalAction,
-                   help=h('pretrained', "load the backbone's pretrained weights through timm"))
-    g.add_argument('--pretrained-file', metavar='PATH', help='local backbone weights (timm pretrained_cfg_overlay)')
-    g.add_argument('--no-channel-attn', dest='channel_attn', action='store_false',
-                   help='ablation: no channel attention')
-    g.add_argument('--no-spatial-attn', dest='spatial_attn', action='store_false',
-                   help='ablation: no spatial attention')
-    g.add_argument('--channel-rescale', action='store_true',
-                   help='with --no-spatial-attn: C * S * A instead of eq. 1\'s S * A (ours)')
-    g.add_argument('--spatial-gate', action='store_true',
-                   help='blend T in through a learned gate g from 0: D = A * (1 - g + g * N T), so the head starts '
-                        'as the plain global average pool (ours)')
-    g.add_argument('--spatial-norm', choices=('softmax', 'sum', 'sigmoid'),
-                   help=h('spatial_norm', 'normalisation of T'))
-    g.add_argument('--attn-temperature', type=float, help=h('attn_temperature', 'softmax temperature of S'))
-    g.add_argument('--pool-type', choices=('auto', 'avg', 'sum'), help=h('pool_type', 'pooling of D'))
-    g.add_argument('--cam-layer', choices=('features', 'attended'), help=h('cam_layer', 'Grad-CAM gradient at A or D'))
-    g.add_argument('--rd-ratio', type=float, help=h('rd_ratio', 'channel attention reduction ratio'))
-    g.add_argument('--drop-rate', type=float, help=h('drop_rate', 'dropout before the classifier'))
-    g.add_argument('--drop-path-rate', type=float, help='stochastic depth of the backbone')
-    g.add_argument('--model-arg', dest='model_kwargs', action='append', type=_parse_kv, metavar='KEY=VALUE',
-                   help='extra timm.create_model argument, repeatable')
-    g = p.add_argument_group('GGAM loss')
-    g.add_argument('--lam', type=float, help=h('lam', 'weight lambda of L_GGAM'))
-    g.add_argument('--no-ggam-loss', dest='lam', action='store_const', const=0.0, help='ablation: lambda = 0')
-    g.add_argument('--cam-target', choices=tuple(CAM_TARGETS),
-                   help='the Grad-CAM target by name: paper (eq. 5 as written), authors (their code), standardized '
-                        '(beta standardised per sample), uniform (the control: KL towards 1/C, no Grad-CAM); '
-                        'replaces the four options below')
-    g.add_argument('--squash', choices=('sigmoid', 'softmax'), help=h('squash', 'squashing of beta'))
-    g.add_argument('--kl', choices=('symmetric', 'forward', 'reverse'), help=h('kl', 'KL direction'))
-    g.add_argument('--target-norm', choices=('none', 'standardize'), help=h('target_norm', 'normalisation of beta'))
-    g.add_argument('--cam-temperature', type=float, help=h('cam_temperature', 'beta is divided by it'))
-    g.add_argument('--cam-class', choices=CAM_CLASSES,
-                   help=h('cam_class', 'class explained by Grad-CAM: the predicted one (paper) or the label (under '
-                                       'mixup / cutmix the larger-weight label)'))
-    g.add_argument('--label-smoothing', type=float, help=h('label_smoothing', 'of the cross-entropy'))
-    g = p.add_argument_group('optimisation')
-    g.add_argument('--opt', help=h('opt', "any optimizer of timm.optim.list_optimizers(); sgd: momentum without "
-                                          "Nesterov, as the paper (timm's momentum)"))
-    g.add_argument('--lr', type=float, help=h('lr', 'learning rate of the head'))
-    g.add_argument('--backbone-lr-scale', type=float, help=h('backbone_lr_scale', 'backbone lr / head lr'))
-    g.add_argument('--momentum', type=float, help=h('momentum', 'SGD momentum'))
-    g.add_argument('--weight-decay', type=float, help=h('weight_decay', 'weight decay'))
-    g.add_argument('--sched', choices=SCHEDULES,
-                   help=h('sched', 'learning rate schedule: cosine / none per update after the linear warm-up, or '
-                                   "timm's create_scheduler_v2 names"))
-    g.add_argument('--decay-epochs', type=float, help=h('decay_epochs', "epochs between decays of timm's step "
-                                                                        'schedules'))
-    g.add_argument('--decay-rate', type=float, help=h('decay_rate', "decay factor of timm's step schedules"))
-    g.add_argument('--layer-decay', type=float, metavar='RATE',
-                   help='layer-wise lr decay of the backbone (timm param_groups_layer_decay), on top of '
-                        '--backbone-lr-scale')
-    g.add_argument('--model-ema', action=argparse.BooleanOptionalAction,
-                   help=h('model_ema', "keep timm's ModelEmaV3 of the weights: evaluated and saved as "
-                                       'model.safetensors'))
-    g.add_argument('--model-ema-decay', type=float, help=h('model_ema_decay', 'EMA decay'))
-    g.add_argument('--grad-accum-steps', type=int, metavar='N',
-                   help=h('grad_accum_steps', 'batches per optimizer update (the update of a batch N times larger)'))
-    g.add_argument('--max-nonfinite-steps', type=int, metavar='N',
-                   help=h('max_nonfinite_steps', 'stop after more than N updates in a row with a non-finite loss or '
-                                                 'gradient (each is skipped)'))
-    g.add_argument('--warmup-epochs', type=float, help=h('warmup_epochs', 'linear warm-up epochs'))
-    g.add_argument('--min-lr-ratio', type=float, help=h('min_lr_ratio', 'final lr / base lr'))
-    g.add_argument('--epochs', type=int, help=h('epochs', 'epochs'))
-    g.add_argument('--batch-size', type=int, help=h('batch_size', 'global batch size (over all processes)'))
-    g.add_argument('--eval-batch-size', type=int, help=h('eval_batch_size', 'evaluation batch per process'))
-    g.add_argument('--grad-clip', type=float, help='clip the gradient norm')
-    g = p.add_argument_group('runtime')
-    g.add_argument('--amp', action=argparse.BooleanOptionalAction, help=h('amp', 'mixed precision'))
-    g.add_argument('--amp-dtype', choices=AMP_DTYPES, help=h('amp_dtype', 'autocast dtype'))
-    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, help=h('channels_last', 'NHWC memory'))
-    g.add_argument('--grad-checkpointing', action='store_true',
-                   help="recompute the backbone's activations in the backward (less memory)")
-    g.add_argument('--compile', action='store_true', help='torch.compile the training forward')
-    g.add_argument('--device', help=h('device', 'auto, cpu, cuda or cuda:N'))
-    g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP')
-    g.add_argument('--deterministic', action='store_true', help='torch.use_deterministic_algorithms')
-    g.add_argument('--seed', type=int, help=h('seed', 'seed'))
-    g.add_argument('--workers', type=int, help=h('workers', 'DataLoader workers'))
-    g.add_argument('--data-path', choices=DATA_PATHS,
-                   help=h('data_path', 'auto: on CUDA the synthetic set is a cached tensor augmented on the device'))
-    g.add_argument('--threads', type=int, help='CPU threads per process (default: cores / processes per node)')
-    g = p.add_argument_group('output')
-    g.add_argument('--output', metavar='DIR', help='run directory (default: output/train/<time>-<dataset>-<model>)')
-    g.add_argument('--overwrite', action='store_true', help='replace the run files of a non-empty output directory')
-    g.add_argument('--resume', nargs='?', const=True, metavar='DIR',
-                   help='continue the run in DIR (or --output) from its newest checkpoint')
-    g.add_argument('--stop-after', type=int, metavar='N', help='stop after N epochs (the schedule keeps --epochs)')
-    g.add_argument('--eval-every', type=int, help=h('eval_every', 'evaluate every N epochs'))
-    g.add_argument('--keep-checkpoints', type=int,
-                   help=h('keep_checkpoints', 'checkpoints to keep (--resume falls back to an older one if the newest '
-                                              'is damaged)'))
-    g.add_argument('--tensorboard', action='store_true', help='log to OUT/tensorboard')
-    g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars or epoch lines')
+    groups: Dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        spec = option_spec(f)
+        if spec['cli'] is None:  # `preset`: --preset above
+            continue
+        if spec['group'] not in groups:
+            groups[spec['group']] = p.add_argument_group(spec['group'])
+        g = groups[spec['group']]
+        g.add_argument(cli_flag(f), dest=f.name, default=argparse.SUPPRESS,
+                       help=_escape(option_help(f, PRESETS, DEFAULT_PRESET)), **_argparse_form(f, spec))
+        for alias, (value, text) in spec['shortcuts'].items():
+            g.add_argument(alias, dest=f.name, action='store_const', const=value, default=argparse.SUPPRESS,
+                           help=_escape(text))
+
+
+def _escape(text: str) -> str:
+    return text.replace('%', '%%')  # argparse formats help with %
+
+
+def _argparse_form(f: dataclasses.Field, spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The `add_argument` keywords of a field's command-line form (`options.CLI_FORMS`)."""
+    form = spec['cli']
+    if form in ('store_true', 'store_false'):
+        return {'action': form}
+    if form == 'bool':
+        return {'action': argparse.BooleanOptionalAction}
+    kwargs: Dict[str, Any] = {'metavar': spec['metavar']} if spec['metavar'] else {}
+    if form == 'append_kv':
+        return {**kwargs, 'action': 'append', 'type': _parse_kv}
+    if form == 'optional':
+        return {**kwargs, 'nargs': '?', 'const': True}
+    value_type = _value_type(f.type)
+    if value_type is not None:
+        kwargs['type'] = value_type
+    if spec['choices'] is not None:
+        kwargs['choices'] = spec['choices']
+    return kwargs
+
+
+def _value_type(tp: Any) -> Optional[Callable[[str], Any]]:
+    """The argparse type of a 'value' field, from its annotation: int, float, three floats, or None for a string."""
+    if is_optional(tp):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp in (int, float):
+        return tp
+    if typing.get_origin(tp) is tuple:
+        if typing.get_args(tp) != (float, float, float):
+            raise TypeError(f'no command-line type for {tp}')
+        return _floats3
+    return None
 
 
 def config_from_args(args: argparse.Namespace) -> Tuple[TrainConfig, Optional[bool]]:

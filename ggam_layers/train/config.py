@@ -1,21 +1,30 @@
-"""`TrainConfig`: every setting of a training run, its presets and its checks (`validate`)."""
+"""`TrainConfig`: every setting of a training run, its presets and its checks (`validate`).
+
+Each field is declared once, with `option()` (`train/options.py`): its help text, choices, range check, command-line
+form and the value each preset sets. The class docstring, `PRESETS`, `validate`'s generic checks, the options of
+`ggam-layers train` and docs/options.md (`python -m ggam_layers.train.options_doc`) are made from the declarations.
+"""
 import difflib
+import functools
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .._files import PRETRAINED_DIR, check_safetensors
+from ..attention import SPATIAL_NORMS
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
-from ..loss import CAM_TARGETS, CamTarget
+from ..head import CAM_LAYERS, POOL_TYPES
+from ..loss import CAM_TARGETS, KL_MODES, SQUASHES, TARGET_NORMS, CamTarget
 from ..model import ATTENTIONS, check_backbone_name
 from .implied import apply_implications, flag
 from .loop import AMP_DTYPE_ALIASES
+from .options import build_presets, check_value, config_doc, field_default, is_optional, option, option_spec
 
-__all__ = ['TrainConfig', 'PRESETS', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES', 'CAM_CLASSES',
-           'MIXUP_MODES']
+__all__ = ['TrainConfig', 'PRESETS', 'PRESET_NOTES', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES',
+           'CAM_CLASSES', 'MIXUP_MODES', 'CROP_MODES']
 
 _logger = logging.getLogger('ggam_layers.train')
 
@@ -28,6 +37,43 @@ SCHEDULES = ('cosine', 'none', 'tanh', 'step', 'multistep', 'poly', 'constant')
 MIXUP_MODES = ('batch', 'pair', 'elem')
 AMP_DTYPES = tuple(AMP_DTYPE_ALIASES)  # auto, bfloat16 / bf16, float16 / fp16 / half (amp_dtype_for normalises)
 CAM_CLASSES = ('pred', 'label')
+CROP_MODES = ('center', 'squash', 'border')  # timm's evaluation crop modes (`timm.data.transforms_factory`)
+
+# preset name -> what it is and where each value comes from; the presets' values are in the field declarations
+PRESET_NOTES: Dict[str, str] = {
+    'synthetic': (
+        'The regime where attention has room (benchmarks/ablation.py --budget map7, README "Evidence"): timm\'s tiny '
+        'test_resnet from scratch at output stride 16, 112 px, so the last stage is a 7 x 7 map; the synthetic set at '
+        'its full nuisance range (difficulty 1.0: the plain backbone lands near 68%, not at the ceiling), 2000 '
+        'training and 1000 test images, AdamW 5e-3 / wd 0.05, half an epoch of warm-up then cosine, batch 64, flip '
+        'only, 12 epochs.'),
+    'synthetic_finetune': (
+        'The paper\'s setting on the synthetic set (benchmarks/ablation.py --budget finetune7): the backbone the '
+        'package ships, pretrained by `ggam-layers train --plain` on the disjoint synthetic_pretrain corpus '
+        '(docs/pretraining.md), fine-tuned at a 7 x 7 map on 30 training images per class (about CUB-200-2011\'s; the '
+        'test split keeps its 50), difficulty 0.7, the head at 10x the backbone\'s lr (AdamW 0.05 / 0.005), batch 32, '
+        '12 epochs.'),
+    'paper': (
+        'Xu et al. 2021, section 3.2: 448 x 448, SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine annealing, '
+        'lr 0.1 for the new layers and 0.01 for the pretrained backbone; resize, random crop and flip as the authors\' '
+        'code does; batch 16; torchvision\'s ImageNet ResNet-50 weights, as the authors\' code loads; the GGAM target '
+        'as the paper writes it (sigmoid of the raw beta, target_norm=\'none\').'),
+    'fgvc': (
+        'A modern fine-grained fine-tune (docs/training.md, "The fgvc preset", gives each value\'s source): an '
+        'ImageNet-22k ConvNeXt-S fine-tuned at 384 px, AdamW with layer-wise lr decay 0.8, RandAugment (9, 0.5), '
+        'random erasing 0.25, label smoothing 0.1 and an EMA of the weights (the ConvNeXt paper\'s fine-tuning '
+        'settings), mixup / cutmix on half of the batches, 30 epochs of cosine after one warm-up epoch, batch 32 with '
+        'bf16 autocast.'),
+}
+
+# one declaration per field, by group (the argparse group of `ggam-layers train`, the docstring's section)
+_data = functools.partial(option, group='data')
+_model = functools.partial(option, group='model')
+_loss = functools.partial(option, group='GGAM loss')
+_optim = functools.partial(option, group='optimisation')
+_runtime = functools.partial(option, group='runtime')
+_output = functools.partial(option, group='output')
+_BOTH_CUB = {'paper': 'cub', 'fgvc': 'cub'}
 
 
 @dataclass
@@ -36,205 +82,217 @@ class TrainConfig:
     `ggam-layers train` runs by default (`from_preset()` alone gives 'synthetic', from scratch); the field defaults
     are the generic values the presets start from.
 
-    Data:
-        dataset: `ggam_layers.data.create_dataset` name ('synthetic', 'cub', 'aircraft', 'cars', 'flowers', 'pets',
-            'folder', 'hfds/...').
-        data_root: Dataset folder (not needed for 'synthetic').
-        train_split / eval_split: Splits to train on and to evaluate on.
-        dataset_kwargs: Extra `create_dataset` arguments (e.g. {'samples_per_class': 20} for 'synthetic';
-            'train_samples_per_class' sets the synthetic training split's size alone).
-        img_size: Input height and width.
-        crop_pct: Evaluation centre crop fraction (and 'paper' training: resize to img_size / crop_pct, random crop
-            img_size); None takes the backbone's.
-        crop_mode: timm's evaluation crop mode ('center', 'squash', 'border'); None takes the backbone's.
-        train_aug: 'flip', 'paper', 'timm' or 'none' (see `data.loader.build_transform`).
-        hflip: Horizontal flip probability.
-        aa: timm's auto-augment policy string, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment) or 'original'
-            (AutoAugment); with train_aug='timm', which an explicit `aa` selects (`from_preset`, the command line).
-        reprob: Random erasing probability (timm's RandomErasing); with train_aug='timm', which an explicit `reprob`
-            selects.
-        color_jitter: Colour jitter strength of timm's transform (off under a RandAugment / AugMix `aa`); an explicit
-            non-zero value selects train_aug='timm'.
-        mixup / cutmix: Alpha of timm's `Mixup` (0: off); targets become soft, label smoothing moves into Mixup.
-        mixup_prob / mixup_switch_prob / mixup_mode: timm's `Mixup` prob, switch_prob and mode.
-        interpolation / mean / std: Override the backbone's data config.
-        strict_data: Stop at the first unreadable image file (default: skip it with a warning, and count it).
-        max_bad_fraction: Stop when more than this fraction of a split's image files is unreadable (a broken copy).
-
-    Model:
-        model: timm backbone name (`timm.list_models()`).
-        plain: Train the plain timm model with cross-entropy (the baseline) instead of GGAM.
-        attention: The head's attention: 'ggam' (the paper's method), or a comparator of the paper's Table 2 at the
-            same place, 'se' or 'cbam' (timm.layers' SEModule / CbamModule, then global average pooling; trained
-            with cross-entropy alone, as the plain model).
-        pretrained: Load the backbone's pretrained weights through timm. Given explicitly as False
-            (`--no-pretrained`, or `from_preset(..., pretrained=False)`), it also drops the preset's
-            `pretrained_file`: the backbone starts from random initialisation.
-        pretrained_file: Local weights file for the backbone (`pretrained_cfg_overlay=dict(file=...)`).
-        channel_attn / spatial_attn / spatial_norm / attn_temperature / pool_type / cam_layer / rd_ratio: GGAM head
-            options (`GGAMModel`; attn_temperature is its `temperature`, the softmax temperature of S).
-        channel_rescale: With spatial_attn=False (which an explicit channel_rescale=True selects), hand the
-            classifier C * S * A instead of eq. 1's S * A.
-        spatial_gate: Blend T in through a learned gate g from 0: D = A * (1 - g + g * N T) (the head starts as GAP).
-        drop_rate / drop_path_rate: Dropout before the classifier, stochastic depth of the backbone.
-        model_kwargs: Extra `timm.create_model` arguments.
-
-    Loss (`GGAMLoss`):
-        lam: Weight of L_GGAM (0 trains the attention with cross-entropy only).
-        cam_target: A named Grad-CAM target of `GGAMLoss` ('paper', 'authors', 'standardized', 'uniform': the
-            control without Grad-CAM); None builds it from the four options below.
-        squash / kl / target_norm / cam_temperature: The target's parts (`loss.CamTarget`: squash, kl, norm,
-            temperature), for combinations without a name.
-        cam_class: Explain the 'pred'icted class (paper) or the 'label' with Grad-CAM; under mixup / cutmix,
-            'label' is the label with the larger weight in the mixed target.
-        label_smoothing: Of the cross-entropy.
-
-    Optimisation:
-        opt: A name of timm's optimizer registry (`timm.optim.list_optimizers()`, built by `create_optimizer_v2`):
-            'adamw', 'lamb', 'nesterov', ...; 'sgd' is SGD with momentum and no Nesterov, as in the paper (timm's
-            'momentum').
-        lr: Learning rate of the head (GGAM attention + classifier, or the plain model's classifier).
-        backbone_lr_scale: Backbone learning rate relative to `lr` (paper: 0.1).
-        momentum / weight_decay: Of the optimizer (weight decay on every parameter, as the paper).
-        sched: 'cosine' (per step, after a linear warm-up) or 'none' (constant after the warm-up); or one of timm's
-            `create_scheduler_v2` names ('tanh', 'step', 'multistep', 'poly', 'constant'), stepped per update.
-        decay_epochs / decay_rate: Of timm's 'step' / 'multistep' schedules.
-        layer_decay: timm's layer-wise learning rate decay (`param_groups_layer_decay`): the backbone's layer l of
-            L gets lr * backbone_lr_scale * layer_decay ** (L - l); None: off.
-        model_ema / model_ema_decay: Keep timm's `ModelEmaV3` of the weights; it is what is evaluated and saved.
-        grad_accum_steps: Accumulate the gradients of this many batches per update (the update of a batch this
-            many times larger, BatchNorm statistics aside).
-        max_nonfinite_steps: Stop the run after more than this many updates in a row with a non-finite loss or
-            gradient (each is skipped, as GradScaler skips an fp16 overflow).
-        warmup_epochs: Linear warm-up length (may be fractional).
-        min_lr_ratio: Final learning rate of the cosine, relative to the base.
-        epochs: Total epochs (defines the schedule).
-        batch_size: Global batch size (split evenly over DDP processes).
-        eval_batch_size: Batch size per process for evaluation.
-        grad_clip: Clip the gradient norm to this value (None: no clipping).
-
-    Runtime:
-        amp: Mixed precision (bfloat16 on the CPU; bfloat16 or float16 on CUDA, see amp_dtype).
-        amp_dtype: 'auto' (bfloat16 where supported, else float16), 'bfloat16' or 'float16' (CUDA only).
-        channels_last: Use the channels-last memory format.
-        grad_checkpointing: Recompute the backbone's activations in the backward (timm's set_grad_checkpointing).
-        compile: `torch.compile` the training forward (the GGAM head stays one graph).
-        device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
-        sync_bn: Convert BatchNorm to SyncBatchNorm under DDP.
-        deterministic: `torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).
-        seed: Seed of the model initialisation, the data order and the augmentation.
-        workers: DataLoader worker processes (None: 0 for the in-memory synthetic set, else the usable cores divided
-            by the processes on this node, at most 8).
-        data_path: 'auto' (on CUDA the synthetic set is cached as a uint8 tensor and augmented on the device,
-            `data.device`; everything else takes the DataLoader), 'device' or 'loader' (force either).
-        threads: CPU threads per process (None: the usable cores divided by the processes on this node).
-
-    Output:
-        output: Run directory (None: output/train/<time>-<dataset>-<model>).
-        overwrite: Replace the run files in a non-empty output directory.
-        resume: Continue from the newest checkpoint in `output`.
-        stop_after: End this invocation after this many epochs (the schedule still spans `epochs`); resume later.
-        eval_every: Evaluate every N epochs (the last epoch is always evaluated).
-        keep_checkpoints: Checkpoints to keep (2: `resume` falls back to the previous one if the newest is damaged).
-        tensorboard: Also log to OUT/tensorboard.
-        progress: Show tqdm progress bars and a line per epoch.
-        preset: The preset these values came from (recorded only); None for a `TrainConfig(...)` built from the
-            field defaults (which are no preset's: `from_preset` applies one).
+    Each field is declared once, with `option()`: the entries below, `PRESETS`, the checks of `validate` and the
+    options of `ggam-layers train` are made from the declarations (docs/options.md has the table).
     """
-    # data
-    dataset: str = 'synthetic'
-    data_root: Optional[str] = None
-    train_split: str = 'train'
-    eval_split: str = 'test'
-    dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
-    img_size: int = 64
-    crop_pct: Optional[float] = 1.0
-    crop_mode: Optional[str] = None
-    train_aug: str = 'flip'
-    hflip: float = 0.5
-    aa: Optional[str] = None
-    reprob: float = 0.
-    color_jitter: Optional[float] = 0.4
-    mixup: float = 0.
-    cutmix: float = 0.
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = 'batch'
-    interpolation: Optional[str] = None
-    mean: Optional[Tuple[float, float, float]] = None
-    std: Optional[Tuple[float, float, float]] = None
-    strict_data: bool = False
-    max_bad_fraction: float = 0.05
-    # model
-    model: str = 'resnet10t'
-    plain: bool = False
-    attention: str = 'ggam'
-    pretrained: bool = False
-    pretrained_file: Optional[str] = None
-    channel_attn: bool = True
-    spatial_attn: bool = True
-    channel_rescale: bool = False
-    spatial_gate: bool = False
-    spatial_norm: str = 'softmax'
-    attn_temperature: float = 1.0
-    pool_type: str = 'auto'
-    cam_layer: str = 'features'
-    rd_ratio: float = 1. / 16
-    drop_rate: float = 0.
-    drop_path_rate: Optional[float] = None
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    # loss
-    lam: float = 1.0
-    cam_target: Optional[str] = None
-    squash: str = 'sigmoid'
-    kl: str = 'symmetric'
-    target_norm: str = 'none'  # the paper as written; 'standardize' lost 7.4 points at a 7 x 7 map (ablation_map7)
-    cam_temperature: float = 1.0
-    cam_class: str = 'pred'
-    label_smoothing: float = 0.
-    # optimisation
-    opt: str = 'adamw'
-    lr: float = 2e-3
-    backbone_lr_scale: float = 1.0
-    momentum: float = 0.9
-    weight_decay: float = 0.05
-    sched: str = 'cosine'
-    warmup_epochs: float = 0.5
-    min_lr_ratio: float = 0.
-    epochs: int = 8
-    batch_size: int = 64
-    eval_batch_size: int = 250
-    grad_clip: Optional[float] = None
-    decay_epochs: float = 30.
-    decay_rate: float = 0.1
-    layer_decay: Optional[float] = None
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
-    grad_accum_steps: int = 1
-    max_nonfinite_steps: int = 5
-    # runtime
-    amp: bool = False
-    amp_dtype: str = 'auto'
-    channels_last: bool = True
-    grad_checkpointing: bool = False
-    compile: bool = False
-    device: str = 'auto'
-    sync_bn: bool = False
-    deterministic: bool = False
-    seed: int = 0
-    workers: Optional[int] = None
-    data_path: str = 'auto'
-    threads: Optional[int] = None
-    # output
-    output: Optional[str] = None
-    overwrite: bool = False
-    resume: bool = False
-    stop_after: Optional[int] = None
-    eval_every: int = 1
-    keep_checkpoints: int = 2
-    tensorboard: bool = False
-    progress: bool = True
-    preset: Optional[str] = None
+    dataset: str = _data(
+        'synthetic', 'Dataset name of `ggam_layers.data.create_dataset`: synthetic, synthetic_pretrain, cub, nabirds, '
+        'dogs, inat, aircraft, cars, flowers, pets, folder or hfds/NAME.', presets=_BOTH_CUB)
+    data_root: Optional[str] = _data(None, 'Dataset folder (not needed for synthetic).')
+    train_split: str = _data('train', 'Split to train on.')
+    eval_split: str = _data('test', 'Split to evaluate on.')
+    dataset_kwargs: Dict[str, Any] = _data(
+        {}, 'Extra `create_dataset` arguments, on the command line one KEY=VALUE per --data-arg (synthetic: '
+        'samples_per_class=20, num_classes=10, difficulty=0.7, ...; train_samples_per_class sizes the training split '
+        "alone). They add to the preset's, which another --dataset drops.",
+        cli='append_kv', flag='--data-arg', metavar='KEY=VALUE',
+        presets={'synthetic': {'difficulty': 1.0},
+                 'synthetic_finetune': {'difficulty': 0.7, 'train_samples_per_class': 30}})
+    img_size: int = _data(64, 'Input height and width.', check='int>=1',
+                          presets={'synthetic': 112, 'synthetic_finetune': 112, 'paper': 448, 'fgvc': 384})
+    crop_pct: Optional[float] = _data(
+        1.0, 'Evaluation centre crop fraction (and the paper training augmentation\'s: resize to img_size / '
+        "crop_pct, then a random crop of img_size); None takes the backbone's.", check='(0,1]',
+        presets={'paper': 0.875, 'fgvc': 1.0})
+    crop_mode: Optional[str] = _data(None, "timm's evaluation crop mode; None takes the backbone's.",
+                                     choices=CROP_MODES, presets={'paper': 'squash', 'fgvc': 'squash'})
+    train_aug: str = _data(
+        'flip', 'Training augmentation (`data.loader.build_transform`): flip (resize, horizontal flip), paper (resize '
+        "to img_size / crop_pct, random crop, flip: the paper's code), timm (timm's training transform, which applies "
+        '--aa, --reprob and --color-jitter) or none.', choices=TRAIN_AUGS, presets={'paper': 'paper', 'fgvc': 'timm'})
+    hflip: float = _data(0.5, 'Horizontal flip probability.', check='[0,1]')
+    aa: Optional[str] = _data(
+        None, "timm's auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment) or original (AutoAugment); applied "
+        'by --train-aug timm, which an explicit --aa selects.', metavar='POLICY',
+        presets={'fgvc': 'rand-m9-mstd0.5-inc1'})
+    reprob: float = _data(
+        0., "Random erasing probability (timm's RandomErasing); applied by --train-aug timm, which an explicit "
+        '--reprob selects.', check='[0,1]', presets={'fgvc': 0.25})
+    color_jitter: Optional[float] = _data(
+        0.4, "Colour jitter strength of timm's training transform (off under a RandAugment / AugMix --aa); an explicit "
+        'non-zero value selects --train-aug timm.')
+    mixup: float = _data(
+        0., "Mixup alpha of timm's Mixup (0: off); the targets become soft, and label smoothing moves into Mixup.",
+        metavar='ALPHA', check='>=0', presets={'fgvc': 0.8})
+    cutmix: float = _data(0., "CutMix alpha of timm's Mixup (0: off).", metavar='ALPHA', check='>=0',
+                          presets={'fgvc': 1.0})
+    mixup_prob: float = _data(1.0, "Probability of mixing a batch (timm's Mixup prob).", check='[0,1]',
+                              presets={'fgvc': 0.5})
+    mixup_switch_prob: float = _data(
+        0.5, "Probability of CutMix instead of mixup when both are on (timm's Mixup switch_prob).", check='[0,1]')
+    mixup_mode: str = _data('batch', "Mix per batch, pair or element (timm's Mixup mode).", choices=MIXUP_MODES)
+    interpolation: Optional[str] = _data(None, "Resize interpolation; None takes the backbone's.")
+    mean: Optional[Tuple[float, float, float]] = _data(None, "Normalisation mean, three numbers; None takes the "
+                                                             "backbone's.")
+    std: Optional[Tuple[float, float, float]] = _data(None, "Normalisation std, three numbers; None takes the "
+                                                            "backbone's.")
+    strict_data: bool = _data(False, 'Stop at the first unreadable image file, instead of skipping it with a warning '
+                                     '(and counting it).', cli='store_true')
+    max_bad_fraction: float = _data(
+        0.05, "Stop when more than this fraction of a split's image files is unreadable (a broken copy).",
+        metavar='F', check='[0,1]')
+
+    model: str = _model(
+        'resnet10t', 'timm backbone name (`timm.list_models()`).',
+        presets={'synthetic': 'test_resnet', 'synthetic_finetune': 'test_resnet', 'paper': 'resnet50.tv_in1k',
+                 'fgvc': 'convnext_small.fb_in22k_ft_in1k_384'})
+    plain: bool = _model(False, 'Train the plain timm model with cross-entropy (the baseline) instead of GGAM.',
+                         cli='store_true')
+    attention: str = _model(
+        'ggam', "The head's attention: ggam (the paper's method), or a comparator of the paper's Table 2 at the same "
+        "place, se or cbam (timm.layers' SEModule / CbamModule, then global average pooling; trained with "
+        'cross-entropy alone, as the plain model).', choices=ATTENTIONS)
+    pretrained: bool = _model(
+        False, "Load the backbone's pretrained weights through timm. Given explicitly as off (--no-pretrained, or "
+        "`from_preset(..., pretrained=False)`), it also drops the preset's pretrained_file: the backbone starts from "
+        'random initialisation.', cli='bool', presets={'paper': True, 'fgvc': True})
+    pretrained_file: Optional[str] = _model(
+        None, "Local weights file of the backbone (timm's `pretrained_cfg_overlay=dict(file=...)`); another --model "
+        "drops the preset's.", metavar='PATH',
+        presets={'synthetic_finetune': os.path.join(PRETRAINED_DIR, 'test_resnet.synthetic_pretrain.safetensors')})
+    channel_attn: bool = _model(True, 'The channel attention C of the GGAM head (--no-channel-attn: the ablation '
+                                      'without it).', cli='store_false')
+    spatial_attn: bool = _model(True, 'The spatial attention S of the GGAM head (--no-spatial-attn: the ablation '
+                                      'without it).', cli='store_false')
+    channel_rescale: bool = _model(
+        False, "Without spatial attention (which an explicit --channel-rescale selects), hand the classifier C * S * A "
+        "instead of eq. 1's S * A (ours).", cli='store_true')
+    spatial_gate: bool = _model(
+        False, 'Blend T in through a learned gate g from 0: D = A * (1 - g + g * N T), so the head starts as the plain '
+        'global average pool (ours).', cli='store_true')
+    spatial_norm: str = _model('softmax', 'Normalisation of the spatial map T.', choices=SPATIAL_NORMS)
+    attn_temperature: float = _model(1.0, 'Softmax temperature of S (`GGAMModel`\'s temperature).')
+    pool_type: str = _model(
+        'auto', 'Pooling of D: avg (global average, the paper\'s pipeline), sum (attention pooling with a normalised '
+        'T) or auto (sum for the softmax and sum norms, avg otherwise and for the gate).', choices=POOL_TYPES)
+    cam_layer: str = _model('features', "Where Grad-CAM takes the gradient: at A (features, the paper) or at D "
+                                        "(attended, the authors' code).", choices=CAM_LAYERS)
+    rd_ratio: float = _model(1. / 16, 'Reduction ratio of the channel attention.')
+    drop_rate: float = _model(0., 'Dropout before the classifier.', check='>=0')
+    drop_path_rate: Optional[float] = _model(None, "Stochastic depth of the backbone; None keeps timm's default.",
+                                             presets={'fgvc': 0.2})
+    model_kwargs: Dict[str, Any] = _model(
+        {}, 'Extra `timm.create_model` arguments, on the command line one KEY=VALUE per --model-arg. They add to the '
+        "preset's, which another --model drops.", cli='append_kv', flag='--model-arg', metavar='KEY=VALUE',
+        presets={'synthetic': {'output_stride': 16}, 'synthetic_finetune': {'output_stride': 16}})
+
+    lam: float = _loss(1.0, 'Weight lambda of L_GGAM (0: the attention is trained with cross-entropy only).',
+                       check='>=0', shortcuts={'--no-ggam-loss': (0.0, 'Ablation: lambda = 0 (the same as --lam 0).')})
+    cam_target: Optional[str] = _loss(
+        None, 'The Grad-CAM target of `GGAMLoss` by name: paper (eq. 5 as written), authors (their code), '
+        'standardized (beta standardised per sample), uniform (the control: KL towards 1/C, no Grad-CAM). None '
+        'builds it from squash, kl, target_norm and cam_temperature, which a named target excludes.',
+        choices=tuple(CAM_TARGETS))
+    squash: str = _loss('sigmoid', 'Squashing of beta (a part of the target, `loss.CamTarget`\'s squash).',
+                        choices=SQUASHES)
+    kl: str = _loss('symmetric', 'KL direction (a part of the target).', choices=KL_MODES)
+    target_norm: str = _loss(
+        'none', 'Normalisation of beta (a part of the target): none is the paper as written; standardize lost 7.4 '
+        'points at a 7 x 7 map (ablation_map7).', choices=TARGET_NORMS, presets={'paper': 'none'})
+    cam_temperature: float = _loss(1.0, 'beta is divided by it (a part of the target).')
+    cam_class: str = _loss(
+        'pred', 'Class explained by Grad-CAM: the predicted one (pred, the paper) or the label; under mixup / cutmix, '
+        'the label with the larger weight in the mixed target.', choices=CAM_CLASSES)
+    label_smoothing: float = _loss(0., 'Label smoothing of the cross-entropy.', check='>=0', presets={'fgvc': 0.1})
+
+    opt: str = _optim(
+        'adamw', "A name of timm's optimizer registry (`timm.optim.list_optimizers()`, built by "
+        "`create_optimizer_v2`): adamw, lamb, nesterov, ...; sgd is SGD with momentum and no Nesterov, as in the "
+        "paper (timm's momentum).", presets={'paper': 'sgd', 'fgvc': 'adamw'})
+    lr: float = _optim(
+        2e-3, "Learning rate of the head (the GGAM attention and classifier, or the plain model's classifier).",
+        check='>0', presets={'synthetic': 5e-3, 'synthetic_finetune': 0.05, 'paper': 0.1, 'fgvc': 1e-4})
+    backbone_lr_scale: float = _optim(1.0, 'Backbone learning rate relative to lr (the paper: 0.1).', check='>=0',
+                                      presets={'synthetic_finetune': 0.1, 'paper': 0.1, 'fgvc': 1.0})
+    momentum: float = _optim(0.9, 'Momentum of the optimizer (SGD).', check='>=0', presets={'paper': 0.9})
+    weight_decay: float = _optim(0.05, 'Weight decay, on every parameter as in the paper.', check='>=0',
+                                 presets={'paper': 5e-4, 'fgvc': 0.05})
+    sched: str = _optim(
+        'cosine', 'Learning rate schedule: cosine (per step after the linear warm-up, to min_lr_ratio) or none '
+        "(constant after the warm-up); or one of timm's `create_scheduler_v2` names, stepped per optimizer update "
+        'with the same warm-up.', choices=SCHEDULES, presets={'paper': 'cosine', 'fgvc': 'cosine'})
+    warmup_epochs: float = _optim(0.5, 'Linear warm-up length in epochs (may be fractional).', check='>=0',
+                                  presets={'paper': 0., 'fgvc': 1.})
+    min_lr_ratio: float = _optim(0., 'Final learning rate of the cosine, relative to the base.', check='>=0')
+    epochs: int = _optim(8, 'Total epochs (they define the schedule).', check='int>=1',
+                         presets={'synthetic': 12, 'synthetic_finetune': 12, 'paper': 100, 'fgvc': 30})
+    batch_size: int = _optim(64, 'Global batch size, split evenly over the DDP processes.', check='int>=1',
+                             presets={'synthetic_finetune': 32, 'paper': 16, 'fgvc': 32})
+    eval_batch_size: int = _optim(250, 'Evaluation batch size per process.', check='int>=1',
+                                  presets={'paper': 64, 'fgvc': 64})
+    grad_clip: Optional[float] = _optim(None, 'Clip the gradient norm to this value (None: no clipping).')
+    decay_epochs: float = _optim(30., "Epochs between the decays of timm's step and multistep schedules.",
+                                 check='>=0')
+    decay_rate: float = _optim(0.1, "Decay factor of timm's step and multistep schedules.", check='>=0')
+    layer_decay: Optional[float] = _optim(
+        None, "timm's layer-wise learning rate decay of the backbone (`param_groups_layer_decay`), on top of "
+        'backbone_lr_scale: layer l of L gets lr * backbone_lr_scale * layer_decay ** (L - l); None: off.',
+        metavar='RATE', check='(0,1]', presets={'fgvc': 0.8})
+    model_ema: bool = _optim(False, "Keep timm's ModelEmaV3 of the weights; it is what is evaluated and saved "
+                                    '(model.safetensors).', cli='bool', presets={'fgvc': True})
+    model_ema_decay: float = _optim(0.9998, 'Decay of the EMA of the weights.', check='(0,1)',
+                                    presets={'fgvc': 0.999})
+    grad_accum_steps: int = _optim(
+        1, 'Accumulate the gradients of N batches per optimizer update (the update of a batch N times larger, '
+        'BatchNorm statistics aside).', metavar='N', check='int>=1')
+    max_nonfinite_steps: int = _optim(
+        5, 'Stop the run after more than N updates in a row with a non-finite loss or gradient (each is skipped, as '
+        'GradScaler skips an fp16 overflow).', metavar='N', check='int>=1')
+
+    amp: bool = _runtime(False, 'Mixed precision (bfloat16 on the CPU; bfloat16 or float16 on CUDA, see amp_dtype).',
+                         cli='bool', presets={'paper': True, 'fgvc': True})
+    amp_dtype: str = _runtime(
+        'auto', 'Autocast dtype: auto (bfloat16 where supported, else float16), bfloat16 or float16 (CUDA only), or '
+        'an alias of them.', choices=AMP_DTYPES)
+    channels_last: bool = _runtime(True, 'Use the channels-last (NHWC) memory format.', cli='bool',
+                                   presets={'paper': True, 'fgvc': True})
+    grad_checkpointing: bool = _runtime(False, "Recompute the backbone's activations in the backward, for less memory "
+                                               "(timm's set_grad_checkpointing).", cli='store_true')
+    compile: bool = _runtime(False, '`torch.compile` the training forward (the GGAM head stays one graph).',
+                             cli='store_true')
+    device: str = _runtime('auto', 'auto, cpu, cuda or cuda:N.')
+    sync_bn: bool = _runtime(False, 'Convert BatchNorm to SyncBatchNorm under DDP.', cli='store_true')
+    deterministic: bool = _runtime(False, '`torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).',
+                                   cli='store_true')
+    seed: int = _runtime(0, 'Seed of the model initialisation, the data order and the augmentation.')
+    workers: Optional[int] = _runtime(
+        None, 'DataLoader worker processes (None: 0 for the in-memory synthetic set, else the usable cores divided by '
+        'the processes on this node, at most 8).', check='>=0')
+    data_path: str = _runtime(
+        'auto', 'auto: on CUDA the synthetic set is cached as a uint8 tensor and augmented on the device '
+        '(`data.device`), everything else takes the DataLoader; device or loader force either.', choices=DATA_PATHS)
+    threads: Optional[int] = _runtime(None, 'CPU threads per process (None: the usable cores divided by the processes '
+                                            'on this node).')
+
+    output: Optional[str] = _output(None, 'Run directory (None: output/train/<time>-<dataset>-<model>).',
+                                    metavar='DIR')
+    overwrite: bool = _output(False, 'Replace the run files in a non-empty output directory.', cli='store_true')
+    resume: bool = _output(
+        False, 'Continue the run in output from its newest checkpoint (--resume DIR names the directory, '
+        '--resume alone takes --output).', cli='optional', metavar='DIR')
+    stop_after: Optional[int] = _output(
+        None, 'End this invocation after N epochs (the schedule still spans epochs); resume it later.',
+        metavar='N', check='>=1')
+    eval_every: int = _output(1, 'Evaluate every N epochs (the last epoch is always evaluated).', check='int>=1')
+    keep_checkpoints: int = _output(2, 'Checkpoints to keep (2: resume falls back to the previous one if the newest is '
+                                       'damaged).', check='int>=1')
+    tensorboard: bool = _output(False, 'Also log to OUT/tensorboard.', cli='store_true')
+    progress: bool = _output(True, 'Show tqdm progress bars and a line per epoch (--no-progress: neither).',
+                             cli='store_false')
+    preset: Optional[str] = _output(
+        None, 'The preset these values came from (recorded only; --preset on the command line); None for a '
+        "`TrainConfig(...)` built from the field defaults (which are no preset's: `from_preset` applies one).",
+        cli=None, flag='--preset')
 
     @classmethod
     def from_preset(cls, preset: str = 'synthetic', **overrides) -> 'TrainConfig':
@@ -297,20 +355,20 @@ class TrainConfig:
         return 'plain' if self.plain else self.attention
 
     def validate(self) -> 'TrainConfig':
-        """Raise ValueError naming the field for a value out of range; returns self."""
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise ValueError(f'{name} must be one of {options}, got {getattr(self, name)!r}')
+        """Raise ValueError naming the field for a value out of range; returns self.
+
+        The declared choices and range checks of every field (`option()`; None passes for an Optional field) run
+        first, then the checks that involve several fields.
+        """
         _check_optimizer(self.opt)
-        choice('sched', SCHEDULES)
-        choice('mixup_mode', MIXUP_MODES)
-        choice('amp_dtype', AMP_DTYPES)
-        choice('cam_class', CAM_CLASSES)
-        choice('train_aug', TRAIN_AUGS)
-        choice('data_path', DATA_PATHS)
-        choice('attention', ATTENTIONS)
+        for f in fields(self):
+            spec, value = option_spec(f), getattr(self, f.name)
+            if spec['choices'] is not None and not (value is None and is_optional(f.type)) \
+                    and value not in spec['choices']:
+                raise ValueError(f'{f.name} must be one of {spec["choices"]}, got {value!r}')
+            if spec['check'] is not None:
+                check_value(f.name, value, spec['check'], allow_none=is_optional(f.type))
         if self.cam_target is not None:
-            choice('cam_target', tuple(CAM_TARGETS))
             parts = {k: getattr(self, k) for k in ('squash', 'kl', 'target_norm', 'cam_temperature')}
             changed = {k: v for k, v in parts.items() if v != _FIELD_DEFAULTS[k]}
             if changed:
@@ -326,24 +384,6 @@ class TrainConfig:
         if self.spatial_gate and not self.spatial_attn:
             raise ValueError('spatial_gate=True (--spatial-gate) gates the spatial map and needs spatial_attn=True '
                              '(drop --no-spatial-attn)')
-        for name in ('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints',
-                     'grad_accum_steps', 'max_nonfinite_steps'):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f'{name} must be an int >= 1, got {getattr(self, name)!r}')
-        for name in ('lr',):
-            if not getattr(self, name) > 0:
-                raise ValueError(f'{name} must be > 0, got {getattr(self, name)!r}')
-        for name in ('lam', 'weight_decay', 'warmup_epochs', 'backbone_lr_scale', 'momentum', 'min_lr_ratio',
-                     'drop_rate', 'label_smoothing', 'mixup', 'cutmix', 'decay_rate', 'decay_epochs'):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)!r}')
-        for name in ('reprob', 'mixup_prob', 'mixup_switch_prob'):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f'{name} must be in [0, 1], got {getattr(self, name)!r}')
-        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
-            raise ValueError(f'layer_decay must be in (0, 1] (or None for off), got {self.layer_decay!r}')
-        if not 0 < self.model_ema_decay < 1:
-            raise ValueError(f'model_ema_decay must be in (0, 1), got {self.model_ema_decay!r}')
         if (self.aa or self.reprob) and self.train_aug != 'timm':
             on = [k for k in ('aa', 'reprob') if getattr(self, k)]
             raise ValueError(f"{' '.join(flag(k, getattr(self, k)) for k in on)} ({' / '.join(on)}): applied by "
@@ -363,18 +403,8 @@ class TrainConfig:
         if self.data_path == 'device' and self.dataset not in ('synthetic', 'synthetic_pretrain'):
             raise ValueError(f"--data-path device (data_path='device') caches the built-in synthetic data sets on the "
                              f'device, and --dataset {self.dataset} (dataset) is not one: drop one of the two')
-        if not 0 <= self.hflip <= 1:
-            raise ValueError(f'hflip must be in [0, 1], got {self.hflip!r}')
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
-            raise ValueError(f'crop_pct must be in (0, 1], got {self.crop_pct!r}')
-        if self.stop_after is not None and self.stop_after < 1:
-            raise ValueError(f'stop_after must be >= 1, got {self.stop_after!r}')
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f'workers must be >= 0, got {self.workers!r}')
         if self.resume and not self.output:
             raise ValueError('resume=True needs output, the run directory to resume')
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ValueError(f'max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}')
         if self.pretrained_file:
             if not Path(self.pretrained_file).is_file():
                 raise ValueError(f'pretrained_file {self.pretrained_file!r} does not exist')
@@ -383,7 +413,10 @@ class TrainConfig:
         return self
 
 
-_FIELD_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+_FIELD_DEFAULTS = {f.name: field_default(f) for f in fields(TrainConfig)}
+if TrainConfig.__doc__:  # the field entries, after the hand-written introduction
+    TrainConfig.__doc__ = TrainConfig.__doc__.rstrip() + '\n\n' + config_doc(TrainConfig) + '\n    '
+
 
 def _check_optimizer(name: str) -> None:
     """Refuse an optimizer name timm's registry does not know, with the closest names."""
@@ -395,42 +428,8 @@ def _check_optimizer(name: str) -> None:
                                                                        else '') + ' (timm.optim.list_optimizers())')
 
 
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # The regime where attention has room (benchmarks/ablation.py --budget map7, README "Evidence"): timm's tiny
-    # test_resnet from scratch at output stride 16, 112 px, so the last stage is a 7 x 7 map; the synthetic set at
-    # its full nuisance range (difficulty 1.0: the plain backbone lands near 68%, not at the ceiling), 2000 training
-    # and 1000 test images, AdamW 5e-3 / wd 0.05, half an epoch of warm-up then cosine, batch 64, flip only, 12 epochs.
-    'synthetic': dict(model='test_resnet', model_kwargs={'output_stride': 16}, img_size=112,
-                      dataset_kwargs={'difficulty': 1.0}, epochs=12, lr=5e-3),
-    # The paper's setting on the synthetic set (benchmarks/ablation.py --budget finetune7): the backbone the package
-    # ships, pretrained by `ggam-layers train --plain` on the disjoint synthetic_pretrain corpus (docs/pretraining.md),
-    # fine-tuned at a 7 x 7 map on 30 training images per class (about CUB-200-2011's; the test split keeps its 50),
-    # difficulty 0.7, the head at 10x the backbone's lr (AdamW 0.05 / 0.005), batch 32, 12 epochs.
-    'synthetic_finetune': dict(model='test_resnet', model_kwargs={'output_stride': 16}, img_size=112,
-                               pretrained_file=os.path.join(PRETRAINED_DIR,
-                                                            'test_resnet.synthetic_pretrain.safetensors'),
-                               dataset_kwargs={'difficulty': 0.7, 'train_samples_per_class': 30}, epochs=12,
-                               batch_size=32, lr=0.05, backbone_lr_scale=0.1),
-    # Xu et al. 2021, section 3.2: 448 x 448, SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine annealing,
-    # lr 0.1 for the new layers and 0.01 for the pretrained backbone; resize, random crop and flip as the authors'
-    # code does; batch 16; torchvision's ImageNet ResNet-50 weights, as the authors' code loads; the GGAM target as
-    # the paper writes it (sigmoid of the raw beta, target_norm='none').
-    'paper': dict(
-        dataset='cub', model='resnet50.tv_in1k', pretrained=True, img_size=448, crop_pct=0.875, crop_mode='squash',
-        train_aug='paper', opt='sgd', lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4,
-        sched='cosine', warmup_epochs=0., epochs=100, batch_size=16, eval_batch_size=64, amp=True,
-        channels_last=True, target_norm='none'),
-    # A modern fine-grained fine-tune (docs/training.md, "The fgvc preset", gives each value's source): an ImageNet-22k
-    # ConvNeXt-S fine-tuned at 384 px, AdamW with layer-wise lr decay 0.8, RandAugment (9, 0.5), random erasing 0.25,
-    # label smoothing 0.1 and an EMA of the weights (the ConvNeXt paper's fine-tuning settings), mixup / cutmix on
-    # half of the batches, 30 epochs of cosine after one warm-up epoch, batch 32 with bf16 autocast.
-    'fgvc': dict(
-        dataset='cub', model='convnext_small.fb_in22k_ft_in1k_384', pretrained=True, img_size=384, crop_pct=1.0,
-        crop_mode='squash', train_aug='timm', aa='rand-m9-mstd0.5-inc1', reprob=0.25, label_smoothing=0.1,
-        mixup=0.8, cutmix=1.0, mixup_prob=0.5, opt='adamw', lr=1e-4, backbone_lr_scale=1.0, layer_decay=0.8,
-        weight_decay=0.05, sched='cosine', warmup_epochs=1., epochs=30, batch_size=32, eval_batch_size=64,
-        model_ema=True, model_ema_decay=0.999, drop_path_rate=0.2, amp=True, channels_last=True),
-}
+# preset name -> {field: value}, made from the fields' declarations (their `presets`), in PRESET_NOTES' order
+PRESETS: Dict[str, Dict[str, Any]] = build_presets(TrainConfig, tuple(PRESET_NOTES))
 
 # fields that may differ when a run is resumed (they do not change the trained weights)
 RESUME_MUTABLE_FIELDS = frozenset({
