@@ -278,7 +278,7 @@ FALLBACK_CASES = [
     ('autograd-beta', {'closed_form': False}, torch.float32, False, 'closed_form=False'),
     ('dropout-train', {'drop_rate': 0.5}, torch.float32, True, 'dropout'),
     ('float64', {}, torch.float64, False, 'float64'),
-    ('spatial-gate', {'parts': 'channel-spatial-gated'}, torch.float32, False, 'spatial_gate=True'),
+    ('spatial-gate', {'parts': 'channel-spatial-gated'}, torch.float32, False, "parts='channel-spatial-gated'"),
 ]
 
 
@@ -342,7 +342,7 @@ def test_the_documented_cover_and_fallbacks_are_what_the_dispatch_does(monkeypat
     refused = [  # in the order of FALLBACK: (head, features, words of the reason)
         (_head(act_layer='gelu'), x, 'act_layer GELU is not ReLU'),
         (_head(closed_form=False), x, 'closed_form=False'),
-        (_head(parts='channel-spatial-gated'), x, 'spatial_gate=True'),
+        (_head(parts='channel-spatial-gated'), x, "parts='channel-spatial-gated'"),
         (_head(drop_rate=0.5).train(), x, 'dropout in train mode'),
         (not_linear, x, 'classifier Sequential is not nn.Linear'),
         (_head(), x.double(), 'dtype torch.float64'),

@@ -25,7 +25,7 @@ COVERED = (
     "spatial_norm 'softmax', 'sum' (with its softmax fallback) and 'sigmoid'",
     "pool_type 'avg' and 'sum' (and 'auto')",
     "cam_layer 'features' and 'attended'",
-    'channel_attn and spatial_attn on or off, channel_rescale, any temperature, any rd_channels',
+    "parts 'channel-spatial', 'channel', 'spatial', 'none' and 'channel-rescaled', any temperature, any rd_channels",
     'predicted or given classes; train and eval mode; dropout before the classifier in forward()',
     'float32, float16 and bfloat16 features, with or without autocast; NCHW and channels_last strides (read in '
     'place), other strides copied once',
@@ -33,7 +33,7 @@ COVERED = (
 FALLBACK = (
     'an activation other than ReLU between fc1 and fc2 (the closed form needs ReLU)',
     'closed_form=False (forward_ggam asks for the autograd beta)',
-    'spatial_gate=True (the learned gate on T; the PyTorch path has its closed form)',
+    "parts 'channel-spatial-gated' and 'spatial-gated' (the learned gate on T; the PyTorch path has its closed form)",
     'dropout > 0 in train mode in forward_ggam (no closed form there)',
     'a classifier that is not nn.Linear in forward_ggam',
     'float64 features (the kernels accumulate in float32)',
@@ -76,7 +76,7 @@ def fused_unsupported(head: Any, x: torch.Tensor, ggam: bool) -> Optional[str]:
     if attn.channel_attn and not isinstance(attn.act, nn.ReLU):
         return f'act_layer {type(attn.act).__name__} is not ReLU'
     if getattr(attn, 'gate', None) is not None:
-        return 'spatial_gate=True'
+        return f'parts={attn.parts!r} (a learned gate on T)'
     if ggam:  # beta in closed form: what the head itself covers
         reason = head.closed_form_unsupported()
         if reason is not None:
