@@ -235,3 +235,15 @@ def test_bad_declarations_are_refused():
 
     with pytest.raises(ValueError, match="preset 'papr'"):
         build_presets(Config, ('paper',))
+
+
+def test_resume_mutable_fields_are_declared():
+    """The fields a resumed run may change come from their declarations, and are the ones they always were."""
+    from ggam_layers.train.config import RESUME_MUTABLE_FIELDS
+
+    assert RESUME_MUTABLE_FIELDS == frozenset({
+        'output', 'overwrite', 'resume', 'stop_after', 'workers', 'threads', 'tensorboard', 'progress', 'data_root',
+        'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path', 'strict_data', 'max_bad_fraction',
+        'max_nonfinite_steps', 'compile'})
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata['resume_mutable'] == (f.name in RESUME_MUTABLE_FIELDS), f.name

@@ -88,7 +88,7 @@ class TrainConfig:
     dataset: str = _data(
         'synthetic', 'Dataset name of `ggam_layers.data.create_dataset`: synthetic, synthetic_pretrain, cub, nabirds, '
         'dogs, inat, aircraft, cars, flowers, pets, folder or hfds/NAME.', presets=_BOTH_CUB)
-    data_root: Optional[str] = _data(None, 'Dataset folder (not needed for synthetic).')
+    data_root: Optional[str] = _data(None, 'Dataset folder (not needed for synthetic).', resume_mutable=True)
     train_split: str = _data('train', 'Split to train on.')
     eval_split: str = _data('test', 'Split to evaluate on.')
     dataset_kwargs: Dict[str, Any] = _data(
@@ -137,10 +137,10 @@ class TrainConfig:
     std: Optional[Tuple[float, float, float]] = _data(None, "Normalisation std, three numbers; None takes the "
                                                             "backbone's.")
     strict_data: bool = _data(False, 'Stop at the first unreadable image file, instead of skipping it with a warning '
-                                     '(and counting it).', cli='store_true')
+                                     '(and counting it).', cli='store_true', resume_mutable=True)
     max_bad_fraction: float = _data(
         0.05, "Stop when more than this fraction of a split's image files is unreadable (a broken copy).",
-        metavar='F', check='[0,1]')
+        metavar='F', check='[0,1]', resume_mutable=True)
 
     model: str = _model(
         'resnet10t', 'timm backbone name (`timm.list_models()`).',
@@ -229,7 +229,7 @@ class TrainConfig:
     batch_size: int = _optim(64, 'Global batch size, split evenly over the DDP processes.', check='int>=1',
                              presets={'synthetic_finetune': 32, 'paper': 16, 'fgvc': 32})
     eval_batch_size: int = _optim(250, 'Evaluation batch size per process.', check='int>=1',
-                                  presets={'paper': 64, 'fgvc': 64})
+                                  presets={'paper': 64, 'fgvc': 64}, resume_mutable=True)
     grad_clip: Optional[float] = _optim(None, 'Clip the gradient norm to this value (None: no clipping).')
     decay_epochs: float = _optim(30., "Epochs between the decays of timm's step and multistep schedules.",
                                  check='>=0')
@@ -247,7 +247,7 @@ class TrainConfig:
         'BatchNorm statistics aside).', metavar='N', check='int>=1')
     max_nonfinite_steps: int = _optim(
         5, 'Stop the run after more than N updates in a row with a non-finite loss or gradient (each is skipped, as '
-        'GradScaler skips an fp16 overflow).', metavar='N', check='int>=1')
+        'GradScaler skips an fp16 overflow).', metavar='N', check='int>=1', resume_mutable=True)
 
     amp: bool = _runtime(False, 'Mixed precision (bfloat16 on the CPU; bfloat16 or float16 on CUDA, see amp_dtype).',
                          cli='bool', presets={'paper': True, 'fgvc': True})
@@ -259,36 +259,39 @@ class TrainConfig:
     grad_checkpointing: bool = _runtime(False, "Recompute the backbone's activations in the backward, for less memory "
                                                "(timm's set_grad_checkpointing).", cli='store_true')
     compile: bool = _runtime(False, '`torch.compile` the training forward (the GGAM head stays one graph).',
-                             cli='store_true')
-    device: str = _runtime('auto', 'auto, cpu, cuda or cuda:N.')
+                             cli='store_true', resume_mutable=True)
+    device: str = _runtime('auto', 'auto, cpu, cuda or cuda:N.', resume_mutable=True)
     sync_bn: bool = _runtime(False, 'Convert BatchNorm to SyncBatchNorm under DDP.', cli='store_true')
     deterministic: bool = _runtime(False, '`torch.use_deterministic_algorithms(True)` (and cuDNN benchmark off).',
                                    cli='store_true')
     seed: int = _runtime(0, 'Seed of the model initialisation, the data order and the augmentation.')
     workers: Optional[int] = _runtime(
         None, 'DataLoader worker processes (None: 0 for the in-memory synthetic set, else the usable cores divided by '
-        'the processes on this node, at most 8).', check='>=0')
+        'the processes on this node, at most 8).', check='>=0', resume_mutable=True)
     data_path: str = _runtime(
         'auto', 'auto: on CUDA the synthetic set is cached as a uint8 tensor and augmented on the device '
-        '(`data.device`), everything else takes the DataLoader; device or loader force either.', choices=DATA_PATHS)
+        '(`data.device`), everything else takes the DataLoader; device or loader force either.', choices=DATA_PATHS,
+        resume_mutable=True)
     threads: Optional[int] = _runtime(None, 'CPU threads per process (None: the usable cores divided by the processes '
-                                            'on this node).')
+                                            'on this node).', resume_mutable=True)
 
     output: Optional[str] = _output(None, 'Run directory (None: output/train/<time>-<dataset>-<model>).',
-                                    metavar='DIR')
-    overwrite: bool = _output(False, 'Replace the run files in a non-empty output directory.', cli='store_true')
+                                    metavar='DIR', resume_mutable=True)
+    overwrite: bool = _output(False, 'Replace the run files in a non-empty output directory.', cli='store_true',
+                              resume_mutable=True)
     resume: bool = _output(
         False, 'Continue the run in output from its newest checkpoint (--resume DIR names the directory, '
-        '--resume alone takes --output).', cli='optional', metavar='DIR')
+        '--resume alone takes --output).', cli='optional', metavar='DIR', resume_mutable=True)
     stop_after: Optional[int] = _output(
         None, 'End this invocation after N epochs (the schedule still spans epochs); resume it later.',
-        metavar='N', check='>=1')
-    eval_every: int = _output(1, 'Evaluate every N epochs (the last epoch is always evaluated).', check='int>=1')
+        metavar='N', check='>=1', resume_mutable=True)
+    eval_every: int = _output(1, 'Evaluate every N epochs (the last epoch is always evaluated).', check='int>=1',
+                              resume_mutable=True)
     keep_checkpoints: int = _output(2, 'Checkpoints to keep (2: resume falls back to the previous one if the newest is '
-                                       'damaged).', check='int>=1')
-    tensorboard: bool = _output(False, 'Also log to OUT/tensorboard.', cli='store_true')
+                                       'damaged).', check='int>=1', resume_mutable=True)
+    tensorboard: bool = _output(False, 'Also log to OUT/tensorboard.', cli='store_true', resume_mutable=True)
     progress: bool = _output(True, 'Show tqdm progress bars and a line per epoch (--no-progress: neither).',
-                             cli='store_false')
+                             cli='store_false', resume_mutable=True)
     preset: Optional[str] = _output(
         None, 'The preset these values came from (recorded only; --preset on the command line); None for a '
         "`TrainConfig(...)` built from the field defaults (which are no preset's: `from_preset` applies one).",
@@ -432,7 +435,4 @@ def _check_optimizer(name: str) -> None:
 PRESETS: Dict[str, Dict[str, Any]] = build_presets(TrainConfig, tuple(PRESET_NOTES))
 
 # fields that may differ when a run is resumed (they do not change the trained weights)
-RESUME_MUTABLE_FIELDS = frozenset({
-    'output', 'overwrite', 'resume', 'stop_after', 'workers', 'threads', 'tensorboard', 'progress', 'data_root',
-    'eval_batch_size', 'eval_every', 'keep_checkpoints', 'device', 'data_path', 'strict_data', 'max_bad_fraction',
-    'max_nonfinite_steps', 'compile'})
+RESUME_MUTABLE_FIELDS = frozenset(f.name for f in fields(TrainConfig) if f.metadata['resume_mutable'])

@@ -33,7 +33,7 @@ _CHECK = re.compile(r'^(?:(?P<int>int)?(?P<op>>=|>)(?P<bound>-?[0-9.]+)'
 def option(default: Any, help: str, *, group: str, choices: Optional[Sequence[Any]] = None,
            presets: Optional[Mapping[str, Any]] = None, cli: Optional[str] = 'value', flag: Optional[str] = None,
            metavar: Optional[str] = None, check: Optional[str] = None,
-           shortcuts: Optional[Mapping[str, Tuple[Any, str]]] = None) -> Any:
+           shortcuts: Optional[Mapping[str, Tuple[Any, str]]] = None, resume_mutable: bool = False) -> Any:
     """The one declaration of a `TrainConfig` field: a `dataclasses.field` whose metadata says everything else.
 
     Args:
@@ -49,6 +49,8 @@ def option(default: Any, help: str, *, group: str, choices: Optional[Sequence[An
         check: A range `validate` checks: 'int>=1', '>=0', '>0', '[0,1]', '(0,1]', '(0,1)', ... (None passes for an
             Optional field).
         shortcuts: Extra options that set the field to a constant: {'--no-ggam-loss': (0.0, help)}.
+        resume_mutable: The field may differ when a run is resumed (it does not change the trained weights:
+            where the output goes, how many workers, ...); `RESUME_MUTABLE_FIELDS` is made from it.
     """
     if group not in GROUPS:
         raise ValueError(f'group must be one of {tuple(GROUPS)}, got {group!r}')
@@ -60,7 +62,7 @@ def option(default: Any, help: str, *, group: str, choices: Optional[Sequence[An
         raise ValueError(f'a help text is one or more sentences, ending with a full stop: {help!r}')
     metadata = {'help': ' '.join(help.split()), 'group': group, 'choices': None if choices is None else tuple(choices),
                 'presets': dict(presets or {}), 'cli': cli, 'flag': flag, 'metavar': metavar, 'check': check,
-                'shortcuts': dict(shortcuts or {})}
+                'shortcuts': dict(shortcuts or {}), 'resume_mutable': bool(resume_mutable)}
     if isinstance(default, (dict, list, set)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -226,7 +228,8 @@ def options_table(cls: type, presets: Mapping[str, Mapping[str, Any]], notes: Ma
         f'**Default** is the value of `ggam-layers train` without `--preset` (preset `{default_preset}`); **Other '
         'presets** lists the presets whose value differs from it; **Field default** is `TrainConfig()`\'s (a bare '
         'config, which is no preset: `TrainConfig.from_preset(name)` applies one). Only an option given explicitly '
-        'overrides the preset.',
+        'overrides the preset. Options marked *(resume)* may differ when a run is resumed (`--resume`); every other '
+        'one must match the run.',
         '',
         '## Presets',
         '',
@@ -250,7 +253,7 @@ def options_table(cls: type, presets: Mapping[str, Mapping[str, Any]], notes: Ma
             default = values[default_preset] if spec['cli'] else ''  # `preset` is the --preset given
             others = '<br>'.join(f'{name}: {_code(v)}' for name, v in values.items()
                                  if spec['cli'] and name != default_preset and v != default)
-            flags = _flag_usage(f, spec)
+            flags = _flag_usage(f, spec) + (' *(resume)*' if spec['resume_mutable'] else '')
             allowed = ', '.join(_code(str(c)) for c in spec['choices']) if spec['choices'] else ''
             if spec['check']:
                 allowed = describe_check(spec['check']) + (' (or None)' if is_optional(f.type) else '')
