@@ -53,6 +53,7 @@ import torch
 
 from benchmarks.ablation_budgets import BUDGETS, IMAGENET, Budget
 from benchmarks.ablation_plan import (
+    DEFAULT_PARTS,
     PAPER_TABLE3,
     PARTS,
     TABLE2,
@@ -86,7 +87,8 @@ _exit_with_parent = exit_with_parent
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--quick', action='store_true', help='tiny budget: a smoke test of every code path')
-    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS))
+    p.add_argument('--parts', nargs='+', choices=PARTS, default=list(DEFAULT_PARTS),
+                   help='parts of the study (default: all but variants, which runs when named)')
     p.add_argument('--seeds', nargs='+', type=int, default=None, help='training seeds (default 0 1 2)')
     p.add_argument('--epochs', type=int, default=None)
     p.add_argument('--backbone', default=None)

@@ -8,10 +8,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from benchmarks.ablation_budgets import Budget
+from benchmarks.guidance_variants import VARIANTS
 from ggam_layers.loss import CAM_TARGETS, CamTarget, target_log_probs
 
-__all__ = ['PAPER_TABLE3', 'UNIFORM_TEMPERATURE', 'TARGETS', 'TARGET_TEXT', 'PARTS', 'TABLE2', 'RunSpec', 'make_spec',
-           'build_plan', 'check_uniform_control']
+__all__ = ['DEFAULT_PARTS', 'PAPER_TABLE3', 'UNIFORM_TEMPERATURE', 'TARGETS', 'TARGET_TEXT', 'PARTS', 'TABLE2',
+           'RunSpec', 'make_spec', 'build_plan', 'check_uniform_control', 'target_columns', 'target_options']
 
 # Table 3 of the paper (CUB-200-2011, ResNet-50): (spatial attention, channel attention, GGAM loss) -> top-1 %
 PAPER_TABLE3: List[Tuple[bool, bool, bool, float]] = [
@@ -62,7 +63,9 @@ TARGET_TEXT = {
     'standardize_softmax': 'beta standardised per sample, then softmax, symmetric KL',
     'uniform': 'control, no Grad-CAM: symmetric KL towards the uniform 1/C',
 }
-PARTS = ('ablation', 'sweep', 'target', 'rescale', 'table2')
+# 'variants' (beyond the paper: `guidance_variants`, each against the uniform control) is run when named
+PARTS = ('ablation', 'sweep', 'target', 'rescale', 'table2', 'variants')
+DEFAULT_PARTS = ('ablation', 'sweep', 'target', 'rescale', 'table2')
 # the paper's Table 2 comparators (`GGAMModel(attention=...)`), trained with cross-entropy where GGAM sits
 TABLE2 = ('se', 'cbam')
 
@@ -77,6 +80,7 @@ class RunSpec:
         target: Key of `TARGETS` ('none' when lam is 0).
         channel_rescale: The channel-only head hands the classifier C * S * A (`--channel-rescale`).
         attention: 'ggam', or a Table 2 comparator ('se', 'cbam': cross-entropy only, the GGAM options unused).
+        variant: A criterion of `benchmarks.guidance_variants` in place of the GGAM loss ('': the GGAM loss).
     """
     spatial_attn: bool = True
     channel_attn: bool = True
@@ -84,13 +88,14 @@ class RunSpec:
     target: str = 'none'
     channel_rescale: bool = False
     attention: str = 'ggam'
+    variant: str = ''
 
     @property
     def key(self) -> str:
         if self.attention != 'ggam':
             return f'{self.attention}-lam0-none'
         attn = ('S' if self.spatial_attn else '') + ('C' if self.channel_attn else '') or 'plain'
-        return f'{attn}{"x" if self.channel_rescale else ""}-lam{self.lam:g}-{self.target}'
+        return f'{attn}{"x" if self.channel_rescale else ""}-lam{self.lam:g}-{self.variant or self.target}'
 
     def options(self) -> Dict[str, Any]:
         """`TrainConfig` overrides of this configuration."""
@@ -108,14 +113,15 @@ def make_spec(spatial: bool = True, channel: bool = True, lam: float = 0.0, targ
     return RunSpec(spatial, channel, float(lam), target if lam > 0 else 'none')
 
 
-def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
+def build_plan(budget: Budget, parts: Sequence[str] = DEFAULT_PARTS) -> Dict[str, Any]:
     """The configurations of each part, and the distinct configurations to train (shared ones are trained once).
 
     Returns:
         {'ablation': [(spatial, channel, loss, paper, spec)], 'sweep': [(lam, spec)], 'sweep_reference': spec,
         'target': [(target, lam, spec)], 'target_reference': spec, 'rescale': [(loss, spec)] (the channel-only
         head with the C * S gain, without and with the loss), 'table2': [(attention, spec)] (SE and CBAM, against
-        the plain head and GGAM), 'specs': [distinct specs in order]}
+        the plain head and GGAM), 'variants': [(variant, spec)] (beyond the paper, against 'variants_control', the
+        uniform control at the same lambda), 'specs': [distinct specs in order]}
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -124,7 +130,7 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
         if name not in TARGETS:
             raise ValueError(f'target {name!r} is not one of {tuple(TARGETS)}')
     reference = make_spec(True, True, 0.0)
-    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': [],
+    plan: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': [], 'variants': [],
                             'sweep_reference': reference, 'target_reference': reference}
     if 'ablation' in parts:
         # without channel attention the loss is a constant with no gradient: such a row trains exactly as its row
@@ -144,6 +150,10 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     if 'table2' in parts:  # SE and CBAM beside plain and GGAM (the paper's Table 2 compares the three)
         plan['table2'] = [(a, RunSpec(attention=a)) for a in TABLE2]
         plan.update(table2_lam=budget.lam, table2_target=budget.ablation_target)
+    if 'variants' in parts:  # each variant against the uniform control, the same lambda and seeds
+        plan['variants'] = [(v, dataclasses.replace(make_spec(True, True, budget.lam, 'literal'), variant=v))
+                            for v in VARIANTS]
+        plan['variants_control'] = make_spec(True, True, budget.lam, 'uniform')
     specs: List[RunSpec] = []
     wanted = [row[-1] for row in plan['ablation']] + [row[-1] for row in plan['rescale']]
     if plan['table2']:
@@ -152,6 +162,8 @@ def build_plan(budget: Budget, parts: Sequence[str] = PARTS) -> Dict[str, Any]:
     if plan['sweep'] or plan['target']:
         wanted.append(reference)
     wanted += [row[-1] for row in plan['sweep']] + [row[-1] for row in plan['target']]
+    if plan['variants']:
+        wanted += [plan['variants_control'], *(row[-1] for row in plan['variants'])]
     for spec in wanted:
         if spec not in specs:
             specs.append(spec)

@@ -10,13 +10,41 @@ from benchmarks.ablation_plan import TARGET_TEXT
 from benchmarks.ablation_plot import plot_sweep
 from benchmarks.ablation_stats import build_tables
 from benchmarks.common import format_value, machine_line, markdown_table
+from benchmarks.guidance_variants import VARIANT_TEXT
 from ggam_layers.train.stats import fmt_mean_std, fmt_paired, fmt_pct
 
-__all__ = ['TABLE2_TEXT', 'LOC_COLUMNS', 'write_report']
+__all__ = ['TABLE2_TEXT', 'LOC_COLUMNS', 'enters_package', 'variants_section', 'write_report']
 
 TABLE2_TEXT = {'plain': 'plain (global average pool)', 'se': 'SE (timm SEModule)', 'cbam': 'CBAM (timm CbamModule)',
                'attention': 'channel-spatial attention, no GGAM loss', 'ggam': 'GGAM (attention + loss)'}
 LOC_COLUMNS = ('peak on the eye ring', 'peak on a deciding part', 'peak in part box')
+
+
+def enters_package(paired_row: Dict[str, Any], n_seeds: int = 5) -> bool:
+    """The rule for a variant: ahead of the control on at least 4 of 5 seeds, by more than the seed spread."""
+    p = paired_row
+    return bool(p.get('n', 0) >= n_seeds and p.get('wins', 0) >= n_seeds - 1 and p['mean'] is not None
+                and p['std'] is not None and p['mean'] > p['std'])
+
+
+def variants_section(rows: List[Dict[str, Any]], lam: float) -> List[str]:
+    """Markdown of the variants against the uniform control: top-1, per seed, paired difference and the verdict."""
+    lines = ['## Beyond the paper: Grad-CAM guidance variants against the uniform control (test top-1, %)', '',
+             f'Each variant replaces the GGAM loss at λ = {lam:g} (`benchmarks/guidance_variants.py`, through '
+             '`train(cfg, loss_fn=...)`); the control is the symmetric KL towards the uniform 1/C at the same λ, '
+             'trained at the same commit with the same seeds. A variant enters the package only if it is ahead of '
+             'the control on at least 4 of 5 seeds by more than the spread of the paired difference.', '']
+    table = []
+    for r in rows:
+        per_seed = ', '.join(f'{100 * v:.2f}' for v in r['test_top1_per_seed'])
+        vs = r.get('vs_control')
+        verdict = '' if vs is None else ('enters the package' if enters_package(vs) else 'stays a reported result')
+        text = VARIANT_TEXT.get(r['variant'], 'control: symmetric KL towards the uniform 1/C, no Grad-CAM')
+        table.append([f'`{r["variant"]}`: {text}', _pct(r), per_seed, fmt_paired(vs) if vs else '',
+                      _num(r['entropy_S'], r['entropy_S_std'], 4), verdict, *_loc_cells(r)])
+    lines += markdown_table(['row', 'top-1', 'per seed', 'Δ vs control (seeds ahead)', 'H(S)', 'verdict',
+                             *LOC_COLUMNS], table)
+    return lines + ['']
 
 
 def _pct(r: Dict[str, Any], metric: str = 'test_top1') -> str:
@@ -154,6 +182,8 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
                   'Target spread: C * (max - min) of the target distribution beta~ (0: uniform; for the no-loss row, '
                   'the literal target). corr(S, β): Pearson correlation over channels per test image, averaged. '
                   f'Mean |β| of the full model without the loss: {format_value(ref["beta_abs"])}.', '']
+    if tables['variants']:
+        lines += variants_section(tables['variants'], budget.lam)
     prov = meta.get('provenance', {})
     trained = sorted({r['provenance'].get('commit', '?')[:7] for r in rows if r.get('provenance')})
     lines += ['Settings:', '', f'- budget: `{json.dumps(dataclasses.asdict(budget))}`',

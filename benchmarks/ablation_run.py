@@ -14,6 +14,7 @@ from benchmarks.ablation_budgets import IMAGENET, Budget
 from benchmarks.ablation_plan import RunSpec
 from benchmarks.channel_stats import channel_stats
 from benchmarks.common import git_provenance, source_md5
+from benchmarks.guidance_variants import variant_loss
 from benchmarks.localization import localization
 from ggam_layers.data.loader import build_transform
 from ggam_layers.data.synthetic import SyntheticFineGrained
@@ -92,7 +93,8 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
     train_ds, test_ds = _datasets(budget)
     t_data = time.process_time() - c0
     cfg = train_config(spec, budget, seed, run_dir, threads, device, data_path)
-    res = train(cfg, train_ds, test_ds)
+    loss_fn = variant_loss(spec.variant, spec.lam, cfg.label_smoothing) if spec.variant else None
+    res = train(cfg, train_ds, test_ds, loss_fn=loss_fn)
     t_train = time.process_time() - c0 - t_data
     model, _ = load_checkpoint(run_dir)
     model.eval().to(device)
@@ -103,8 +105,9 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
     stats = channel_stats(model, images, labels, spec)
     loc = localization(model, test_ds)
     row = {
-        'key': spec.key, 'seed': seed, 'attention': spec.attention, 'spatial_attn': spec.spatial_attn,
-        'channel_attn': spec.channel_attn, 'lam': spec.lam, 'target': spec.target, **spec.options(),
+        'key': spec.key, 'seed': seed, 'attention': spec.attention, 'variant': spec.variant,
+        'spatial_attn': spec.spatial_attn, 'channel_attn': spec.channel_attn, 'lam': spec.lam, 'target': spec.target,
+        **spec.options(),
         'test_top1': res['test_top1'], 'test_top5': res['test_top5'], 'test_loss': res['test_loss'],
         'train_top1': res['train_top1'], 'train_ce': res['train_ce'], 'train_ggam': res['train_ggam'],
         **stats,

@@ -45,7 +45,7 @@ def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[s
     """The three result tables (lists of dicts) from the per-run rows."""
     ref = plan['sweep_reference'].key
     base = make_spec(False, False, 0.0).key
-    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': []}
+    tables: Dict[str, Any] = {'ablation': [], 'sweep': [], 'target': [], 'rescale': [], 'table2': [], 'variants': []}
     if plan.get('table2'):
         ggam = make_spec(True, True, plan['table2_lam'], plan['table2_target'])
         heads = [('plain', make_spec(False, False, 0.0)), *plan['table2'], ('attention', plan['sweep_reference']),
@@ -54,6 +54,12 @@ def build_tables(rows: Sequence[Dict[str, Any]], plan: Dict[str, Any]) -> Dict[s
             tables['table2'].append({'attention': attention, **summarise(rows, spec.key),
                                      'vs_baseline': paired_difference(rows, spec.key, base),
                                      'ggam_vs': paired_difference(rows, ggam.key, spec.key)})
+    if plan.get('variants'):
+        control = plan['variants_control']
+        tables['variants'].append({'variant': 'uniform', **summarise(rows, control.key)})
+        for variant, spec in plan['variants']:
+            tables['variants'].append({'variant': variant, **summarise(rows, spec.key),
+                                       'vs_control': paired_difference(rows, spec.key, control.key)})
     for loss, spec in plan.get('rescale', []):
         unscaled = dataclasses.replace(spec, channel_rescale=False).key
         tables['rescale'].append({'ggam_loss': loss, **summarise(rows, spec.key),

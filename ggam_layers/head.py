@@ -55,12 +55,15 @@ class GGAMOutput(NamedTuple):
         cam_weights: Grad-CAM weights beta of the explained class, B x C, detached, before squashing.
         spatial_weights: T, B x H x W, attached.
         classes: The class explained by `cam_weights` per sample, B.
+        features: A, the B x C x H x W features the head explained, as given (attached: detach it to build a target
+            from it, such as the Grad-CAM map relu(sum_c beta_c A_c)).
     """
     logits: torch.Tensor
     channel_weights: torch.Tensor
     cam_weights: torch.Tensor
     spatial_weights: torch.Tensor
     classes: torch.Tensor
+    features: Optional[torch.Tensor] = None
 
 
 def closed_form_cam_weights(
@@ -327,7 +330,7 @@ class GGAMHead(nn.Module):
             classes = select_classes(logits, classes)
             beta = closed_form_cam_weights(
                 x, self.attn, res, self.fc.weight[classes], self.pool_type == 'avg', self.cam_layer)
-            return GGAMOutput(logits, res.channel_weights, beta.to(x.dtype), res.spatial_weights, classes)
+            return GGAMOutput(logits, res.channel_weights, beta.to(x.dtype), res.spatial_weights, classes, x)
 
         if self.cam_layer == 'attended':
             res = self.attn.attend(x)
@@ -341,7 +344,7 @@ class GGAMHead(nn.Module):
 
             cam = grad_cam_weights(x, head, classes)
             res = results[-1]
-        return GGAMOutput(cam.scores, res.channel_weights, cam.weights, res.spatial_weights, cam.classes)
+        return GGAMOutput(cam.scores, res.channel_weights, cam.weights, res.spatial_weights, cam.classes, x)
 
     def _fused_forward_ggam(self, x: torch.Tensor, classes: Optional[torch.Tensor]) -> GGAMOutput:
         b, _, h, w = x.shape
@@ -354,7 +357,7 @@ class GGAMHead(nn.Module):
             x, self.fc.weight[classes], s, t, m, u, z1, attn.fc1.weight if attn.channel_attn else None,
             attn.fc2.weight if attn.channel_attn else None, float(attn.temperature), attn.spatial_norm,
             attn.spatial_attn, self._kappa(x), float(attn.eps), self.cam_layer, self._gain(x))
-        return GGAMOutput(logits, s.to(dtype), beta.to(x.dtype), t.view(b, h, w).to(dtype), classes)
+        return GGAMOutput(logits, s.to(dtype), beta.to(x.dtype), t.view(b, h, w).to(dtype), classes, x)
 
 
 def fused_self_test(device: Union[str, torch.device]) -> Optional[str]:

@@ -195,6 +195,7 @@ def train(
         train_dataset: Any = None,
         eval_dataset: Any = None,
         command: Optional[str] = None,
+        loss_fn: Optional[nn.Module] = None,
 ) -> Dict[str, Any]:
     """Train one model (GGAM, or the plain backbone with `cfg.plain`) and evaluate it.
 
@@ -207,6 +208,10 @@ def train(
         train_dataset: Use this training dataset (PIL images, no transform) instead of building it from `cfg`.
         eval_dataset: Likewise for evaluation.
         command: Command line to record as the recipe in config.json.
+        loss_fn: A criterion in place of `GGAMLoss(lam, target, label_smoothing)` for a GGAM model (research on new
+            targets): `loss_fn.terms(out, y)` gets the `forward_ggam` output and the targets (soft ones under mixup /
+            cutmix) and returns `GGAMLossTerms(loss, ce, ggam)`. It is not recorded in config.json: a run trained
+            with it says so in its log and in results.json (`loss_fn`).
 
     Returns:
         Final metrics: test_top1, test_top5, test_loss, train_loss, train_ce, train_ggam, train_top1, best_test_top1,
@@ -218,7 +223,7 @@ def train(
     try:
         cfg = _resolve_output(cfg, info)
         with claim_output(Path(cfg.output), info):
-            return _train(cfg, info, train_dataset, eval_dataset, command)
+            return _train(cfg, info, train_dataset, eval_dataset, command, loss_fn)
     finally:
         cleanup_distributed(info)
 
@@ -255,7 +260,7 @@ class _Parts:
     optimizer: torch.optim.Optimizer
     scaler: Any
     amp_dtype: Optional[torch.dtype]
-    loss_fn: GGAMLoss
+    loss_fn: nn.Module
     fwd: nn.Module
     opts: StepOptions
     step_state: StepState
@@ -272,12 +277,13 @@ class _Parts:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, command: Optional[str]) -> Dict[str, Any]:
+def _train(cfg: TrainConfig, info: DistInfo, train_ds: Any, eval_ds: Any, command: Optional[str],
+           loss_fn: Optional[nn.Module] = None) -> Dict[str, Any]:
     """One run in its claimed folder, in four phases: set up, build (data, then model; every check comes before the
     first write, so a refused run writes nothing), fit, finish."""
     run = _set_up(cfg, info)
     data = _build_data(run, train_ds, eval_ds)
-    parts = _build(run, data, command)
+    parts = _build(run, data, command, loss_fn)
     t_run = time.perf_counter()
     last_eval = _fit(run, parts)
     return _finish(run, data, parts, last_eval, t_run)
@@ -319,7 +325,7 @@ def _build_data(run: _Run, train_ds: Any, eval_ds: Any) -> _Data:
     return _Data(scanned['train'], scanned['eval'], num_classes, skipped)
 
 
-def _build(run: _Run, data: _Data, command: Optional[str]) -> _Parts:
+def _build(run: _Run, data: _Data, command: Optional[str], custom_loss: Optional[nn.Module] = None) -> _Parts:
     """The model, its optimizer and loss and a resumed run's state (the last checks), then the run directory, the
     generated images, the loaders and the metrics files."""
     cfg, info = run.cfg, run.info
@@ -331,6 +337,12 @@ def _build(run: _Run, data: _Data, command: Optional[str]) -> _Parts:
     # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
     smoothing = 0.0 if mixup is not None else cfg.label_smoothing
     loss_fn = GGAMLoss(lam=cfg.lam, target=cfg.loss_target(), label_smoothing=smoothing)
+    if custom_loss is not None:
+        if not callable(getattr(custom_loss, 'terms', None)):
+            raise TypeError(f'loss_fn must have terms(out, y) -> GGAMLossTerms, got {type(custom_loss).__name__}')
+        if run.show:
+            _logger.info('loss: %s (loss_fn given to train(); not recorded in config.json)', _loss_name(custom_loss))
+        loss_fn = custom_loss
     start_epoch, history, skipped_steps = _resume(run, model, ema, optimizer, scaler)
 
     # the run directory, then the data
@@ -490,6 +502,12 @@ def _save_epoch(run: _Run, parts: _Parts, guard: InterruptGuard, epochs_done: in
         parts.metrics_writer.write(parts.history)
 
 
+def _loss_name(loss_fn: nn.Module) -> str:
+    """How a criterion given to `train()` is named in the log and in results.json: its class and repr."""
+    cls = type(loss_fn)
+    return f'{cls.__module__}.{cls.__qualname__}: {" ".join(repr(loss_fn).split())[:200]}'
+
+
 def _finish(run: _Run, data: _Data, parts: _Parts, last_eval: Dict[str, Any], t_run: float) -> Dict[str, Any]:
     """The run's result (its wall time counted from `t_run`, a `time.perf_counter()`); on rank 0 also results.json,
     the per-class report and the metrics in config.json."""
@@ -500,7 +518,8 @@ def _finish(run: _Run, data: _Data, parts: _Parts, last_eval: Dict[str, Any], t_
     result.update(skipped_train_images=data.skipped['train'], skipped_eval_images=data.skipped['eval'],
                   skipped_files=data.skipped['files'], skipped_steps=parts.step_state.skipped,
                   weights='ema' if ema is not None else 'model',
-                  model_ema_decay=cfg.model_ema_decay if ema is not None else None)
+                  model_ema_decay=cfg.model_ema_decay if ema is not None else None,
+                  loss_fn=None if isinstance(parts.loss_fn, GGAMLoss) else _loss_name(parts.loss_fn))
     if last_eval:  # what fine-grained papers report beside top-1 (the CSV files: report.py)
         result.update(test_mean_per_class_top1=last_eval['mean_per_class_top1'],
                       test_per_class_top1=last_eval['per_class_top1'])
