@@ -19,7 +19,8 @@ from benchmarks.localization import localization
 from ggam_layers.data.loader import build_transform
 from ggam_layers.data.synthetic import SyntheticFineGrained
 
-__all__ = ['PROVENANCE_FILES', 'train_config', 'run_one', 'run_provenance', 'budget_id', 'device_name']
+__all__ = ['PROVENANCE_FILES', 'train_config', 'run_one', 'run_provenance', 'budget_id', 'device_name',
+           'study_datasets']
 
 # the files that decide the numbers: their md5 and uncommitted changes are recorded with every run
 PROVENANCE_FILES = (
@@ -56,7 +57,7 @@ def train_config(spec: RunSpec, budget: Budget, seed: int, output: str, threads:
 _DATA: Dict[Budget, Tuple[SyntheticFineGrained, SyntheticFineGrained]] = {}
 
 
-def _datasets(budget: Budget) -> Tuple[SyntheticFineGrained, SyntheticFineGrained]:
+def study_datasets(budget: Budget) -> Tuple[SyntheticFineGrained, SyntheticFineGrained]:
     key = dataclasses.replace(budget, seeds=(), lambdas=(), target_lambdas=(), targets=())
     if key not in _DATA:
         _DATA.clear()
@@ -90,7 +91,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
 
     torch.set_num_threads(threads)
     t0, c0 = time.perf_counter(), time.process_time()
-    train_ds, test_ds = _datasets(budget)
+    train_ds, test_ds = study_datasets(budget)
     t_data = time.process_time() - c0
     cfg = train_config(spec, budget, seed, run_dir, threads, device, data_path)
     loss_fn = variant_loss(spec.variant, spec.lam, cfg.label_smoothing) if spec.variant else None
