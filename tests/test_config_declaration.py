@@ -21,6 +21,7 @@ from ggam_layers.train.config import (
     AMP_DTYPES,
     CAM_CLASSES,
     CROP_MODES,
+    GUIDES,
     MIXUP_MODES,
     PRESET_NOTES,
     PRESETS,
@@ -58,7 +59,8 @@ PRESETS_LITERAL = {
 CHOICES = {'crop_mode': CROP_MODES, 'train_aug': TRAIN_AUGS, 'mixup_mode': MIXUP_MODES, 'attention': ATTENTIONS,
            'spatial_norm': SPATIAL_NORMS, 'pool_type': POOL_TYPES, 'cam_layer': CAM_LAYERS,
            'cam_target': tuple(CAM_TARGETS), 'squash': SQUASHES, 'kl': KL_MODES, 'target_norm': TARGET_NORMS,
-           'cam_class': CAM_CLASSES, 'sched': SCHEDULES, 'amp_dtype': AMP_DTYPES, 'data_path': DATA_PATHS}
+           'cam_class': CAM_CLASSES, 'sched': SCHEDULES, 'amp_dtype': AMP_DTYPES, 'data_path': DATA_PATHS,
+           'guide': GUIDES}
 # the range checks `validate` made by hand before the declarations
 CHECKS = {
     **dict.fromkeys(('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints',

@@ -1,4 +1,5 @@
-"""The Grad-CAM guidance variant of the ImageNet study (benchmarks/guidance_variants.py) and `train(loss_fn=...)`."""
+"""Spatial Grad-CAM guidance (`ggam_layers.spatial_guidance`, `--guide spatial`), the ImageNet study's variant
+(benchmarks/guidance_variants.py) and `train(loss_fn=...)`."""
 import dataclasses
 import json
 
@@ -77,7 +78,7 @@ def test_train_takes_a_criterion_and_records_it(tmp_path):
                                   dataset_kwargs={'num_classes': 4, 'samples_per_class': 6})
     res = train(cfg, loss_fn=gv.SpatialGuidanceLoss(lam=1.0))
     saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
-    assert saved['loss_fn'].startswith('benchmarks.guidance_variants.SpatialGuidanceLoss: SpatialGuidanceLoss( lam=1.0')
+    assert saved['loss_fn'].startswith('ggam_layers.spatial_guidance.SpatialGuidanceLoss: SpatialGuidanceLoss( lam=1.0')
     assert res['train_ggam'] is not None and res['train_ggam'] > 0
     with pytest.raises(TypeError, match='loss_fn must have terms'):
         train(dataclasses.replace(cfg, output=str(tmp_path / 'bad')), loss_fn=torch.nn.CrossEntropyLoss())
@@ -106,3 +107,23 @@ def test_the_entry_rule(per_seed, enters):
     from ggam_layers.train.stats import paired
     diffs = paired({i: 0.5 + d for i, d in enumerate(per_seed)}, {i: 0.5 for i in range(len(per_seed))})
     assert report.enters_package(diffs) is enters
+
+
+def test_guide_spatial_is_the_variant_the_study_trained(tmp_path):
+    """`--guide spatial` (TrainConfig.guide) trains with `SpatialGuidanceLoss`: the same weights as passing it."""
+    from ggam_layers.hub import load_checkpoint
+
+    base = dict(model='test_resnet', img_size=64, epochs=1, batch_size=8, eval_batch_size=16, threads=1,
+                progress=False, dataset_kwargs={'num_classes': 4, 'samples_per_class': 6})
+    by_flag = train(TrainConfig.from_preset('synthetic', **base, guide='spatial', output=str(tmp_path / 'a')))
+    by_hook = train(TrainConfig.from_preset('synthetic', **base, output=str(tmp_path / 'b')),
+                    loss_fn=gv.SpatialGuidanceLoss(lam=1.0))
+    assert by_flag['train_ggam'] == by_hook['train_ggam'] and by_flag['test_top1'] == by_hook['test_top1']
+    a, b = load_checkpoint(tmp_path / 'a')[0].state_dict(), load_checkpoint(tmp_path / 'b')[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = json.loads((tmp_path / 'a' / 'results.json').read_text())
+    assert saved['loss_fn'] is None  # a built-in loss: config.json's guide says which
+    with pytest.raises(ValueError, match='--guide spatial .* --cam-target standardized'):
+        TrainConfig.from_preset('synthetic', guide='spatial', cam_target='standardized').validate()
+    with pytest.raises(ValueError, match='--guide spatial .* --no-spatial-attn'):
+        TrainConfig.from_preset('synthetic', guide='spatial', spatial_attn=False).validate()

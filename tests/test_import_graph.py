@@ -14,7 +14,7 @@ import ggam_layers
 
 PKG = Path(ggam_layers.__file__).resolve().parent
 CORE = {'_trace', '_timm_compat', 'attention', 'attn_head', 'closed_form', 'gradcam', 'loss', 'head', 'kernels',
-        '_features', 'model', 'registry', ''}
+        '_features', 'model', 'registry', 'spatial_guidance', ''}
 RANKS = {'core': 0, '_files': 0, '_lock': 0, 'data': 1, 'hub': 2, 'viz': 3, 'predict': 4, 'train': 5, 'cli': 6,
          '__main__': 6}
 

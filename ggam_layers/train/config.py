@@ -24,7 +24,7 @@ from .loop import AMP_DTYPE_ALIASES
 from .options import build_presets, check_value, config_doc, field_default, is_optional, option, option_spec
 
 __all__ = ['TrainConfig', 'PRESETS', 'PRESET_NOTES', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES',
-           'CAM_CLASSES', 'MIXUP_MODES', 'CROP_MODES']
+           'CAM_CLASSES', 'MIXUP_MODES', 'CROP_MODES', 'GUIDES']
 
 _logger = logging.getLogger('ggam_layers.train')
 
@@ -37,6 +37,7 @@ SCHEDULES = ('cosine', 'none', 'tanh', 'step', 'multistep', 'poly', 'constant')
 MIXUP_MODES = ('batch', 'pair', 'elem')
 AMP_DTYPES = tuple(AMP_DTYPE_ALIASES)  # auto, bfloat16 / bf16, float16 / fp16 / half (amp_dtype_for normalises)
 CAM_CLASSES = ('pred', 'label')
+GUIDES = ('channel', 'spatial')  # `guide`: GGAMLoss (the paper) or SpatialGuidanceLoss (a package variant)
 CROP_MODES = ('center', 'squash', 'border')  # timm's evaluation crop modes (`timm.data.transforms_factory`)
 
 # preset name -> what it is and where each value comes from; the presets' values are in the field declarations
@@ -188,6 +189,11 @@ class TrainConfig:
 
     lam: float = _loss(1.0, 'Weight lambda of L_GGAM (0: the attention is trained with cross-entropy only).',
                        check='>=0', shortcuts={'--no-ggam-loss': (0.0, 'Ablation: lambda = 0 (the same as --lam 0).')})
+    guide: str = _loss(
+        'channel', "What the Grad-CAM guidance supervises: channel (the paper: S towards the target of --cam-target, "
+        '`GGAMLoss`) or spatial (a package variant: T towards the normalised Grad-CAM map relu(sum_c beta_c A_c), '
+        '`SpatialGuidanceLoss`; free of the scale of beta; measured in benchmarks/README.md, "Beyond the paper").',
+        choices=GUIDES)
     cam_target: Optional[str] = _loss(
         None, 'The Grad-CAM target of `GGAMLoss` by name: paper (eq. 5 as written), authors (their code), '
         'standardized (beta standardised per sample), uniform (the control: KL towards 1/C, no Grad-CAM). None '
@@ -378,6 +384,15 @@ class TrainConfig:
                 raise ValueError(f'--cam-target {self.cam_target} (cam_target) names the whole target, and '
                                  f'{", ".join(flag(k, v) for k, v in changed.items())} sets a part of it: drop one '
                                  'of the two')
+        if self.guide == 'spatial':
+            target = {k: getattr(self, k) for k in ('cam_target', 'squash', 'kl', 'target_norm', 'cam_temperature')}
+            set_ = {k: v for k, v in target.items() if v != _FIELD_DEFAULTS[k]}
+            if set_:
+                raise ValueError(f'--guide spatial (guide) pulls T towards the Grad-CAM map and has no channel target, '
+                                 f'and {", ".join(flag(k, v) for k, v in set_.items())} sets one: drop one of the two')
+            if not self.spatial_attn:
+                raise ValueError('--guide spatial (guide) supervises the spatial map T, and --no-spatial-attn '
+                                 '(spatial_attn) removes it: drop one of the two')
         if self.plain and self.attention != 'ggam':
             raise ValueError(f'--plain (plain) trains the timm model without a head attention, and --attention '
                              f'{self.attention} (attention) puts one there: drop one of the two')

@@ -27,6 +27,7 @@ from ..data.loader import EpochSampler, SeededTransformDataset, ShardSampler, bu
 from ..head import fused_self_test
 from ..loss import GGAMLoss
 from ..model import GGAMModel
+from ..spatial_guidance import SpatialGuidanceLoss
 from .build import (
     build_datasets,
     build_model,
@@ -270,6 +271,7 @@ class _Parts:
     start_epoch: int
     history: List[Dict[str, Any]]
     metrics_writer: Optional[MetricsWriter]
+    custom_loss: bool = False  # loss_fn came from train(loss_fn=...), not from the config
 
     @property
     def eval_model(self) -> nn.Module:
@@ -336,7 +338,10 @@ def _build(run: _Run, data: _Data, command: Optional[str], custom_loss: Optional
     mixup = build_mixup(cfg, data.num_classes)
     # under mixup / cutmix the targets carry the label smoothing (timm's Mixup makes them)
     smoothing = 0.0 if mixup is not None else cfg.label_smoothing
-    loss_fn = GGAMLoss(lam=cfg.lam, target=cfg.loss_target(), label_smoothing=smoothing)
+    if cfg.guide == 'spatial':
+        loss_fn: nn.Module = SpatialGuidanceLoss(lam=cfg.lam, label_smoothing=smoothing)
+    else:
+        loss_fn = GGAMLoss(lam=cfg.lam, target=cfg.loss_target(), label_smoothing=smoothing)
     if custom_loss is not None:
         if not callable(getattr(custom_loss, 'terms', None)):
             raise TypeError(f'loss_fn must have terms(out, y) -> GGAMLossTerms, got {type(custom_loss).__name__}')
@@ -371,7 +376,7 @@ def _build(run: _Run, data: _Data, command: Optional[str], custom_loss: Optional
     if metrics_writer is not None and history:
         metrics_writer.write(history)  # drop rows of epochs after the checkpoint a killed run had logged
     return _Parts(model, ema, optimizer, scaler, amp_dtype, loss_fn, fwd, opts, step_state, train_loader, eval_loader,
-                  steps_per_epoch, start_epoch, history, metrics_writer)
+                  steps_per_epoch, start_epoch, history, metrics_writer, custom_loss is not None)
 
 
 def _build_model(run: _Run, data: _Data, command: Optional[str]
@@ -519,7 +524,7 @@ def _finish(run: _Run, data: _Data, parts: _Parts, last_eval: Dict[str, Any], t_
                   skipped_files=data.skipped['files'], skipped_steps=parts.step_state.skipped,
                   weights='ema' if ema is not None else 'model',
                   model_ema_decay=cfg.model_ema_decay if ema is not None else None,
-                  loss_fn=None if isinstance(parts.loss_fn, GGAMLoss) else _loss_name(parts.loss_fn))
+                  loss_fn=_loss_name(parts.loss_fn) if parts.custom_loss else None)
     if last_eval:  # what fine-grained papers report beside top-1 (the CSV files: report.py)
         result.update(test_mean_per_class_top1=last_eval['mean_per_class_top1'],
                       test_per_class_top1=last_eval['per_class_top1'])
