@@ -146,8 +146,8 @@ BUDGETS: Dict[str, Budget] = {
                         weight_decay=5e-4, ablation_target='literal', lambdas=(1, 3, 9), target_lambdas=(1,),
                         seeds=(0, 1, 2, 3, 4), targets=('literal', 'authors', 'standardize', 'uniform'),
                         pretrained=IMAGENET, backbone_lr_scale=0.1),
-    # imagenet7 at output stride 8: the paper's 14 x 14 map on 2 CPU cores (about 2.5x imagenet7's CPU time); its
-    # plain head is not yet calibrated against the 60-85% band
+    # imagenet7 at output stride 8: the paper's 14 x 14 map on 2 CPU cores (about 1000 CPU-s a run, 4.5x imagenet7's);
+    # calibrated on the same data: the plain head at 79.0% (seed 0) and 76.7% (seed 1), inside the 60-85% band
     'imagenet14': Budget(backbone='tf_efficientnet_lite0', output_stride=8, img_size=112, num_classes=10,
                          train_per_class=30, test_per_class=30, difficulty=0.5, epochs=10, batch_size=20, opt='sgd',
                          lr=0.1, weight_decay=5e-4, ablation_target='literal', lambdas=(1,), target_lambdas=(1,),
