@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .loss import GGAMLoss, GGAMLossTerms
+from .loss import GGAMLossTerms
 
 __all__ = ['SpatialGuidanceLoss', 'gradcam_position_target']
 
@@ -47,7 +48,7 @@ class SpatialGuidanceLoss(nn.Module):
             raise ValueError(f'lam must be >= 0, got {lam}')
         self.lam = lam
         self.eps = eps
-        self.ce = GGAMLoss(lam=0.0, label_smoothing=label_smoothing)  # the cross-entropy as GGAMLoss computes it
+        self.label_smoothing = label_smoothing
 
     def divergence(self, output: Any) -> torch.Tensor:
         """1/2 (KL(T || M) + KL(M || T)), averaged over the batch."""
@@ -56,16 +57,20 @@ class SpatialGuidanceLoss(nn.Module):
         t = t.to(dtype)
         t = t / t.sum(1, keepdim=True)  # a softmax or sum T sums to 1 already; a sigmoid T does not
         m = gradcam_position_target(output.cam_weights, output.features, self.eps).to(dtype)
-        log_t = t.clamp_min(torch.finfo(dtype).tiny).log()
-        kl_tm = (t * (log_t - m.log())).sum(1)
-        kl_mt = (m * (m.log() - log_t)).sum(1)
+        log_t, log_m = t.clamp_min(torch.finfo(dtype).tiny).log(), m.log()
+        kl_tm = (t * (log_t - log_m)).sum(1)
+        kl_mt = (m * (log_m - log_t)).sum(1)
         return (0.5 * (kl_tm + kl_mt)).mean()
 
     def terms(self, output: Any, target: torch.Tensor) -> GGAMLossTerms:
         if getattr(output, 'features', None) is None:
             raise TypeError('SpatialGuidanceLoss needs a forward_ggam output with features (ggam_layers >= this '
                             'release)')
-        ce = self.ce.terms(output, target).ce
+        # the cross-entropy as `ggam_loss` computes it (in at least float32), without its channel term
+        def upcast(x: torch.Tensor) -> torch.Tensor:
+            return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y = upcast(target) if target.is_floating_point() else target
+        ce = F.cross_entropy(upcast(output.logits), y, label_smoothing=self.label_smoothing)
         div = self.divergence(output)
         return GGAMLossTerms(ce + self.lam * div.to(ce.dtype), ce, div)
 
