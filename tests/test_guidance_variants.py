@@ -78,7 +78,8 @@ def test_train_takes_a_criterion_and_records_it(tmp_path):
                                   dataset_kwargs={'num_classes': 4, 'samples_per_class': 6})
     res = train(cfg, loss_fn=gv.SpatialGuidanceLoss(lam=1.0))
     saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
-    assert saved['loss_fn'].startswith('ggam_layers.spatial_guidance.SpatialGuidanceLoss: SpatialGuidanceLoss(lam=1.0, eps=0.001)')
+    expected = 'ggam_layers.spatial_guidance.SpatialGuidanceLoss: SpatialGuidanceLoss(lam=1.0, eps=0.001)'
+    assert saved['loss_fn'].startswith(expected)
     assert res['train_ggam'] is not None and res['train_ggam'] > 0
     with pytest.raises(TypeError, match='loss_fn must have terms'):
         train(dataclasses.replace(cfg, output=str(tmp_path / 'bad')), loss_fn=torch.nn.CrossEntropyLoss())
