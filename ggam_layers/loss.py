@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['CAM_TARGETS', 'CamTarget', 'GGAMLoss', 'GGAMLossTerms', 'cam_log_target', 'ggam_divergence', 'ggam_loss',
-           'resolve_cam_target', 'target_log_probs', 'SQUASHES', 'KL_MODES', 'TARGET_NORMS']
+__all__ = ['CAM_TARGETS', 'CamTarget', 'GGAMLoss', 'GGAMLossTerms', 'cam_log_target', 'classification_loss',
+           'ggam_divergence', 'ggam_loss', 'resolve_cam_target', 'target_log_probs', 'SQUASHES', 'KL_MODES',
+           'TARGET_NORMS']
 
 SQUASHES = ('sigmoid', 'softmax')
 KL_MODES = ('symmetric', 'forward', 'reverse')
@@ -182,6 +183,13 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
+                        reduction: str = 'mean') -> torch.Tensor:
+    """The cross-entropy term of every package loss, in at least float32 (class indices or soft targets)."""
+    y = _upcast(target) if target.is_floating_point() else target
+    return F.cross_entropy(_upcast(logits), y, label_smoothing=label_smoothing, reduction=reduction)
+
+
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == 'mean':
         return x.mean()
@@ -284,9 +292,7 @@ def ggam_loss(
         for name, x in (('logits', logits), ('channel_weights', channel_weights), ('cam_weights', cam_weights)):
             if not torch.isfinite(x).all():
                 raise ValueError(f'{name} holds non-finite values (inf or NaN)')
-    ce = F.cross_entropy(
-        _upcast(logits), _upcast(target) if target.is_floating_point() else target,
-        label_smoothing=label_smoothing, reduction=reduction)
+    ce = classification_loss(logits, target, label_smoothing, reduction)
     div = ggam_divergence(channel_weights, cam_weights, squash, kl, target_norm, temperature, reduction, cam_target)
     return GGAMLossTerms(ce + lam * div, ce, div)
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .loss import GGAMLossTerms
+from .loss import GGAMLossTerms, classification_loss
 
 __all__ = ['SpatialGuidanceLoss', 'gradcam_position_target']
 
@@ -66,11 +65,7 @@ class SpatialGuidanceLoss(nn.Module):
         if getattr(output, 'features', None) is None:
             raise TypeError('SpatialGuidanceLoss needs a forward_ggam output with features (ggam_layers >= this '
                             'release)')
-        # the cross-entropy as `ggam_loss` computes it (in at least float32), without its channel term
-        def upcast(x: torch.Tensor) -> torch.Tensor:
-            return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        y = upcast(target) if target.is_floating_point() else target
-        ce = F.cross_entropy(upcast(output.logits), y, label_smoothing=self.label_smoothing)
+        ce = classification_loss(output.logits, target, self.label_smoothing)
         div = self.divergence(output)
         return GGAMLossTerms(ce + self.lam * div.to(ce.dtype), ce, div)
 
