@@ -8,6 +8,7 @@ from reference import ref_attention, ref_beta, ref_ggam_divergence, ref_loss
 
 from ggam_layers import ChannelSpatialAttention, GGAMHead, GGAMLoss, ggam_divergence, ggam_loss, grad_cam_weights
 from ggam_layers.attention import parts_name
+from ggam_layers.loss import classification_loss
 
 NORMS = ('softmax', 'sum', 'sigmoid')
 SWITCHES = ((True, True), (True, False), (False, True), (False, False))
@@ -278,6 +279,27 @@ def test_loss_module_equals_functional_and_reductions():
     assert none.loss.shape == (3,)
     torch.testing.assert_close(none.loss.mean(), terms.loss)
     torch.testing.assert_close(none.loss.sum(), summed.loss)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_classification_loss_is_the_float32_cross_entropy(dtype, smoothing):
+    g = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(4, 6, generator=g)).to(dtype)
+    labels = torch.tensor([0, 5, 2, 2])
+    # reference from the definition in float64: -sum_k q_k log softmax(z)_k, q the smoothed one-hot
+    z = logits.double()
+    q = torch.nn.functional.one_hot(labels, 6).double() * (1 - smoothing) + smoothing / 6
+    ref = -(q * z.log_softmax(1)).sum(1)
+    per_sample = classification_loss(logits, labels, smoothing, reduction='none')
+    assert per_sample.dtype == torch.float32 and per_sample.shape == (4,)
+    torch.testing.assert_close(per_sample.double(), ref, rtol=1e-6, atol=1e-6)
+    mean = classification_loss(logits, labels, smoothing)
+    torch.testing.assert_close(mean.double(), ref.mean(), rtol=1e-6, atol=1e-6)
+    # soft targets (mixup / cutmix): the same sum with the given distribution
+    soft = torch.rand(4, 6, generator=g).softmax(1)
+    torch.testing.assert_close(classification_loss(logits, soft.to(dtype), reduction='sum').double(),
+                               -(soft.to(dtype).double() * z.log_softmax(1)).sum(), rtol=1e-6, atol=1e-6)
 
 
 def test_loss_beta_carries_no_gradient():
