@@ -81,6 +81,18 @@ def _loc_cells(r: Dict[str, Any]) -> List[str]:
     return [cell('eye_ring_half_stride'), cell('decisive_half_stride'), cell('box_strict')]
 
 
+def runs_time_note(meta: Dict[str, Any]) -> str:
+    """The runs' own CPU time, and a warning where the invocations logged cover less than the runs reported."""
+    runs_cpu = meta.get('cpu_s_runs')
+    if runs_cpu is None:
+        return ''
+    note = f'The runs themselves: {runs_cpu:.0f} CPU s, summed over the runs.'
+    if meta['cpu_s'] < runs_cpu:
+        note += (' The invocations logged in the work folder account for less: a study still training when this '
+                 'report was written (its invocation is logged when it ends).')
+    return note
+
+
 def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dict[str, Any], budget: Budget,
                  meta: Dict[str, Any]) -> List[Path]:
     """Write `<name>.json`, `<name>.md` and `<name>_lambda.png`; returns the paths."""
@@ -105,7 +117,7 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              f'Time: {meta["runs"]} runs, wall {meta["wall_s"]:.0f} s, CPU {meta["cpu_s"]:.0f} s (all processes; '
              f'{len(meta["invocations"])} invocation(s), {meta["jobs"]} job(s) x {meta["threads"]} thread(s)); '
              f'CPU / 2 = {meta["cpu_s"] / 2:.0f} s estimates the wall time on 2 otherwise idle cores (the wall time '
-             'is longer where other processes share the cores).', '',
+             f'is longer where other processes share the cores). {runs_time_note(meta)}', '',
              f'Cells: mean ± standard deviation over {n_seeds} seeds. Δ: paired difference to the reference row '
              'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): entropy of the '
              'channel attention over log C (1 = uniform).', '',

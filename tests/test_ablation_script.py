@@ -125,6 +125,8 @@ def test_quick_rerun_reuses_finished_runs(quick_report):
     data = json.loads((out / 'again' / 'ablation_quick.json').read_text())
     assert data['meta']['runs_trained'] == 0 and data['meta']['runs_reused'] == len(data['runs']) > 0
     assert len(data['meta']['invocations']) == 1  # the time reported is that of the run that trained them
+    md = (out / 'again' / 'ablation_quick.md').read_text()
+    assert f"The runs themselves: {data['meta']['cpu_s_runs']:.0f} CPU s" in md and 'still training' not in md
 
 
 def test_channel_stats_matches_a_direct_computation():
@@ -211,6 +213,15 @@ def test_wall_time_of_overlapping_invocations_is_their_union():
 
 
 @pytest.mark.slow
+def test_time_line_names_the_runs_own_cpu_and_a_study_still_training():
+    from benchmarks.ablation_report import runs_time_note
+    finished = runs_time_note({'cpu_s': 1300.0, 'cpu_s_runs': 1200.4})
+    assert '1200 CPU s' in finished and 'still training' not in finished
+    mid_study = runs_time_note({'cpu_s': 3.0, 'cpu_s_runs': 1200.4})  # --report-only while the study trains
+    assert '1200 CPU s' in mid_study and 'still training' in mid_study
+    assert runs_time_note({'cpu_s': 3.0}) == ''  # a report from before the runs' CPU time was kept
+
+
 def test_finetune_quick_budget_fine_tunes_the_shipped_backbone(tmp_path):
     """The fine-tuning budget end to end, tiny: every run starts from the pretrained backbone the package ships."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
@@ -246,6 +257,23 @@ def test_fine_tuning_budgets_differ_only_where_the_study_says():
     assert cpu14.img_size // cpu14.output_stride == 14 and cpu14.pretrained == ft.pretrained
     same = ('img_size', 'difficulty', 'train_per_class', 'epochs', 'batch_size', 'lr', 'backbone_lr_scale', 'opt')
     assert all(getattr(cpu14, k) == getattr(ft, k) for k in same)
+
+
+def test_imagenet_budgets_differ_only_where_the_study_says():
+    """Every ImageNet budget is imagenet7's backbone and recipe; the converged ones change the data and the epochs, the
+    14 x 14 ones the output stride (or the image size on the GPU), nothing else."""
+    import dataclasses
+
+    base, conv = abl.BUDGETS['imagenet7'], abl.BUDGETS['imagenet7_converged']
+    assert dataclasses.replace(base, train_per_class=20, test_per_class=100, epochs=40) == conv
+    assert dataclasses.replace(base, epochs=20, targets=('literal', 'uniform')) == abl.BUDGETS['imagenet7_long']
+    rows14 = dict(lambdas=(1,), seeds=(0, 1, 2), targets=('literal', 'uniform'))
+    assert dataclasses.replace(base, output_stride=8, **rows14) == abl.BUDGETS['imagenet14']
+    conv14 = abl.BUDGETS['imagenet14_converged']
+    assert dataclasses.replace(conv, output_stride=8, **rows14) == conv14
+    assert conv14.img_size // conv14.output_stride == 14 == conv.img_size // conv.output_stride * 2
+    gpu = abl.BUDGETS['imagenet448_gpu']
+    assert dataclasses.replace(conv, output_stride=None, img_size=448) == gpu
 
 
 def test_a_pool_worker_exits_when_the_invoking_process_is_gone():
