@@ -81,6 +81,18 @@ def _loc_cells(r: Dict[str, Any]) -> List[str]:
     return [cell('eye_ring_half_stride'), cell('decisive_half_stride'), cell('box_strict')]
 
 
+def seeds_text(rows: List[Dict[str, Any]], n_seeds: int) -> str:
+    """How many seeds a cell averages: the budget's, or each row's own where some rows lack seeds (a partial study)."""
+    per_key = {}
+    for r in rows:
+        per_key[r['key']] = per_key.get(r['key'], 0) + 1
+    counts = sorted(set(per_key.values()))
+    if not counts or counts == [n_seeds]:
+        return f'{n_seeds} seeds'
+    return (f'the seeds each row has finished ({", ".join(map(str, counts))} of the budget\'s {n_seeds}: a partial '
+            'study; a Δ counts the seeds both rows have)')
+
+
 def runs_time_note(meta: Dict[str, Any]) -> str:
     """The runs' own CPU time, and a warning where the invocations logged cover less than the runs reported."""
     runs_cpu = meta.get('cpu_s_runs')
@@ -118,8 +130,9 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              f'{len(meta["invocations"])} invocation(s), {meta["jobs"]} job(s) x {meta["threads"]} thread(s)); '
              f'CPU / 2 = {meta["cpu_s"] / 2:.0f} s estimates the wall time on 2 otherwise idle cores (the wall time '
              f'is longer where other processes share the cores). {runs_time_note(meta)}', '',
-             f'Cells: mean ± standard deviation over {n_seeds} seeds. Δ: paired difference to the reference row '
-             'trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): entropy of the '
+             f'Cells: mean ± standard deviation over {seeds_text(rows, n_seeds)}. Δ: paired difference to the '
+             'reference row trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): '
+             'entropy of the '
              'channel attention over log C (1 = uniform).', '',
              'Peaks (`benchmarks/localization.py`, % of test images), T / CAM: the peak cell of the spatial '
              'attention T / of the Grad-CAM map. "On the eye ring": the peak cell touches the eye ring (on the head, '

@@ -222,6 +222,14 @@ def test_time_line_names_the_runs_own_cpu_and_a_study_still_training():
     assert runs_time_note({'cpu_s': 3.0}) == ''  # a report from before the runs' CPU time was kept
 
 
+def test_cells_line_names_the_seeds_of_a_partial_study():
+    from benchmarks.ablation_report import seeds_text
+    full = [{'key': k, 'seed': s} for k in ('a', 'b') for s in range(3)]
+    assert seeds_text(full, 3) == '3 seeds'
+    partial = full + [{'key': 'c', 'seed': 0}]
+    assert '1, 3 of the budget\'s 3: a partial study' in seeds_text(partial, 3)
+
+
 def test_finetune_quick_budget_fine_tunes_the_shipped_backbone(tmp_path):
     """The fine-tuning budget end to end, tiny: every run starts from the pretrained backbone the package ships."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
