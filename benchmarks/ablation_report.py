@@ -2,6 +2,7 @@
 paper's numbers, the budget, the time and the provenance) and `<name>_lambda.png` (Fig. 4)."""
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -83,10 +84,7 @@ def _loc_cells(r: Dict[str, Any]) -> List[str]:
 
 def seeds_text(rows: List[Dict[str, Any]], n_seeds: int) -> str:
     """How many seeds a cell averages: the budget's, or each row's own where some rows lack seeds (a partial study)."""
-    per_key = {}
-    for r in rows:
-        per_key[r['key']] = per_key.get(r['key'], 0) + 1
-    counts = sorted(set(per_key.values()))
+    counts = sorted(set(Counter(r['key'] for r in rows).values()))
     if not counts or counts == [n_seeds]:
         return f'{n_seeds} seeds'
     return (f'the seeds each row has finished ({", ".join(map(str, counts))} of the budget\'s {n_seeds}: a partial '
@@ -132,8 +130,7 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
              f'is longer where other processes share the cores). {runs_time_note(meta)}', '',
              f'Cells: mean ± standard deviation over {seeds_text(rows, n_seeds)}. Δ: paired difference to the '
              'reference row trained with the same seeds, in points, with (seeds where it is > 0 / seeds). H(S): '
-             'entropy of the '
-             'channel attention over log C (1 = uniform).', '',
+             'entropy of the channel attention over log C (1 = uniform).', '',
              'Peaks (`benchmarks/localization.py`, % of test images), T / CAM: the peak cell of the spatial '
              'attention T / of the Grad-CAM map. "On the eye ring": the peak cell touches the eye ring (on the head, '
              'away from the body: the part a body-centre prior cannot find). "On a deciding part": the peak cell '

@@ -212,7 +212,6 @@ def test_wall_time_of_overlapping_invocations_is_their_union():
     assert abl._wall_union([]) == 0.0
 
 
-@pytest.mark.slow
 def test_time_line_names_the_runs_own_cpu_and_a_study_still_training():
     from benchmarks.ablation_report import runs_time_note
     finished = runs_time_note({'cpu_s': 1300.0, 'cpu_s_runs': 1200.4})
@@ -230,6 +229,7 @@ def test_cells_line_names_the_seeds_of_a_partial_study():
     assert '1, 3 of the budget\'s 3: a partial study' in seeds_text(partial, 3)
 
 
+@pytest.mark.slow
 def test_finetune_quick_budget_fine_tunes_the_shipped_backbone(tmp_path):
     """The fine-tuning budget end to end, tiny: every run starts from the pretrained backbone the package ships."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(REPO_ROOT))
