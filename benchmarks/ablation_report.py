@@ -99,7 +99,8 @@ def runs_time_note(meta: Dict[str, Any]) -> str:
     note = f'The runs themselves: {runs_cpu:.0f} CPU s, summed over the runs.'
     if meta['cpu_s'] < runs_cpu:
         note += (' The invocations logged in the work folder account for less: a study still training when this '
-                 'report was written (its invocation is logged when it ends).')
+                 'report was written, or one stopped before its end (an invocation is logged when it ends; its '
+                 'finished runs are reused by the next).')
     return note
 
 
