@@ -2,12 +2,20 @@
 magic temperature, a callable target, and the deprecated spellings (same numbers, with a warning)."""
 import math
 import warnings
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from ggam_layers import GGAMLoss
-from ggam_layers.loss import CAM_TARGETS, CamTarget, cam_log_target, ggam_divergence, target_log_probs
+from ggam_layers.loss import (
+    CAM_TARGETS,
+    DEFAULT_CAM_TARGET,
+    CamTarget,
+    cam_log_target,
+    ggam_divergence,
+    target_log_probs,
+)
 from ggam_layers.train import TrainConfig
 
 
@@ -77,6 +85,51 @@ def test_train_config_names_the_target_once():
     with pytest.raises(ValueError, match='cam_target must be one of'):
         TrainConfig(cam_target='flat').validate()
 
+
+def test_default_target_is_the_standardised_one_and_the_parts_still_build_on_the_paper():
+    logits, y, s, beta = _inputs()
+    assert DEFAULT_CAM_TARGET == 'standardized' and GGAMLoss().target == CAM_TARGETS['standardized']
+    assert torch.equal(GGAMLoss()(logits, y, s, beta), GGAMLoss(target='standardized')(logits, y, s, beta))
+    assert not torch.equal(GGAMLoss()(logits, y, s, beta), GGAMLoss(target='paper')(logits, y, s, beta))
+    with pytest.warns(DeprecationWarning):
+        assert GGAMLoss(kl='forward').target == CamTarget(kl='forward')  # the paper's other parts, not the default's
+    # the functions are the equations: their parts default to eq. 5 as written
+    assert torch.equal(ggam_divergence(s, beta), ggam_divergence(s, beta, target='paper'))
+
+
+def test_train_config_default_target_and_the_presets_targets():
+    def target(preset=None, **kw):
+        cfg = TrainConfig(**kw) if preset is None else TrainConfig.from_preset(preset, **kw)
+        return cfg.validate().loss_target()
+    assert target() == CAM_TARGETS[DEFAULT_CAM_TARGET] == target('fgvc')
+    for preset in ('synthetic', 'synthetic_finetune', 'paper'):
+        assert target(preset) == CAM_TARGETS['paper'], preset
+    # the main job's target goes with its backbone; the paper's recipe and the from-scratch preset keep theirs
+    assert target('synthetic_finetune', model='resnet18') == CAM_TARGETS['standardized']
+    assert target('synthetic_finetune', model='test_resnet') == CAM_TARGETS['paper']
+    assert target('paper', model='resnet18') == target('synthetic', model='resnet18') == CAM_TARGETS['paper']
+    # a named target or a part given replaces a preset's named target; so does spatial guidance, which has none
+    assert target('paper', cam_target='uniform') == CAM_TARGETS['uniform']
+    assert target('synthetic_finetune', target_norm='standardize') == CAM_TARGETS['standardized']
+    assert target('paper', kl='forward') == CamTarget(kl='forward')
+    assert TrainConfig.from_preset('synthetic', guide='spatial').validate().cam_target is None
+    # a preset's run records the target it trains with by name (config.json), the default included
+    assert TrainConfig.from_preset('fgvc').cam_target == DEFAULT_CAM_TARGET and TrainConfig().cam_target is None
+    assert TrainConfig.from_preset('fgvc', kl='forward').cam_target is None
+
+
+def test_config_json_written_before_the_default_changed_keeps_its_target():
+    old_parts = dict(squash='sigmoid', kl='symmetric', target_norm='none', cam_temperature=1.0)
+    base = asdict(TrainConfig())
+    # the parts recorded beside a named target (or spatial guidance) were the defaults of their day, not given
+    named = TrainConfig.from_dict({**base, **old_parts, 'cam_target': 'uniform'}).validate()
+    assert named.loss_target() == CAM_TARGETS['uniform'] and named.target_norm is None
+    spatial = TrainConfig.from_dict({**base, **old_parts, 'guide': 'spatial'}).validate()
+    assert (spatial.squash, spatial.kl, spatial.target_norm, spatial.cam_temperature) == (None,) * 4
+    # without a name they were the target: a run resumed from such a file keeps the paper's target
+    assert TrainConfig.from_dict({**base, **old_parts}).validate().loss_target() == CAM_TARGETS['paper']
+    with pytest.raises(ValueError, match='--cam-target uniform .* and --kl forward sets a part of it'):
+        TrainConfig.from_dict({**base, **old_parts, 'kl': 'forward', 'cam_target': 'uniform'}).validate()
 
 def test_training_with_the_named_uniform_control_equals_the_temperature_trick(tmp_path):
     """The studies' uniform control (standardised beta / 1e30, softmax) and `--cam-target uniform` train the same

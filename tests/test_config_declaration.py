@@ -37,23 +37,24 @@ NON_FIELD_OPTIONS = {'help', 'preset', 'compare_plain', 'compare', 'seeds'}  # h
 # PRESETS as it was written by hand before the declarations made it: a drift in any declared preset value fails here
 PRESETS_LITERAL = {
     'synthetic': dict(model='test_resnet', model_kwargs={'output_stride': 16}, img_size=112,
-                      dataset_kwargs={'difficulty': 1.0}, epochs=12, lr=5e-3),
+                      dataset_kwargs={'difficulty': 1.0}, epochs=12, lr=5e-3, cam_target='paper'),
     'synthetic_finetune': dict(model='test_resnet', model_kwargs={'output_stride': 16}, img_size=112,
                                pretrained_file=os.path.join(PRETRAINED_DIR,
                                                             'test_resnet.synthetic_pretrain.safetensors'),
                                dataset_kwargs={'difficulty': 0.7, 'train_samples_per_class': 30}, epochs=12,
-                               batch_size=32, lr=0.05, backbone_lr_scale=0.1),
+                               batch_size=32, lr=0.05, backbone_lr_scale=0.1, cam_target='paper'),
     'paper': dict(
         dataset='cub', model='resnet50.tv_in1k', pretrained=True, img_size=448, crop_pct=0.875, crop_mode='squash',
         train_aug='paper', opt='sgd', lr=0.1, backbone_lr_scale=0.1, momentum=0.9, weight_decay=5e-4,
         sched='cosine', warmup_epochs=0., epochs=100, batch_size=16, eval_batch_size=64, amp=True,
-        channels_last=True, target_norm='none'),
+        channels_last=True, cam_target='paper'),
     'fgvc': dict(
         dataset='cub', model='convnext_small.fb_in22k_ft_in1k_384', pretrained=True, img_size=384, crop_pct=1.0,
         crop_mode='squash', train_aug='timm', aa='rand-m9-mstd0.5-inc1', reprob=0.25, label_smoothing=0.1,
         mixup=0.8, cutmix=1.0, mixup_prob=0.5, opt='adamw', lr=1e-4, backbone_lr_scale=1.0, layer_decay=0.8,
         weight_decay=0.05, sched='cosine', warmup_epochs=1., epochs=30, batch_size=32, eval_batch_size=64,
-        model_ema=True, model_ema_decay=0.999, drop_path_rate=0.2, amp=True, channels_last=True),
+        model_ema=True, model_ema_decay=0.999, drop_path_rate=0.2, amp=True, channels_last=True,
+        cam_target='standardized'),
 }
 # the choices of each field, the package's named constants (no other field has choices)
 CHOICES = {'crop_mode': CROP_MODES, 'train_aug': TRAIN_AUGS, 'mixup_mode': MIXUP_MODES, 'attention': ATTENTIONS,
@@ -65,7 +66,7 @@ CHOICES = {'crop_mode': CROP_MODES, 'train_aug': TRAIN_AUGS, 'mixup_mode': MIXUP
 CHECKS = {
     **dict.fromkeys(('epochs', 'batch_size', 'eval_batch_size', 'img_size', 'eval_every', 'keep_checkpoints',
                      'grad_accum_steps', 'max_nonfinite_steps'), 'int>=1'),
-    'lr': '>0', 'stop_after': '>=1', 'workers': '>=0',
+    'lr': '>0', 'cam_temperature': '>0', 'stop_after': '>=1', 'workers': '>=0',
     **dict.fromkeys(('lam', 'weight_decay', 'warmup_epochs', 'backbone_lr_scale', 'momentum', 'min_lr_ratio',
                      'drop_rate', 'label_smoothing', 'mixup', 'cutmix', 'decay_rate', 'decay_epochs'), '>=0'),
     **dict.fromkeys(('reprob', 'mixup_prob', 'mixup_switch_prob', 'hflip', 'max_bad_fraction'), '[0,1]'),
@@ -216,7 +217,8 @@ def test_declared_range_checks_fire_naming_the_field():
     with pytest.raises(ValueError, match='spatial_norm must be one of'):
         TrainConfig(spatial_norm='l2').validate()
     # None passes where the field is Optional
-    TrainConfig(workers=None, stop_after=None, layer_decay=None, crop_pct=None, crop_mode=None).validate()
+    TrainConfig(workers=None, stop_after=None, layer_decay=None, crop_pct=None, crop_mode=None, cam_temperature=None,
+                squash=None, kl=None, target_norm=None).validate()
     TrainConfig(workers=0, stop_after=1, layer_decay=1.0, crop_pct=1.0, hflip=0.0, reprob=1.0,
                 train_aug='timm').validate()  # the bounds themselves
 

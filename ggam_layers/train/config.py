@@ -17,14 +17,14 @@ from ..attention import SPATIAL_NORMS
 from ..data.device import DATA_PATHS
 from ..data.loader import TRAIN_AUGS
 from ..head import CAM_LAYERS, POOL_TYPES
-from ..loss import CAM_TARGETS, KL_MODES, SQUASHES, TARGET_NORMS, CamTarget
+from ..loss import CAM_TARGETS, DEFAULT_CAM_TARGET, KL_MODES, SQUASHES, TARGET_NORMS, CamTarget, target_from_parts
 from ..model import ATTENTIONS, check_backbone_name
 from .implied import apply_implications, flag
 from .loop import AMP_DTYPE_ALIASES
-from .options import build_presets, check_value, config_doc, field_default, is_optional, option, option_spec
+from .options import build_presets, check_value, config_doc, is_optional, option, option_spec
 
 __all__ = ['TrainConfig', 'PRESETS', 'PRESET_NOTES', 'RESUME_MUTABLE_FIELDS', 'OPTIMIZERS', 'SCHEDULES', 'AMP_DTYPES',
-           'CAM_CLASSES', 'MIXUP_MODES', 'CROP_MODES', 'GUIDES']
+           'CAM_CLASSES', 'MIXUP_MODES', 'CROP_MODES', 'GUIDES', 'TARGET_PARTS', 'BACKBONE_TARGET_PRESETS']
 
 _logger = logging.getLogger('ggam_layers.train')
 
@@ -38,6 +38,10 @@ MIXUP_MODES = ('batch', 'pair', 'elem')
 AMP_DTYPES = tuple(AMP_DTYPE_ALIASES)  # auto, bfloat16 / bf16, float16 / fp16 / half (amp_dtype_for normalises)
 CAM_CLASSES = ('pred', 'label')
 GUIDES = ('channel', 'spatial')  # `guide`: GGAMLoss (the paper) or SpatialGuidanceLoss (a package variant)
+TARGET_PARTS = ('squash', 'kl', 'target_norm', 'cam_temperature')  # the parts of a target `cam_target` names at once
+# presets whose named target was chosen for their own backbone: another --model drops it (the paper preset's is its
+# recipe, the synthetic preset's the from-scratch regime's: they stay)
+BACKBONE_TARGET_PRESETS = ('synthetic_finetune',)
 CROP_MODES = ('center', 'squash', 'border')  # timm's evaluation crop modes (`timm.data.transforms_factory`)
 
 # preset name -> what it is and where each value comes from; the presets' values are in the field declarations
@@ -58,7 +62,7 @@ PRESET_NOTES: Dict[str, str] = {
         'Xu et al. 2021, section 3.2: 448 x 448, SGD momentum 0.9, weight decay 5e-4, 100 epochs, cosine annealing, '
         'lr 0.1 for the new layers and 0.01 for the pretrained backbone; resize, random crop and flip as the authors\' '
         'code does; batch 16; torchvision\'s ImageNet ResNet-50 weights, as the authors\' code loads; the GGAM target '
-        'as the paper writes it (sigmoid of the raw beta, target_norm=\'none\').'),
+        'as the paper writes it (sigmoid of the raw beta, cam_target=\'paper\').'),
     'fgvc': (
         'A modern fine-grained fine-tune (docs/training.md, "The fgvc preset", gives each value\'s source): an '
         'ImageNet-22k ConvNeXt-S fine-tuned at 384 px, AdamW with layer-wise lr decay 0.8, RandAugment (9, 0.5), '
@@ -196,16 +200,22 @@ class TrainConfig:
         choices=GUIDES)
     cam_target: Optional[str] = _loss(
         None, 'The Grad-CAM target of `GGAMLoss` by name: paper (eq. 5 as written), authors (their code), '
-        'standardized (beta standardised per sample), uniform (the control: KL towards 1/C, no Grad-CAM). None '
-        'builds it from squash, kl, target_norm and cam_temperature, which a named target excludes.',
-        choices=tuple(CAM_TARGETS))
-    squash: str = _loss('sigmoid', 'Squashing of beta (a part of the target, `loss.CamTarget`\'s squash).',
-                        choices=SQUASHES)
-    kl: str = _loss('symmetric', 'KL direction (a part of the target).', choices=KL_MODES)
-    target_norm: str = _loss(
-        'none', 'Normalisation of beta (a part of the target): none is the paper as written; standardize lost 7.4 '
-        'points at a 7 x 7 map (ablation_map7).', choices=TARGET_NORMS, presets={'paper': 'none'})
-    cam_temperature: float = _loss(1.0, 'beta is divided by it (a part of the target).')
+        'standardized (beta standardised per sample), uniform (the control: KL towards 1/C, no Grad-CAM). None: '
+        f'{DEFAULT_CAM_TARGET} (`GGAMLoss`\'s default: ahead of paper on fine-tuned ImageNet features), '
+        'or, when a part below is given, those parts on top of paper. The paper preset names paper (as written), '
+        'the synthetic presets paper too (7.4 points ahead of standardized from scratch; the main job\'s numbers), a '
+        'choice that goes, for synthetic_finetune, with its backbone (another --model drops it); fgvc names the '
+        'default. A part below and --guide spatial drop any preset\'s.',
+        choices=tuple(CAM_TARGETS),
+        presets={'synthetic': 'paper', 'synthetic_finetune': 'paper', 'paper': 'paper', 'fgvc': DEFAULT_CAM_TARGET})
+    squash: Optional[str] = _loss(None, 'Squashing of beta (a part of the target, `loss.CamTarget`\'s squash; '
+                                  'None: sigmoid, the paper\'s).', choices=SQUASHES)
+    kl: Optional[str] = _loss(None, 'KL direction (a part of the target; None: symmetric, the paper\'s).',
+                              choices=KL_MODES)
+    target_norm: Optional[str] = _loss(
+        None, 'Normalisation of beta (a part of the target; None: none, the paper as written).', choices=TARGET_NORMS)
+    cam_temperature: Optional[float] = _loss(None, 'beta is divided by it (a part of the target; None: 1).',
+                                             check='>0')
     cam_class: str = _loss(
         'pred', 'Class explained by Grad-CAM: the predicted one (pred, the paper) or the label; under mixup / cutmix, '
         'the label with the larger weight in the mixed target.', choices=CAM_CLASSES)
@@ -330,13 +340,21 @@ class TrainConfig:
                 base.pop(kwargs, None)
                 if owner == 'model':
                     base.pop('pretrained_file', None)  # the preset's weights are its backbone's
+                    if preset in BACKBONE_TARGET_PRESETS:
+                        base.pop('cam_target', None)  # and so is a target measured on that backbone
             elif kwargs in overrides and kwargs in base:
                 merged = {**base[kwargs], **overrides[kwargs]}
                 if 'samples_per_class' in overrides[kwargs] and 'train_samples_per_class' not in overrides[kwargs]:
                     merged.pop('train_samples_per_class', None)  # samples_per_class sizes every split
                 overrides = {**overrides, kwargs: merged}
+        if any(overrides.get(k) is not None for k in TARGET_PARTS) or overrides.get('guide') == 'spatial':
+            base.pop('cam_target', None)  # a target given in parts, or none (spatial guidance), replaces the preset's
         # a flag that only makes sense beside another setting selects it (`--aa` selects `--train-aug timm`)
         overrides = apply_implications({**asdict(defaults), **base}, overrides)
+        cfg = {**asdict(defaults), **base, **overrides, 'preset': preset}
+        if cfg['guide'] == 'channel' and cfg['cam_target'] is None and all(cfg[k] is None for k in TARGET_PARTS):
+            # the run records the target it trains with by name, so a later default does not change it on --resume
+            overrides = {**overrides, 'cam_target': DEFAULT_CAM_TARGET}
         return cls(**{**base, **overrides, 'preset': preset})
 
     @classmethod
@@ -350,13 +368,23 @@ class TrainConfig:
         for k in ('mean', 'std'):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
+        if kw.get('cam_target') is not None or kw.get('guide') == 'spatial':
+            # a config.json written when the target's parts defaulted to the paper's values records them beside a
+            # named target (or spatial guidance): there they were not given
+            t = CAM_TARGETS['paper']
+            paper = {'squash': t.squash, 'kl': t.kl, 'target_norm': t.norm, 'cam_temperature': t.temperature}
+            kw.update({k: None for k in TARGET_PARTS if k in kw and kw[k] == paper[k]})
         return cls(**kw)
 
     def loss_target(self) -> CamTarget:
-        """The `GGAMLoss` target of this run: `cam_target` by name, else built from its four parts."""
+        """The `GGAMLoss` target of this run: `cam_target` by name, else its parts given on top of the paper's, else
+        `DEFAULT_CAM_TARGET`."""
         if self.cam_target is not None:
             return CAM_TARGETS[self.cam_target]
-        return CamTarget(squash=self.squash, kl=self.kl, norm=self.target_norm, temperature=self.cam_temperature)
+        parts = {k: getattr(self, k) for k in TARGET_PARTS}
+        if all(v is None for v in parts.values()):
+            return CAM_TARGETS[DEFAULT_CAM_TARGET]
+        return target_from_parts(self.squash, self.kl, self.target_norm, self.cam_temperature)
 
     @property
     def arm(self) -> str:
@@ -378,15 +406,15 @@ class TrainConfig:
             if spec['check'] is not None:
                 check_value(f.name, value, spec['check'], allow_none=is_optional(f.type))
         if self.cam_target is not None:
-            parts = {k: getattr(self, k) for k in ('squash', 'kl', 'target_norm', 'cam_temperature')}
-            changed = {k: v for k, v in parts.items() if v != _FIELD_DEFAULTS[k]}
+            parts = {k: getattr(self, k) for k in TARGET_PARTS}
+            changed = {k: v for k, v in parts.items() if v is not None}
             if changed:
                 raise ValueError(f'--cam-target {self.cam_target} (cam_target) names the whole target, and '
                                  f'{", ".join(flag(k, v) for k, v in changed.items())} sets a part of it: drop one '
                                  'of the two')
         if self.guide == 'spatial':
-            target = {k: getattr(self, k) for k in ('cam_target', 'squash', 'kl', 'target_norm', 'cam_temperature')}
-            set_ = {k: v for k, v in target.items() if v != _FIELD_DEFAULTS[k]}
+            target = {k: getattr(self, k) for k in ('cam_target', *TARGET_PARTS)}
+            set_ = {k: v for k, v in target.items() if v is not None}
             if set_:
                 raise ValueError(f'--guide spatial (guide) pulls T towards the Grad-CAM map and has no channel target, '
                                  f'and {", ".join(flag(k, v) for k, v in set_.items())} sets one: drop one of the two')
@@ -431,7 +459,6 @@ class TrainConfig:
         return self
 
 
-_FIELD_DEFAULTS = {f.name: field_default(f) for f in fields(TrainConfig)}
 if TrainConfig.__doc__:  # the field entries, after the hand-written introduction
     TrainConfig.__doc__ = TrainConfig.__doc__.rstrip() + '\n\n' + config_doc(TrainConfig) + '\n    '
 
