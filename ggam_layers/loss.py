@@ -73,8 +73,9 @@ def target_from_parts(squash: Optional[str] = None, kl: Optional[str] = None, no
     return CAM_TARGETS['paper']._replace(**{k: v for k, v in given.items() if v is not None})
 
 
-def resolve_cam_target(target: Union[str, CamTarget, Callable] = 'paper', **legacy: Any) -> CamTarget:
-    """A `CamTarget` from a name of `CAM_TARGETS`, a `CamTarget` or a callable (log beta~ with the symmetric KL).
+def resolve_cam_target(target: Optional[Union[str, CamTarget, Callable]] = None, **legacy: Any) -> CamTarget:
+    """A `CamTarget` from a name of `CAM_TARGETS`, a `CamTarget` or a callable (log beta~ with the symmetric KL);
+    None is `DEFAULT_CAM_TARGET`.
 
     `legacy` takes the spellings before `target` (squash, kl, target_norm, temperature; None: not given): they
     build the target on top of 'paper', with a DeprecationWarning (they go in the next release).
@@ -84,13 +85,15 @@ def resolve_cam_target(target: Union[str, CamTarget, Callable] = 'paper', **lega
     if unknown:
         raise TypeError(f'unknown target arguments {sorted(unknown)}; the target options are {_LEGACY}')
     if given:
-        if not (isinstance(target, str) and target == 'paper'):
+        if not (target is None or (isinstance(target, str) and target == 'paper')):
             raise ValueError(f'target={target!r} and {", ".join(f"{k}={v!r}" for k, v in given.items())} both say '
                              'what the Grad-CAM target is: pass target alone')
         warnings.warn(f'{", ".join(sorted(given))} are deprecated: pass target= (a name of {tuple(CAM_TARGETS)} or '
                       'a CamTarget(squash, kl, norm, temperature))', DeprecationWarning, stacklevel=3)
         target = target_from_parts(given.get('squash'), given.get('kl'), given.get('target_norm'),
                                    given.get('temperature'))
+    if target is None:
+        target = DEFAULT_CAM_TARGET
     if isinstance(target, str):
         if target not in CAM_TARGETS:
             raise ValueError(f'target must be one of {tuple(CAM_TARGETS)}, a CamTarget or a callable, got {target!r}')
@@ -349,10 +352,8 @@ class GGAMLoss(nn.Module):
         if not lam >= 0:
             raise ValueError(f'lam must be >= 0, got {lam}')
         _check_choice('reduction', reduction, REDUCTIONS)
-        legacy = dict(squash=squash, kl=kl, target_norm=target_norm, temperature=temperature)
-        if target is None:
-            target = 'paper' if any(v is not None for v in legacy.values()) else DEFAULT_CAM_TARGET
-        self.target = resolve_cam_target(target, **legacy)
+        self.target = resolve_cam_target(target, squash=squash, kl=kl, target_norm=target_norm,
+                                         temperature=temperature)
         self.lam = lam
         self.label_smoothing = label_smoothing
         self.reduction = reduction

@@ -131,6 +131,7 @@ def test_config_json_written_before_the_default_changed_keeps_its_target():
     with pytest.raises(ValueError, match='--cam-target uniform .* and --kl forward sets a part of it'):
         TrainConfig.from_dict({**base, **old_parts, 'kl': 'forward', 'cam_target': 'uniform'}).validate()
 
+
 def test_training_with_the_named_uniform_control_equals_the_temperature_trick(tmp_path):
     """The studies' uniform control (standardised beta / 1e30, softmax) and `--cam-target uniform` train the same
     model, seed for seed: the published control numbers stay reproducible."""

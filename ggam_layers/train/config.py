@@ -331,11 +331,11 @@ class TrainConfig:
         if unknown:
             raise TypeError(f'unknown TrainConfig fields {unknown}; fields are {sorted(names)}')
         base = dict(PRESETS[preset])
-        defaults = cls()
+        defaults = asdict(cls())
         # the preset's backbone and dataset arguments go with its backbone and dataset: another --model or
         # --dataset starts from none of them; otherwise --model-arg / --data-arg add to them
         for owner, kwargs in (('model', 'model_kwargs'), ('dataset', 'dataset_kwargs')):
-            preset_value = base.get(owner, getattr(defaults, owner))
+            preset_value = base.get(owner, defaults[owner])
             if overrides.get(owner, preset_value) != preset_value:
                 base.pop(kwargs, None)
                 if owner == 'model':
@@ -350,9 +350,9 @@ class TrainConfig:
         if any(overrides.get(k) is not None for k in TARGET_PARTS) or overrides.get('guide') == 'spatial':
             base.pop('cam_target', None)  # a target given in parts, or none (spatial guidance), replaces the preset's
         # a flag that only makes sense beside another setting selects it (`--aa` selects `--train-aug timm`)
-        overrides = apply_implications({**asdict(defaults), **base}, overrides)
-        cfg = {**asdict(defaults), **base, **overrides, 'preset': preset}
-        if cfg['guide'] == 'channel' and cfg['cam_target'] is None and all(cfg[k] is None for k in TARGET_PARTS):
+        overrides = apply_implications({**defaults, **base}, overrides)
+        values = {**defaults, **base, **overrides}
+        if values['guide'] == 'channel' and all(values[k] is None for k in ('cam_target', *TARGET_PARTS)):
             # the run records the target it trains with by name, so a later default does not change it on --resume
             overrides = {**overrides, 'cam_target': DEFAULT_CAM_TARGET}
         return cls(**{**base, **overrides, 'preset': preset})
@@ -372,7 +372,7 @@ class TrainConfig:
             # a config.json written when the target's parts defaulted to the paper's values records them beside a
             # named target (or spatial guidance): there they were not given
             t = CAM_TARGETS['paper']
-            paper = {'squash': t.squash, 'kl': t.kl, 'target_norm': t.norm, 'cam_temperature': t.temperature}
+            paper = dict(zip(TARGET_PARTS, (t.squash, t.kl, t.norm, t.temperature)))
             kw.update({k: None for k in TARGET_PARTS if k in kw and kw[k] == paper[k]})
         return cls(**kw)
 
@@ -381,8 +381,7 @@ class TrainConfig:
         `DEFAULT_CAM_TARGET`."""
         if self.cam_target is not None:
             return CAM_TARGETS[self.cam_target]
-        parts = {k: getattr(self, k) for k in TARGET_PARTS}
-        if all(v is None for v in parts.values()):
+        if all(getattr(self, k) is None for k in TARGET_PARTS):
             return CAM_TARGETS[DEFAULT_CAM_TARGET]
         return target_from_parts(self.squash, self.kl, self.target_norm, self.cam_temperature)
 
