@@ -4,7 +4,7 @@ import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from benchmarks.ablation_budgets import Budget
 from benchmarks.ablation_plan import TARGET_TEXT
@@ -14,7 +14,8 @@ from benchmarks.common import format_value, machine_line, markdown_table
 from benchmarks.guidance_variants import VARIANT_TEXT
 from ggam_layers.train.stats import fmt_mean_std, fmt_paired, fmt_pct
 
-__all__ = ['TABLE2_TEXT', 'LOC_COLUMNS', 'enters_package', 'variants_section', 'write_report']
+__all__ = ['TABLE2_TEXT', 'LOC_COLUMNS', 'enters_package', 'variants_section', 'seeds_text', 'runs_time_note',
+           'runs_machines_note', 'write_report']
 
 TABLE2_TEXT = {'plain': 'plain (global average pool)', 'se': 'SE (timm SEModule)', 'cbam': 'CBAM (timm CbamModule)',
                'attention': 'channel-spatial attention, no GGAM loss', 'ggam': 'GGAM (attention + loss)'}
@@ -104,6 +105,25 @@ def runs_time_note(meta: Dict[str, Any]) -> str:
     return note
 
 
+def runs_machines_note(rows: Sequence[Dict[str, Any]], machine: Dict[str, Any]) -> str:
+    """The machines the runs trained on, where any differs from `machine` (the report's): a study resumed on another
+    machine. Each machine with its number of runs, and the runs whose row does not name one; '' where they all match
+    (the thread count aside) or none is named."""
+    def identity(info: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v for k, v in info.items() if k != 'torch_threads'}
+
+    named = [r['machine'] for r in rows if r.get('machine')]
+    unnamed = len(rows) - len(named)
+    if not named or (not unnamed and all(identity(m) == identity(machine) for m in named)):
+        return ''
+    counts = Counter(machine_line(m) for m in named)
+    parts = [f'{line} ({n} run{"s" if n != 1 else ""})' for line, n in counts.items()]
+    if unnamed:
+        parts.append(f'not named in the row ({unnamed} run{"s" if unnamed != 1 else ""}, written before rows named '
+                     'their machine)')
+    return 'The runs trained on: ' + '; '.join(parts) + '.'
+
+
 def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dict[str, Any], budget: Budget,
                  meta: Dict[str, Any]) -> List[Path]:
     """Write `<name>.json`, `<name>.md` and `<name>_lambda.png`; returns the paths."""
@@ -119,7 +139,8 @@ def write_report(name: str, out_dir: Path, rows: List[Dict[str, Any]], plan: Dic
 
     n_seeds = len(budget.seeds)
     lines = [f'# {name}: GGAM ablation, λ sensitivity and target scale on the synthetic set', '',
-             f'Machine: {machine_line(meta["machine"])}.', '', f'Command: `{meta["command"]}`', '',
+             f'Machine: {machine_line(meta["machine"])}. {runs_machines_note(rows, meta["machine"])}'.rstrip(), '',
+             f'Command: `{meta["command"]}`', '',
              f'Budget (every run): {budget.describe()}; final feature map '
              f'{", ".join(sorted({str(r["loc_feature_grid"]) for r in rows if r.get("loc_feature_grid")})) or "?"}. '
              'Trained with `ggam_layers.train.train` (preset `synthetic`: flip augmentation, weight decay '

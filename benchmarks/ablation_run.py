@@ -13,7 +13,7 @@ import torch
 from benchmarks.ablation_budgets import IMAGENET, Budget
 from benchmarks.ablation_plan import RunSpec
 from benchmarks.channel_stats import channel_stats
-from benchmarks.common import git_provenance, source_md5
+from benchmarks.common import git_provenance, machine_info, source_md5
 from benchmarks.guidance_variants import variant_loss
 from benchmarks.localization import localization
 from ggam_layers.data.loader import build_transform
@@ -115,6 +115,7 @@ def run_one(spec: RunSpec, budget: Budget, seed: int, run_dir: str, threads: int
         **{f'loc_{k}': v for k, v in loc.items() if k not in ('images', 'accuracy')},
         'cpu_s': time.process_time() - c0, 'train_cpu_s': t_train, 'data_cpu_s': t_data,
         'wall_s': time.perf_counter() - t0, 'budget': budget_id(budget), 'device': device_name(device),
+        'machine': machine_info(),  # a study resumed on another machine names each run's CPU (kernels, rounding)
         'img_size': budget.img_size, 'final_map': _final_map(model, budget.img_size), 'model': budget.backbone,
         'pretrained': budget.pretrained, 'weights_source': _weights_source(budget),
         'provenance': run_provenance(),  # the code this run trained with (a report may be written later, elsewhere)

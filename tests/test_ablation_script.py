@@ -103,6 +103,8 @@ def test_quick_tables(quick_report):
     assert [r['lam'] for r in tables['sweep']] == data['budget']['lambdas']
     assert data['meta']['cpu_s'] > 0 and data['meta']['runs_trained'] == data['meta']['runs'] == len(runs)
     assert all(r['provenance']['md5']['ggam_layers/data/synthetic.py'] for r in runs)  # what each run trained with
+    assert all(r['machine']['cpu'] and r['machine']['torch_threads'] == 1 for r in runs)  # and where
+    assert 'The runs trained on' not in md  # every run on the machine of the report
     assert [r['ggam_loss'] for r in tables['rescale']] == [False, True]
     assert all(r['n'] == len(seeds) and r['key'].startswith('Cx-') for r in tables['rescale'])
     assert all(r['channel_rescale'] for r in runs if r['key'].startswith('Cx-'))
@@ -219,6 +221,20 @@ def test_time_line_names_the_runs_own_cpu_and_a_study_still_training():
     mid_study = runs_time_note({'cpu_s': 3.0, 'cpu_s_runs': 1200.4})  # --report-only while the study trains
     assert '1200 CPU s' in mid_study and 'still training' in mid_study
     assert runs_time_note({'cpu_s': 3.0}) == ''  # a report from before the runs' CPU time was kept
+
+
+def test_machine_line_names_the_machines_of_a_study_resumed_elsewhere():
+    from benchmarks.ablation_report import runs_machines_note
+    from benchmarks.common import machine_line
+    here = {'cpu': 'Intel Xeon', 'cpu_features': ['avx2', 'avx512f'], 'torch_threads': 2, 'torch': '2.14.1'}
+    run_here = dict(here, torch_threads=1)  # a worker's thread count is not another machine
+    there = dict(here, cpu='AMD EPYC', cpu_features=['avx2'], torch_threads=1)
+    assert runs_machines_note([{'machine': run_here}] * 3, here) == ''
+    assert runs_machines_note([{}, {}], here) == ''  # rows from before rows named their machine: nothing to say
+    mixed = runs_machines_note([{'machine': run_here}] * 2 + [{'machine': there}], here)
+    assert f'{machine_line(run_here)} (2 runs)' in mixed and f'{machine_line(there)} (1 run)' in mixed
+    partly = runs_machines_note([{'machine': run_here}, {}], here)
+    assert 'not named in the row (1 run,' in partly and f'{machine_line(run_here)} (1 run)' in partly
 
 
 def test_cells_line_names_the_seeds_of_a_partial_study():
